@@ -1,0 +1,74 @@
+"""optimum-blockprune: remove whole transformer blocks chosen by constrained binary optimisation.
+
+Importing the package is cheap: torch and transformers load only when a name that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from .version import __version__
+
+_EXPORTS = {
+    "BlockRemovalConfig": "config",
+    "Pruner": "pruner",
+    "PruningResult": "result",
+    "Ranking": "result",
+    "RankedState": "result",
+    "FisherEstimate": "estimation.fisher",
+    "CouplingGates": "estimation.gates",
+    "estimate_fisher": "estimation.fisher",
+    "prepare_calibration_data": "estimation.calibration",
+    "QUBO": "qubo",
+    "CardinalityProblem": "qubo",
+    "solve_ranking": "solvers",
+    "remove_blocks": "surgery",
+    "ArchitectureAdapter": "architectures",
+    "register_architecture": "architectures",
+    "get_adapter": "architectures",
+    "supported_model_types": "architectures",
+    "BlockPruneError": "errors",
+    "ConfigurationError": "errors",
+    "UnsupportedArchitectureError": "errors",
+    "CalibrationDataError": "errors",
+    "SurgeryError": "errors",
+    "OutputExistsError": "errors",
+    "BlockPruneWarning": "errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:
+    from .architectures import ArchitectureAdapter, get_adapter, register_architecture, supported_model_types
+    from .config import BlockRemovalConfig
+    from .errors import (
+        BlockPruneError,
+        BlockPruneWarning,
+        CalibrationDataError,
+        ConfigurationError,
+        OutputExistsError,
+        SurgeryError,
+        UnsupportedArchitectureError,
+    )
+    from .estimation.calibration import prepare_calibration_data
+    from .estimation.fisher import FisherEstimate, estimate_fisher
+    from .estimation.gates import CouplingGates
+    from .pruner import Pruner
+    from .qubo import QUBO, CardinalityProblem
+    from .result import PruningResult, RankedState, Ranking
+    from .solvers import solve_ranking
+    from .surgery import remove_blocks

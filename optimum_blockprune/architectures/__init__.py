@@ -1,0 +1,21 @@
+"""Architecture adapters and their registry (keyed by `config.model_type`)."""
+
+from . import decoders  # noqa: F401, E402  (registers the standard decoders)
+from .base import ArchitectureAdapter, BlockInfo
+from .registry import (
+    get_adapter,
+    model_type_of,
+    register_architecture,
+    registered_adapters,
+    supported_model_types,
+)
+
+__all__ = [
+    "ArchitectureAdapter",
+    "BlockInfo",
+    "get_adapter",
+    "model_type_of",
+    "register_architecture",
+    "registered_adapters",
+    "supported_model_types",
+]

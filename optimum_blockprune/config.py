@@ -1,0 +1,193 @@
+"""`BlockRemovalConfig`: what to remove and how to score it, as a validated dataclass."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from .errors import ConfigurationError
+from .version import __version__
+
+CONFIG_NAME = "blockprune_config.json"
+
+FISHER_TYPES = ("empirical", "model")
+SOLVERS = ("auto", "enumerate", "local_search")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigurationError(message)
+
+
+@dataclass
+class BlockRemovalConfig:
+    """How many blocks to remove from a model and how to choose them.
+
+    The blocks are chosen by minimising the energy ``E(x) = x^T H x`` (optionally ``- 2 g^T x``) over binary
+    ``x`` (``x_i = 1``: block ``i`` removed) with ``sum(x) = num_blocks_to_remove``, where ``H`` is a Fisher
+    estimate of the Hessian of the calibration loss with respect to per-block coupling gates
+    (Jansen et al., arXiv:2602.00161). Block indices are 0-based.
+
+    Example:
+
+    ```python
+    >>> from optimum_blockprune import BlockRemovalConfig
+    >>> config = BlockRemovalConfig(num_blocks_to_remove=8, num_calibration_samples=256, max_length=512)
+    >>> config.num_states
+    20
+    ```
+    """
+
+    num_blocks_to_remove: int = field(
+        default=1, metadata={"help": "Number of blocks to remove (the paper's M). Must be at least 1."}
+    )
+    protected_blocks: tuple[int, ...] = field(
+        default=(),
+        metadata={"help": "0-based indices of blocks that must never be removed (e.g. the first block)."},
+    )
+    num_states: int = field(
+        default=20,
+        metadata={"help": "How many lowest-energy feasible configurations to rank (ground state + excited states)."},
+    )
+    selected_state: int = field(
+        default=0,
+        metadata={"help": "Which ranked state `prune` applies: 0 is the ground state (the paper's CBO:0)."},
+    )
+    num_calibration_samples: int = field(
+        default=128, metadata={"help": "Number of calibration samples (rows of the per-sample gradient matrix A)."}
+    )
+    max_length: int = field(default=512, metadata={"help": "Maximum tokens per calibration sample; longer ones are truncated."})
+    batch_size: int = field(
+        default=8,
+        metadata={"help": "Samples per forward/backward pass. Every sample still gets its own gradient row."},
+    )
+    fisher: Literal["empirical", "model"] = field(
+        default="empirical",
+        metadata={
+            "help": "'empirical': labels are the data (the paper). 'model': labels sampled from the model's own "
+            "next-token distribution (the true Fisher of the KL to the unpruned model)."
+        },
+    )
+    first_order: bool = field(
+        default=False,
+        metadata={"help": "Add the first-order term -2 g^T x to the energy (the paper assumes g = 0 and drops it)."},
+    )
+    text_column: str = field(
+        default="text", metadata={"help": "Column holding raw text when calibration data is a dataset or data file."}
+    )
+    apply_chat_template: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Render chat `messages` with the tokenizer's chat template. None: only when the data has "
+            "a `messages` column."
+        },
+    )
+    pack_samples: bool = field(
+        default=False,
+        metadata={
+            "help": "Concatenate all texts (EOS-separated) and cut them into `max_length` windows; for long documents."
+        },
+    )
+    shuffle: bool = field(default=True, metadata={"help": "Shuffle the calibration samples with `seed` before taking them."})
+    seed: int = field(default=42, metadata={"help": "Seed for shuffling, label sampling and heuristic solvers."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to read when calibration data is a Hub dataset name."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Subset of a Hub dataset, if it has several."})
+    solver: Literal["auto", "enumerate", "local_search"] = field(
+        default="auto",
+        metadata={
+            "help": "'enumerate': exact, all C(N, M) states; 'local_search': iterated swap-move descent (heuristic); "
+            "'auto': exact when C(N, M) <= `max_enumeration_states`, else local_search."
+        },
+    )
+    max_enumeration_states: int = field(
+        default=5_000_000, metadata={"help": "Largest C(N, M) that `solver='auto'` enumerates exactly."}
+    )
+    show_progress: bool = field(default=True, metadata={"help": "Show progress bars on calibration and long solves."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.protected_blocks, (int, str)) or not isinstance(self.protected_blocks, Sequence):
+            raise ConfigurationError(
+                f"`protected_blocks` must be a sequence of 0-based block indices, got {self.protected_blocks!r}. "
+                "Pass e.g. `protected_blocks=[0]`."
+            )
+        self.protected_blocks = tuple(sorted(set(int(i) for i in self.protected_blocks)))
+        for name in ("num_blocks_to_remove", "num_states", "num_calibration_samples", "max_length", "batch_size",
+                     "max_enumeration_states"):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"`{name}` must be a positive integer, got {value!r}.",
+            )
+        _check(
+            isinstance(self.selected_state, int) and 0 <= self.selected_state < self.num_states,
+            f"`selected_state` must be an integer in [0, num_states={self.num_states}), got {self.selected_state!r}. "
+            "Raise `num_states` to select a higher excited state.",
+        )
+        _check(all(i >= 0 for i in self.protected_blocks),
+               f"`protected_blocks` must hold 0-based (non-negative) indices, got {list(self.protected_blocks)}.")
+        _check(self.fisher in FISHER_TYPES, f"`fisher` must be one of {list(FISHER_TYPES)}, got {self.fisher!r}.")
+        _check(self.solver in SOLVERS, f"`solver` must be one of {list(SOLVERS)}, got {self.solver!r}.")
+        _check(self.apply_chat_template in (None, True, False),
+               f"`apply_chat_template` must be True, False or None, got {self.apply_chat_template!r}.")
+
+    def validate_for_model(self, num_blocks: int) -> None:
+        """Checks that need the model's block count; `Pruner` runs them before any calibration.
+
+        Raises:
+            ConfigurationError: a protected index is out of range or too few removable blocks remain.
+        """
+        out_of_range = [i for i in self.protected_blocks if i >= num_blocks]
+        _check(
+            not out_of_range,
+            f"`protected_blocks` contains {out_of_range}, but the model has {num_blocks} blocks "
+            f"(valid indices 0..{num_blocks - 1}).",
+        )
+        removable = num_blocks - len(self.protected_blocks)
+        _check(
+            self.num_blocks_to_remove < num_blocks,
+            f"`num_blocks_to_remove` is {self.num_blocks_to_remove}, but the model has only {num_blocks} blocks; "
+            f"at least one must remain. Choose a value in 1..{num_blocks - 1}.",
+        )
+        _check(
+            self.num_blocks_to_remove <= removable,
+            f"`num_blocks_to_remove` is {self.num_blocks_to_remove}, but only {removable} of {num_blocks} blocks are "
+            f"removable once `protected_blocks`={list(self.protected_blocks)} are excluded. Protect fewer blocks "
+            "or remove fewer.",
+        )
+
+    # -- serialisation -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["protected_blocks"] = list(self.protected_blocks)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BlockRemovalConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"library_version"})
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown `BlockRemovalConfig` keys {unknown}; allowed keys are {sorted(known)}."
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write the config alone to `save_directory/blockprune_config.json` (the library version is stamped in)."""
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        payload = {"config": self.to_dict(), "library_version": __version__}
+        from .utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> BlockRemovalConfig:
+        """Read a config from a directory (or file) written by `save_pretrained` or by `Pruner.save_pretrained`."""
+        file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else str(path)
+        with open(file, encoding="utf-8") as handle:
+            payload = json.load(handle)
+        return cls.from_dict(payload["config"])

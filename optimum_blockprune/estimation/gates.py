@@ -1,0 +1,96 @@
+"""Coupling gates: scale what each block adds to the residual stream by a scalar alpha_i.
+
+    h <- h + alpha_i * Attn_i(norm(h)),   h <- h + alpha_i * MLP_i(norm(h))     (METHOD.md section 1)
+
+alpha_i = 1 is the unpruned model and alpha_i = 0 is block i removed, so gates both measure block
+importance (gradients at alpha = 1) and evaluate a removal without copying the model (alpha = 0).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..architectures import ArchitectureAdapter, get_adapter
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+
+class CouplingGates:
+    """Context manager installing one forward hook per residual branch; hooks are always removed on exit.
+
+    Set `gates.alpha` to a tensor of shape `[num_blocks]` (one value for the whole batch) or
+    `[batch, num_blocks]` (one row per sample: the per-sample gradient trick) before a forward pass;
+    `None` leaves the model untouched. With `freeze_weights=True` (default) every parameter has
+    `requires_grad` switched off while the gates are installed, so a backward pass computes activation
+    gradients only; the previous flags are restored on exit.
+
+    Example:
+
+    ```python
+    >>> with CouplingGates(model) as gates:  # doctest: +SKIP
+    ...     gates.alpha = torch.ones(gates.num_blocks, requires_grad=True)
+    ...     model(input_ids).logits.sum().backward()
+    ...     importance = gates.alpha.grad
+    ```
+    """
+
+    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter | None = None, *, freeze_weights: bool = True):
+        self.model = model
+        self.adapter = adapter or get_adapter(model)
+        self.freeze_weights = freeze_weights
+        self.num_blocks = len(self.adapter.block_list(model))
+        self.alpha: torch.Tensor | None = None
+        self._handles: list = []
+        self._saved_requires_grad: list[tuple[torch.nn.Parameter, bool]] = []
+
+    def __enter__(self) -> CouplingGates:
+        if self._handles:
+            raise RuntimeError("These coupling gates are already installed; nested use is not supported.")
+        if self.freeze_weights:
+            self._saved_requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+            for parameter, _ in self._saved_requires_grad:
+                parameter.requires_grad_(False)
+        try:
+            for index, block in enumerate(self.adapter.block_list(self.model)):
+                for module in self.adapter.branch_modules(block):
+                    self._handles.append(module.register_forward_hook(self._make_hook(index)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for parameter, flag in self._saved_requires_grad:
+            parameter.requires_grad_(flag)
+        self._saved_requires_grad = []
+        self.alpha = None
+
+    def _make_hook(self, index: int):
+        def hook(module, args, output):
+            if self.alpha is None:
+                return output
+            if isinstance(output, tuple):
+                return (self._scale(output[0], index), *output[1:])
+            return self._scale(output, index)
+
+        return hook
+
+    def _scale(self, branch: torch.Tensor, index: int) -> torch.Tensor:
+        alpha = self.alpha
+        if alpha.dim() == 1:
+            return branch * alpha[index].to(branch.dtype)
+        if alpha.shape[0] != branch.shape[0]:
+            raise ValueError(
+                f"`alpha` has {alpha.shape[0]} rows but the batch has {branch.shape[0]} samples; use shape "
+                f"[batch, {self.num_blocks}] or [{self.num_blocks}]."
+            )
+        column = alpha[:, index].to(branch.dtype)
+        return branch * column.view(-1, *([1] * (branch.dim() - 1)))

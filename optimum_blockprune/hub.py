@@ -1,0 +1,160 @@
+"""Saving a pruned model (checkpoint + tokenizer + provenance + card), atomically, and pushing it to the Hub."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from .config import CONFIG_NAME
+from .errors import OutputExistsError
+from .version import __version__
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+CARD_TEMPLATE = "model_card.md.jinja"
+
+
+def ensure_writable_directory(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse a non-empty existing directory (or a file) unless `overwrite`; run this before expensive work.
+
+    Raises:
+        OutputExistsError: `path` is a file, or a non-empty directory and `overwrite` is False.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        raise OutputExistsError(f"The output path {path!r} is an existing file; choose a directory path.")
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise OutputExistsError(
+            f"The output directory {path!r} is not empty. Choose another directory or pass `overwrite=True` "
+            "(`--overwrite` on the command line) to replace its contents."
+        )
+
+
+def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) -> str:
+    """Render the package's model-card template (YAML metadata + energy-ranking table) from provenance."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .result import Ranking
+
+    base_model = provenance.get("base_model") or "unknown"
+    is_hub_id = base_model.count("/") == 1 and not os.path.exists(base_model)
+    result = provenance["result"]
+    ranking = Ranking.from_dict(result["ranking"]) if result.get("ranking") else None
+    card_data = ModelCardData(
+        base_model=base_model if is_hub_id else None,
+        library_name="transformers",
+        tags=["optimum-blockprune", "block-pruning", "pruned"],
+        pipeline_tag=provenance.get("pipeline_tag"),
+    )
+    template = resources.files("optimum_blockprune.templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+    before, after = result["num_parameters_before"], result["num_parameters_after"]
+    card = ModelCard.from_template(
+        card_data,
+        template_str=template,
+        model_name=(repo_id or os.path.basename(os.path.normpath(base_model)) + "-blockpruned"),
+        repo_id=repo_id or "path/to/this/model",
+        base_model=base_model,
+        base_model_url=f"https://huggingface.co/{base_model}" if is_hub_id else "#",
+        num_blocks_before=len(result["removed_blocks"]) + len(result["kept_blocks"]),
+        num_blocks_after=len(result["kept_blocks"]),
+        removed_blocks=result["removed_blocks"],
+        kept_blocks=result["kept_blocks"],
+        selected_rank=result.get("selected_rank"),
+        num_parameters_before=before,
+        num_parameters_after=after,
+        parameter_reduction=1 - after / before,
+        ranking=ranking,
+        ranking_table=ranking.to_markdown(selected_rank=result.get("selected_rank")) if ranking else "",
+        fisher=provenance.get("fisher"),
+        first_order=(provenance.get("config") or {}).get("first_order", False),
+        library_version=__version__,
+    )
+    return str(card)
+
+
+def save_pruned_model(
+    save_directory: str | os.PathLike,
+    model: nn.Module,
+    tokenizer: Any | None,
+    provenance: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    repo_id: str | None = None,
+    **save_kwargs: Any,
+) -> str:
+    """Write checkpoint, tokenizer, `blockprune_config.json` and `README.md` into `save_directory`.
+
+    Everything is written to a temporary sibling directory first and moved into place at the end, so an
+    interrupted save never leaves a half-written model, and an existing one is replaced only when complete.
+    """
+    save_directory = os.path.abspath(os.fspath(save_directory))
+    ensure_writable_directory(save_directory, overwrite)
+    parent = os.path.dirname(save_directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(save_directory)}.tmp-")
+    try:
+        model.save_pretrained(staging, **save_kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        payload = {"library_version": __version__, **provenance}
+        with open(os.path.join(staging, CONFIG_NAME), "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+        with open(os.path.join(staging, "README.md"), "w", encoding="utf-8") as handle:
+            handle.write(render_model_card(provenance, repo_id=repo_id))
+        _move_into_place(staging, save_directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Saved the pruned model to %s.", save_directory)
+    return save_directory
+
+
+def _move_into_place(staging: str, target: str) -> None:
+    if not os.path.exists(target):
+        os.replace(staging, target)
+        return
+    backup = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.old-")
+    os.rmdir(backup)
+    os.replace(target, backup)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def push_folder_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str = "Upload block-pruned model (optimum-blockprune)",
+    create_pr: bool = False,
+):
+    """Create the repo if needed and upload `folder` in one commit. The local folder is never modified."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=os.fspath(folder),
+        repo_type="model",
+        revision=revision,
+        commit_message=commit_message,
+        create_pr=create_pr,
+    )
+    logger.info("Pushed %s to https://huggingface.co/%s.", folder, repo_id)
+    return info

@@ -1,0 +1,117 @@
+"""Shared fixtures: tiny random models for every registered architecture, a char-level tokenizer, text.
+
+Nothing here downloads: models are built from configs, the tokenizer from a vocabulary in this file.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+
+# The tests never reach the network; make any accidental Hub access fail fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+VOCAB = 128
+HIDDEN = 32
+LAYERS = 6
+_DENSE = dict(
+    vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+)
+
+# One tiny config per registered model_type. A registered architecture missing here fails
+# `test_every_registered_architecture_has_a_tiny_model`.
+TINY_CONFIGS: dict[str, dict] = {
+    "llama": _DENSE,
+    "mistral": {**_DENSE, "sliding_window": 8},
+    "qwen2": _DENSE,
+    "qwen3": {**_DENSE, "head_dim": 8},
+    "phi3": _DENSE,
+    # Small sliding windows make a wrongly sliced `layer_types` change the logits.
+    "gemma2": {**_DENSE, "head_dim": 8, "sliding_window": 4},
+    "gemma3_text": {**_DENSE, "head_dim": 8, "sliding_window": 4, "sliding_window_pattern": 2},
+    "gpt2": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=128, bos_token_id=1, eos_token_id=2),
+    "gpt_neox": dict(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
+        max_position_embeddings=128, bos_token_id=1, eos_token_id=2, use_parallel_residual=True,
+    ),
+    "opt": dict(
+        vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=64, num_hidden_layers=LAYERS, num_attention_heads=4,
+        word_embed_proj_dim=HIDDEN, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    ),
+    "falcon": dict(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, num_kv_heads=2,
+        new_decoder_architecture=True, bos_token_id=1, eos_token_id=2,
+    ),
+}
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog.",
+    "a stitch in time saves nine, they say.",
+    "all that glitters is not gold.",
+    "to be, or not to be, that is the question.",
+    "brevity is the soul of wit.",
+    "the course of true love never did run smooth.",
+    "we know what we are, but know not what we may be.",
+    "some are born great, some achieve greatness.",
+    "love all, trust a few, do wrong to none.",
+    "the fool doth think he is wise, but the wise man knows himself to be a fool.",
+    "it is a wise father that knows his own child.",
+    "better three hours too soon than a minute too late.",
+]
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<1>{{ message['role'] }}: {{ message['content'] }}<2>{% endfor %}"
+)
+
+
+def build_tiny_model(model_type: str, seed: int = 0, dtype=torch.float32):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type])
+    model = AutoModelForCausalLM.from_config(config).to(dtype)
+    return model.eval()
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"<{i}>": i for i in range(4)}
+    for char in string.ascii_lowercase + string.digits + " .,;:!?'-":
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<3>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<1> $A", special_tokens=[("<1>", 1)])
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<1>", eos_token="<2>", pad_token="<0>", unk_token="<3>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def texts():
+    return list(TEXTS)
+
+
+@pytest.fixture
+def llama(tokenizer):
+    return build_tiny_model("llama")
+
+
+def batch_of(tokenizer, texts, max_length=24):
+    return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)

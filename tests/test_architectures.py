@@ -1,0 +1,129 @@
+"""Surgery invariants for every registered architecture (the matrix is driven by the registry)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import TINY_CONFIGS, batch_of, build_tiny_model
+from transformers import AutoModelForCausalLM
+
+from optimum_blockprune import CouplingGates, get_adapter, remove_blocks, supported_model_types
+from optimum_blockprune.errors import SurgeryError, UnsupportedArchitectureError
+
+ARCHITECTURES = supported_model_types()
+REMOVED = [1, 3]
+
+
+def test_every_registered_architecture_has_a_tiny_model():
+    missing = sorted(set(ARCHITECTURES) - set(TINY_CONFIGS))
+    assert not missing, f"registered architectures without a tiny-model test config: {missing}"
+
+
+def _layer_indices(model):
+    adapter = get_adapter(model)
+    found = []
+    for position, block in enumerate(adapter.block_list(model)):
+        for module in block.modules():
+            value = module.__dict__.get("layer_idx")
+            if isinstance(value, int):
+                found.append((position, value))
+    return found
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def arch(request):
+    return request.param
+
+
+def test_removing_nothing_is_identity(arch, tokenizer, texts):
+    model = build_tiny_model(arch)
+    batch = batch_of(tokenizer, texts[:3])
+    with torch.no_grad():
+        before = model(**batch).logits
+    assert remove_blocks(model, []) == list(range(6))
+    with torch.no_grad():
+        after = model(**batch).logits
+    assert torch.equal(before, after)
+    assert model.config.num_hidden_layers == 6
+
+
+def test_removal_keeps_config_and_cache_indices_consistent(arch):
+    model = build_tiny_model(arch)
+    adapter = get_adapter(model)
+    config = adapter.text_config(model)
+    per_layer_before = {name: list(getattr(config, name)) for name in adapter.per_layer_config_fields}
+    kept = remove_blocks(model, REMOVED)
+    assert kept == [0, 2, 4, 5]
+    assert len(adapter.block_list(model)) == 4
+    assert config.num_hidden_layers == 4
+    for name, values in per_layer_before.items():
+        assert list(getattr(config, name)) == [values[i] for i in kept], name
+    indices = _layer_indices(model)
+    assert indices, "every architecture here has at least one module with a cache `layer_idx`"
+    assert all(position == value for position, value in indices)
+    config.validate()
+
+
+def test_pruned_model_equals_gated_original(arch, tokenizer, texts):
+    """Surgery and the gates agree: alpha = 0 on a block is exactly that block removed."""
+    model = build_tiny_model(arch)
+    batch = batch_of(tokenizer, texts[:3])
+    with torch.no_grad(), CouplingGates(model) as gates:
+        alpha = torch.ones(gates.num_blocks)
+        alpha[REMOVED] = 0.0
+        gates.alpha = alpha
+        gated = model(**batch).logits
+    remove_blocks(model, REMOVED)
+    with torch.no_grad():
+        pruned = model(**batch).logits
+    torch.testing.assert_close(pruned, gated, atol=1e-5, rtol=1e-5)
+
+
+def test_save_reload_and_cached_generation(arch, tokenizer, texts, tmp_path):
+    model = build_tiny_model(arch)
+    remove_blocks(model, REMOVED)
+    model.save_pretrained(tmp_path)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    reloaded.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert reloaded.config.num_hidden_layers == 4
+    batch = batch_of(tokenizer, texts[:2])
+    with torch.no_grad():
+        assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
+    prompt = tokenizer(["to be, or not"], return_tensors="pt")
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        cached = model.generate(**prompt, use_cache=True, **kwargs)
+        uncached = model.generate(**prompt, use_cache=False, **kwargs)
+        reloaded_cached = reloaded.generate(**prompt, use_cache=True, **kwargs)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, reloaded_cached)
+
+
+def test_invalid_removals_are_refused_and_leave_the_model_intact(llama):
+    reference = copy.deepcopy(llama.state_dict())
+    with pytest.raises(SurgeryError, match="indices 0..5"):
+        remove_blocks(llama, [6])
+    with pytest.raises(SurgeryError, match="at least one must remain"):
+        remove_blocks(llama, range(6))
+    assert llama.config.num_hidden_layers == 6
+    assert all(torch.equal(v, llama.state_dict()[k]) for k, v in reference.items())
+
+
+def test_unsupported_architecture_names_model_type_and_supported_ones():
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("bloom", vocab_size=64, hidden_size=16, n_layer=2, n_head=2)
+    with pytest.raises(UnsupportedArchitectureError) as excinfo:
+        get_adapter(config)
+    message = str(excinfo.value)
+    assert "'bloom'" in message and "llama" in message and "register_architecture" in message
+
+
+def test_register_refuses_duplicates():
+    from optimum_blockprune import ArchitectureAdapter, register_architecture
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_architecture(ArchitectureAdapter("llama"))

@@ -1,0 +1,62 @@
+"""BlockRemovalConfig validation and serialisation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optimum_blockprune import BlockRemovalConfig, ConfigurationError
+from optimum_blockprune.version import __version__
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"num_blocks_to_remove": 0}, "`num_blocks_to_remove` must be a positive integer, got 0"),
+        ({"num_blocks_to_remove": 2.5}, "`num_blocks_to_remove`"),
+        ({"num_states": -1}, "`num_states`"),
+        ({"max_length": True}, "`max_length`"),
+        ({"fisher": "hessian"}, "`fisher` must be one of ['empirical', 'model'], got 'hessian'"),
+        ({"solver": "gurobi"}, "`solver` must be one of"),
+        ({"protected_blocks": 3}, "`protected_blocks` must be a sequence"),
+        ({"protected_blocks": [-1]}, "non-negative"),
+        ({"selected_state": 20}, "`selected_state` must be an integer in [0, num_states=20)"),
+        ({"apply_chat_template": "yes"}, "`apply_chat_template`"),
+    ],
+)
+def test_invalid_values_name_the_argument(kwargs, fragment):
+    with pytest.raises(ConfigurationError) as excinfo:
+        BlockRemovalConfig(**kwargs)
+    assert fragment in str(excinfo.value)
+    assert isinstance(excinfo.value, ValueError)
+
+
+def test_model_dependent_checks():
+    BlockRemovalConfig(num_blocks_to_remove=5).validate_for_model(6)
+    with pytest.raises(ConfigurationError, match="has only 6 blocks"):
+        BlockRemovalConfig(num_blocks_to_remove=6).validate_for_model(6)
+    with pytest.raises(ConfigurationError, match=r"contains \[7\].*valid indices 0..5"):
+        BlockRemovalConfig(protected_blocks=[0, 7]).validate_for_model(6)
+    with pytest.raises(ConfigurationError, match="only 3 of 6 blocks are removable"):
+        BlockRemovalConfig(num_blocks_to_remove=4, protected_blocks=[0, 1, 2]).validate_for_model(6)
+
+
+def test_round_trip(tmp_path):
+    config = BlockRemovalConfig(num_blocks_to_remove=3, protected_blocks=[5, 0, 0], fisher="model", first_order=True)
+    assert config.protected_blocks == (0, 5)
+    assert BlockRemovalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    path = config.save_pretrained(tmp_path)
+    assert json.load(open(path))["library_version"] == __version__
+    assert BlockRemovalConfig.from_pretrained(tmp_path) == config
+
+
+def test_unknown_keys_are_refused():
+    with pytest.raises(ConfigurationError, match="Unknown `BlockRemovalConfig` keys \\['num_layers'\\]"):
+        BlockRemovalConfig.from_dict({"num_layers": 3})
+
+
+def test_every_field_has_help():
+    from dataclasses import fields
+
+    assert all(f.metadata.get("help") for f in fields(BlockRemovalConfig))

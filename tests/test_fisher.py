@@ -1,0 +1,152 @@
+"""Coupling gates and the Fisher estimate: batched per-sample gradients, finite differences, numerics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEXTS, batch_of, build_tiny_model
+
+from optimum_blockprune import BlockRemovalConfig, CouplingGates, FisherEstimate, estimate_fisher
+from optimum_blockprune.estimation import (
+    energy_matrix,
+    hessian_from_gradients,
+    per_sample_token_mean_loss,
+    prepare_calibration_data,
+)
+from optimum_blockprune.estimation.fisher import sample_model_labels
+
+
+def _calibration(tokenizer, **overrides):
+    config = BlockRemovalConfig(num_calibration_samples=10, max_length=48, shuffle=False, **overrides)
+    return prepare_calibration_data(TEXTS, tokenizer, config)
+
+
+def test_gates_are_identity_at_one_and_always_removed(llama, tokenizer):
+    batch = batch_of(tokenizer, TEXTS[:2])
+    requires_grad = {n: p.requires_grad for n, p in llama.named_parameters()}
+    with torch.no_grad():
+        reference = llama(**batch).logits
+    with pytest.raises(RuntimeError, match="boom"), CouplingGates(llama) as gates:
+        gates.alpha = torch.ones(gates.num_blocks)
+        with torch.no_grad():
+            torch.testing.assert_close(llama(**batch).logits, reference, rtol=0, atol=0)
+        assert not any(p.requires_grad for p in llama.parameters())
+        raise RuntimeError("boom")
+    assert all(not m._forward_hooks for m in llama.modules())
+    assert {n: p.requires_grad for n, p in llama.named_parameters()} == requires_grad
+
+
+def test_per_sample_alpha_rows_act_on_their_own_sample(llama, tokenizer):
+    batch = batch_of(tokenizer, TEXTS[:2])
+    with torch.no_grad(), CouplingGates(llama) as gates:
+        alpha = torch.ones(2, gates.num_blocks)
+        alpha[1, 2] = 0.0  # skip block 2 for sample 1 only
+        gates.alpha = alpha
+        mixed = llama(**batch).logits
+        gates.alpha = torch.ones(gates.num_blocks)
+        full = llama(**batch).logits
+        skipped = torch.ones(gates.num_blocks)
+        skipped[2] = 0.0
+        gates.alpha = skipped
+        without_block = llama(**batch).logits
+    torch.testing.assert_close(mixed[0], full[0])
+    torch.testing.assert_close(mixed[1], without_block[1])
+    assert not torch.allclose(full[1], without_block[1])
+
+
+def test_per_sample_loss_ignores_padding():
+    logits = torch.randn(2, 5, 7)
+    labels = torch.randint(0, 7, (2, 5))
+    padded = labels.clone()
+    padded[1, 3:] = -100
+    losses = per_sample_token_mean_loss(logits, padded)
+    expected_1 = torch.nn.functional.cross_entropy(logits[1, :2], labels[1, 1:3])
+    torch.testing.assert_close(losses[1], expected_1)
+    expected_0 = torch.nn.functional.cross_entropy(logits[0, :4], labels[0, 1:])
+    torch.testing.assert_close(losses[0], expected_0)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma2"])
+def test_batched_gradients_equal_batch_size_one_loop(model_type, tokenizer):
+    model = build_tiny_model(model_type)
+    calibration = _calibration(tokenizer)
+    assert len({len(s) for s in calibration.samples}) > 1, "samples of different lengths exercise padding"
+    batched = estimate_fisher(model, calibration, batch_size=5, show_progress=False)
+    looped = estimate_fisher(model, calibration, batch_size=1, show_progress=False)
+    np.testing.assert_allclose(batched.gradients, looped.gradients, rtol=1e-4, atol=1e-6)
+    assert np.abs(batched.gradients).max() > 0
+
+
+def test_gradient_matches_finite_differences(tokenizer):
+    model = build_tiny_model("llama", dtype=torch.float64)
+    calibration = _calibration(tokenizer)
+    fisher = estimate_fisher(model, calibration, batch_size=4, show_progress=False)
+    batch = next(calibration.batches(4, 0))
+    labels = batch.pop("labels")
+    # Central differences with eps = 1e-3: truncation error is O(eps^2); smaller steps drown in the float32
+    # rounding that transformers' RMSNorm keeps even in a float64 model.
+    eps = 1e-3
+    with torch.no_grad(), CouplingGates(model) as gates:
+        for block in (0, 3, 5):
+            losses = []
+            for sign in (1.0, -1.0):
+                alpha = torch.ones(gates.num_blocks, dtype=torch.float64)
+                alpha[block] += sign * eps
+                gates.alpha = alpha
+                losses.append(per_sample_token_mean_loss(model(**batch).logits, labels))
+            numeric = ((losses[0] - losses[1]) / (2 * eps)).numpy()
+            np.testing.assert_allclose(fisher.gradients[:4, block], numeric, rtol=1e-3, atol=1e-7)
+
+
+def test_hessian_is_float64_psd_and_consistent(llama, tokenizer):
+    fisher = estimate_fisher(llama, _calibration(tokenizer), batch_size=4, show_progress=False)
+    a = fisher.gradients.astype(np.float64)
+    assert fisher.hessian.dtype == np.float64 and fisher.gradients.dtype == np.float32
+    np.testing.assert_allclose(fisher.hessian, a.T @ a / a.shape[0], rtol=1e-10)
+    np.testing.assert_allclose(fisher.mean_gradient, a.mean(axis=0), rtol=1e-10)
+    assert np.linalg.eigvalsh(fisher.hessian).min() > -1e-12 * np.abs(fisher.hessian).max()
+    assert fisher.metadata["num_samples"] == 10 and fisher.metadata["num_tokens"] > 10
+
+
+def test_hessian_from_gradients_keeps_precision_of_tiny_values():
+    a = np.full((4, 2), 1e-30, dtype=np.float32)
+    h = hessian_from_gradients(a)
+    assert h.dtype == np.float64 and np.all(h > 0)  # float32 squares would underflow to 0
+
+
+def test_energy_matrix_with_first_order_term():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20, 5))
+    h, g = hessian_from_gradients(a), a.mean(0)
+    q = energy_matrix(h, g)
+    for x in ([1, 0, 1, 0, 0], [0, 1, 1, 1, 0]):
+        x = np.array(x, dtype=float)
+        assert np.isclose(x @ q @ x, x @ h @ x - 2 * g @ x)
+    assert np.array_equal(energy_matrix(h), h)
+
+
+def test_model_fisher_samples_labels_only_on_real_tokens(llama, tokenizer):
+    labels = torch.tensor([[5, 6, 7, -100], [8, 9, -100, -100]])
+    logits = torch.randn(2, 4, 128)
+    sampled = sample_model_labels(logits, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(sampled == -100, labels == -100)
+    assert torch.equal(sampled[:, 0], labels[:, 0])
+    calibration = _calibration(tokenizer)
+    first = estimate_fisher(llama, calibration, fisher="model", batch_size=5, seed=3, show_progress=False)
+    again = estimate_fisher(llama, calibration, fisher="model", batch_size=5, seed=3, show_progress=False)
+    empirical = estimate_fisher(llama, calibration, batch_size=5, show_progress=False)
+    np.testing.assert_array_equal(first.gradients, again.gradients)
+    assert not np.allclose(first.gradients, empirical.gradients)
+    assert first.metadata["fisher"] == "model"
+
+
+def test_fisher_round_trips_through_safetensors(llama, tokenizer, tmp_path):
+    fisher = estimate_fisher(llama, _calibration(tokenizer), batch_size=5, show_progress=False)
+    path = fisher.save(tmp_path)
+    loaded = FisherEstimate.load(path)
+    np.testing.assert_array_equal(loaded.gradients, fisher.gradients)
+    np.testing.assert_array_equal(loaded.hessian, fisher.hessian)
+    np.testing.assert_array_equal(loaded.mean_gradient, fisher.mean_gradient)
+    assert loaded.metadata == fisher.metadata
+    assert loaded.metadata["calibration_hash"] == _calibration(tokenizer).fingerprint
