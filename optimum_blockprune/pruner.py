@@ -42,6 +42,27 @@ def _without_gguf_quantizer(model: nn.Module) -> nn.Module:
     return plain.eval()
 
 
+def rank_from_fisher(fisher: FisherEstimate, config: BlockRemovalConfig) -> Ranking:
+    """Rank the `config.num_states` lowest-energy feasible removals from a Fisher estimate alone (no model)."""
+    num_blocks = fisher.num_blocks
+    config.validate_for_model(num_blocks)
+    protected = set(config.protected_blocks)
+    problem = CardinalityProblem(
+        QUBO(fisher.energy_matrix(first_order=config.first_order)),
+        config.num_blocks_to_remove,
+        tuple(i for i in range(num_blocks) if i not in protected),
+    )
+    ranking = solve_ranking(
+        problem,
+        config.num_states,
+        solver=config.solver,
+        max_enumeration_states=config.max_enumeration_states,
+        seed=config.seed,
+        show_progress=config.show_progress,
+    )
+    return replace(ranking, first_order=config.first_order)
+
+
 class Pruner:
     """Remove whole blocks from a Hugging Face model, chosen by constrained binary optimisation.
 
@@ -156,21 +177,7 @@ class Pruner:
                 f"The Fisher estimate covers {fisher.num_blocks} blocks but the model has {self.num_blocks}; it was "
                 "estimated on a different model."
             )
-        config.validate_for_model(self.num_blocks)
-        problem = CardinalityProblem(
-            QUBO(fisher.energy_matrix(first_order=config.first_order)),
-            config.num_blocks_to_remove,
-            tuple(i for i in range(self.num_blocks) if i not in set(config.protected_blocks)),
-        )
-        ranking = solve_ranking(
-            problem,
-            config.num_states,
-            solver=config.solver,
-            max_enumeration_states=config.max_enumeration_states,
-            seed=config.seed,
-            show_progress=config.show_progress,
-        )
-        self.ranking = replace(ranking, first_order=config.first_order)
+        self.ranking = rank_from_fisher(fisher, config)
         self.config = config
         return self.ranking
 

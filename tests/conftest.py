@@ -115,3 +115,21 @@ def llama(tokenizer):
 
 def batch_of(tokenizer, texts, max_length=24):
     return tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny llama + tokenizer, as a user's local checkpoint would look."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model("llama").save_pretrained(path)
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def calibration_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "calibration.jsonl"
+    import json
+
+    path.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
+    return path

@@ -47,7 +47,8 @@ def test_round_trip(tmp_path):
     assert config.protected_blocks == (0, 5)
     assert BlockRemovalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     path = config.save_pretrained(tmp_path)
-    assert json.load(open(path))["library_version"] == __version__
+    with open(path) as handle:
+        assert json.load(handle)["library_version"] == __version__
     assert BlockRemovalConfig.from_pretrained(tmp_path) == config
 
 

@@ -130,7 +130,7 @@ class FisherEstimate:
             path = os.path.join(path, FISHER_FILE_NAME)
         with safe_open(path, framework="np") as handle:
             header = handle.metadata() or {}
-            arrays = {key: handle.get_tensor(key) for key in handle.keys()}
+            arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
         if header.get("format") != "optimum-blockprune-fisher":
             raise ValueError(f"{path!r} is not a Fisher file written by `FisherEstimate.save`.")
         return cls(metadata=json.loads(header["blockprune"]), **arrays)

@@ -1,0 +1,214 @@
+"""Command line: `optimum-blockprune {prune,rank,estimate}` (also `optimum-cli blockprune ...`).
+
+Every `BlockRemovalConfig` field is an option (`num_blocks_to_remove` -> `--num-blocks-to-remove`), so the
+command line and the Python API cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import MISSING, fields
+
+from .config import FISHER_TYPES, SOLVERS, BlockRemovalConfig
+from .errors import BlockPruneError
+
+logger = logging.getLogger("optimum_blockprune")
+
+_CHOICES = {"fisher": FISHER_TYPES, "solver": SOLVERS}
+
+
+def _index_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated 0-based block indices like '0,31', got {text!r}") from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Sequence[str] = ()) -> None:
+    group = parser.add_argument_group("block removal (BlockRemovalConfig fields)")
+    for field in fields(BlockRemovalConfig):
+        if field.name in exclude:
+            continue
+        option = "--" + field.name.replace("_", "-")
+        default = field.default if field.default is not MISSING else None
+        kwargs = {"default": default, "help": field.metadata["help"] + f" (default: {default!r})"}
+        if field.name == "protected_blocks":
+            kwargs.update(type=_index_list, metavar="I,J,...")
+        elif isinstance(default, bool) or field.name == "apply_chat_template":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif field.name in _CHOICES:
+            kwargs["choices"] = _CHOICES[field.name]
+        elif isinstance(default, int):
+            kwargs["type"] = int
+        group.add_argument(option, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> BlockRemovalConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(BlockRemovalConfig) if hasattr(args, f.name)}
+    return BlockRemovalConfig(**values)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("model", nargs=None if required else "?", help="Hub model id or local directory.")
+    group = parser.add_argument_group("model loading (passed to from_pretrained)")
+    group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    group.add_argument("--device-map", default=None, help="e.g. 'cpu', 'cuda', 'auto' (accelerate placement).")
+    group.add_argument("--revision", default=None)
+    group.add_argument("--gguf-file", default=None, help="Load a GGUF file from the model directory/repo.")
+    group.add_argument("--trust-remote-code", action="store_true")
+
+
+def _add_dataset_argument(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument(
+        "--dataset",
+        required=required,
+        help="Calibration data: a local file (.txt/.json/.jsonl/.csv/.parquet), a dataset directory, or a Hub "
+        "dataset name (see --dataset-split, --dataset-config-name, --text-column).",
+    )
+
+
+def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    _add_dataset_argument(parser, required=False)
+    parser.add_argument("--output-dir", required=True, help="Where to write the pruned checkpoint and card.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output-dir.")
+    parser.add_argument("--fisher-file", default=None, help="Reuse a Fisher estimate saved by `estimate`.")
+    parser.add_argument("--save-fisher", default=None, help="Also save the Fisher estimate to this file.")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="Upload the result to this repo.")
+    parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run_prune)
+
+
+def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser, required=False)
+    _add_dataset_argument(parser, required=False)
+    parser.add_argument("--fisher-file", default=None, help="Rank from a saved Fisher estimate (no model needed).")
+    parser.add_argument("--json", default=None, metavar="PATH", help="Also write the ranking as JSON.")
+    add_config_arguments(parser, exclude=("selected_state",))
+    parser.set_defaults(handler=run_rank)
+
+
+def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    _add_dataset_argument(parser, required=True)
+    parser.add_argument("--output", required=True, help="Fisher file to write (.safetensors).")
+    add_config_arguments(
+        parser,
+        exclude=("num_blocks_to_remove", "protected_blocks", "num_states", "selected_state", "first_order", "solver",
+                 "max_enumeration_states"),
+    )
+    parser.set_defaults(handler=run_estimate)
+
+
+SUBCOMMANDS = {
+    "prune": ("Estimate, rank, remove the chosen blocks, and save a standard checkpoint with its card.", add_prune_arguments),
+    "rank": ("Print the energy ranking of block removals without modifying any model.", add_rank_arguments),
+    "estimate": ("Estimate the block Fisher once and save it, to rank or prune later for any M.", add_estimate_arguments),
+}
+
+
+def _load_pruner(args: argparse.Namespace):
+    from .pruner import Pruner
+
+    kwargs = {"dtype": args.dtype}
+    for name in ("device_map", "revision", "gguf_file"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    if args.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    return Pruner.from_pretrained(args.model, **kwargs)
+
+
+def _require_data(args: argparse.Namespace, command: str) -> None:
+    if args.dataset is None and args.fisher_file is None:
+        raise BlockPruneError(f"`{command}` needs calibration data: pass `--dataset PATH_OR_NAME` or `--fisher-file FILE`.")
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from .estimation import FisherEstimate
+    from .hub import ensure_writable_directory
+
+    config = config_from_args(args)
+    _require_data(args, "prune")
+    ensure_writable_directory(args.output_dir, args.overwrite)  # before any expensive work
+    pruner = _load_pruner(args)
+    fisher = FisherEstimate.load(args.fisher_file) if args.fisher_file else None
+    result = pruner.prune(config, args.dataset, fisher=fisher)
+    if args.save_fisher:
+        pruner.fisher.save(args.save_fisher)
+    print(pruner.ranking)
+    print(f"\nRemoved blocks (0-based): {list(result.removed_blocks)}; parameters "
+          f"{result.num_parameters_before:,} -> {result.num_parameters_after:,} ({100 * result.parameter_reduction:.1f}% fewer)")
+    pruner.save_pretrained(args.output_dir, overwrite=args.overwrite)
+    print(f"Saved to {args.output_dir}")
+    if args.push_to_hub:
+        pruner.push_to_hub(args.push_to_hub, private=args.private or None)
+        print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
+    return 0
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    from .estimation import FisherEstimate
+    from .pruner import rank_from_fisher
+
+    config = config_from_args(args)
+    if args.fisher_file:
+        fisher = FisherEstimate.load(args.fisher_file)
+    else:
+        _require_data(args, "rank")
+        if args.model is None:
+            raise BlockPruneError("`rank` needs a MODEL with `--dataset`, or `--fisher-file FILE`.")
+        fisher = _load_pruner(args).estimate(args.dataset, config)
+    ranking = rank_from_fisher(fisher, config)
+    print(ranking)
+    if args.json:
+        from .utils import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(ranking.to_dict(), indent=2) + "\n")
+    return 0
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    fisher = _load_pruner(args).estimate(args.dataset, config)
+    path = fisher.save(args.output)
+    print(f"Saved the {fisher.metadata['fisher']} Fisher ({fisher.num_samples} samples x {fisher.num_blocks} blocks) to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="optimum-blockprune",
+        description="Remove whole transformer blocks chosen by constrained binary optimisation (arXiv:2602.00161).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log DEBUG details.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments) in SUBCOMMANDS.items():
+        add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run a parsed command; library errors become one clear line and exit status 2."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    try:
+        return args.handler(args)
+    except BlockPruneError as error:
+        message = f"optimum-blockprune {getattr(args, 'command', '') or ''}: error: {error}"
+        print(message, file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    return execute(parser.parse_args(argv), parser)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

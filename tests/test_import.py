@@ -1,0 +1,25 @@
+"""Importing the package is cheap: no torch, transformers or datasets until a heavy name is used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_import_is_lean():
+    script = (
+        "import sys, optimum_blockprune as ob\n"
+        "from optimum_blockprune import BlockRemovalConfig, cli\n"
+        "BlockRemovalConfig(num_blocks_to_remove=2)\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert ob.Pruner.__name__ == 'Pruner' and 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True)
+
+
+def test_public_names_resolve():
+    import optimum_blockprune as ob
+
+    for name in ob.__all__:
+        assert getattr(ob, name) is not None, name
