@@ -24,6 +24,7 @@ _EXPORTS = {
     "CardinalityProblem": "qubo",
     "solve_ranking": "solvers",
     "remove_blocks": "surgery",
+    "evaluate_perplexity": "evaluation",
     "ArchitectureAdapter": "architectures",
     "register_architecture": "architectures",
     "get_adapter": "architectures",
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
     from .estimation.calibration import prepare_calibration_data
     from .estimation.fisher import FisherEstimate, estimate_fisher
     from .estimation.gates import CouplingGates
+    from .evaluation import evaluate_perplexity
     from .pruner import Pruner
     from .qubo import QUBO, CardinalityProblem
     from .result import PruningResult, RankedState, Ranking

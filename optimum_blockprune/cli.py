@@ -25,7 +25,9 @@ def _index_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated 0-based block indices like '0,31', got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated 0-based block indices like '0,31', got {text!r}"
+        ) from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Sequence[str] = ()) -> None:
@@ -56,7 +58,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
     parser.add_argument("model", nargs=None if required else "?", help="Hub model id or local directory.")
     group = parser.add_argument_group("model loading (passed to from_pretrained)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    group.add_argument("--device-map", default=None, help="e.g. 'cpu', 'cuda', 'auto' (accelerate placement).")
+    group.add_argument(
+        "--device-map", default=None, help="e.g. 'cpu', 'cuda', 'auto' (accelerate placement)."
+    )
     group.add_argument("--revision", default=None)
     group.add_argument("--gguf-file", default=None, help="Load a GGUF file from the model directory/repo.")
     group.add_argument("--trust-remote-code", action="store_true")
@@ -78,7 +82,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output-dir.")
     parser.add_argument("--fisher-file", default=None, help="Reuse a Fisher estimate saved by `estimate`.")
     parser.add_argument("--save-fisher", default=None, help="Also save the Fisher estimate to this file.")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="Upload the result to this repo.")
+    parser.add_argument(
+        "--push-to-hub", default=None, metavar="REPO_ID", help="Upload the result to this repo."
+    )
     parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
     add_config_arguments(parser)
     parser.set_defaults(handler=run_prune)
@@ -87,7 +93,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
 def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser, required=False)
     _add_dataset_argument(parser, required=False)
-    parser.add_argument("--fisher-file", default=None, help="Rank from a saved Fisher estimate (no model needed).")
+    parser.add_argument(
+        "--fisher-file", default=None, help="Rank from a saved Fisher estimate (no model needed)."
+    )
     parser.add_argument("--json", default=None, metavar="PATH", help="Also write the ranking as JSON.")
     add_config_arguments(parser, exclude=("selected_state",))
     parser.set_defaults(handler=run_rank)
@@ -99,16 +107,29 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="Fisher file to write (.safetensors).")
     add_config_arguments(
         parser,
-        exclude=("num_blocks_to_remove", "protected_blocks", "num_states", "selected_state", "first_order", "solver",
-                 "max_enumeration_states"),
+        exclude=(
+            "num_blocks_to_remove",
+            "protected_blocks",
+            "num_states",
+            "selected_state",
+            "first_order",
+            "solver",
+            "max_enumeration_states",
+        ),
     )
     parser.set_defaults(handler=run_estimate)
 
 
 SUBCOMMANDS = {
-    "prune": ("Estimate, rank, remove the chosen blocks, and save a standard checkpoint with its card.", add_prune_arguments),
+    "prune": (
+        "Estimate, rank, remove the chosen blocks, and save a standard checkpoint with its card.",
+        add_prune_arguments,
+    ),
     "rank": ("Print the energy ranking of block removals without modifying any model.", add_rank_arguments),
-    "estimate": ("Estimate the block Fisher once and save it, to rank or prune later for any M.", add_estimate_arguments),
+    "estimate": (
+        "Estimate the block Fisher once and save it, to rank or prune later for any M.",
+        add_estimate_arguments,
+    ),
 }
 
 
@@ -126,7 +147,9 @@ def _load_pruner(args: argparse.Namespace):
 
 def _require_data(args: argparse.Namespace, command: str) -> None:
     if args.dataset is None and args.fisher_file is None:
-        raise BlockPruneError(f"`{command}` needs calibration data: pass `--dataset PATH_OR_NAME` or `--fisher-file FILE`.")
+        raise BlockPruneError(
+            f"`{command}` needs calibration data: pass `--dataset PATH_OR_NAME` or `--fisher-file FILE`."
+        )
 
 
 def run_prune(args: argparse.Namespace) -> int:
@@ -142,8 +165,10 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.save_fisher:
         pruner.fisher.save(args.save_fisher)
     print(pruner.ranking)
-    print(f"\nRemoved blocks (0-based): {list(result.removed_blocks)}; parameters "
-          f"{result.num_parameters_before:,} -> {result.num_parameters_after:,} ({100 * result.parameter_reduction:.1f}% fewer)")
+    print(
+        f"\nRemoved blocks (0-based): {list(result.removed_blocks)}; parameters "
+        f"{result.num_parameters_before:,} -> {result.num_parameters_after:,} ({100 * result.parameter_reduction:.1f}% fewer)"
+    )
     pruner.save_pretrained(args.output_dir, overwrite=args.overwrite)
     print(f"Saved to {args.output_dir}")
     if args.push_to_hub:
@@ -177,7 +202,9 @@ def run_estimate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     fisher = _load_pruner(args).estimate(args.dataset, config)
     path = fisher.save(args.output)
-    print(f"Saved the {fisher.metadata['fisher']} Fisher ({fisher.num_samples} samples x {fisher.num_blocks} blocks) to {path}")
+    print(
+        f"Saved the {fisher.metadata['fisher']} Fisher ({fisher.num_samples} samples x {fisher.num_blocks} blocks) to {path}"
+    )
     return 0
 
 

@@ -50,16 +50,21 @@ class BlockRemovalConfig:
     )
     num_states: int = field(
         default=20,
-        metadata={"help": "How many lowest-energy feasible configurations to rank (ground state + excited states)."},
+        metadata={
+            "help": "How many lowest-energy feasible configurations to rank (ground state + excited states)."
+        },
     )
     selected_state: int = field(
         default=0,
         metadata={"help": "Which ranked state `prune` applies: 0 is the ground state (the paper's CBO:0)."},
     )
     num_calibration_samples: int = field(
-        default=128, metadata={"help": "Number of calibration samples (rows of the per-sample gradient matrix A)."}
+        default=128,
+        metadata={"help": "Number of calibration samples (rows of the per-sample gradient matrix A)."},
     )
-    max_length: int = field(default=512, metadata={"help": "Maximum tokens per calibration sample; longer ones are truncated."})
+    max_length: int = field(
+        default=512, metadata={"help": "Maximum tokens per calibration sample; longer ones are truncated."}
+    )
     batch_size: int = field(
         default=8,
         metadata={"help": "Samples per forward/backward pass. Every sample still gets its own gradient row."},
@@ -73,10 +78,13 @@ class BlockRemovalConfig:
     )
     first_order: bool = field(
         default=False,
-        metadata={"help": "Add the first-order term -2 g^T x to the energy (the paper assumes g = 0 and drops it)."},
+        metadata={
+            "help": "Add the first-order term -2 g^T x to the energy (the paper assumes g = 0 and drops it)."
+        },
     )
     text_column: str = field(
-        default="text", metadata={"help": "Column holding raw text when calibration data is a dataset or data file."}
+        default="text",
+        metadata={"help": "Column holding raw text when calibration data is a dataset or data file."},
     )
     apply_chat_template: bool | None = field(
         default=None,
@@ -91,10 +99,18 @@ class BlockRemovalConfig:
             "help": "Concatenate all texts (EOS-separated) and cut them into `max_length` windows; for long documents."
         },
     )
-    shuffle: bool = field(default=True, metadata={"help": "Shuffle the calibration samples with `seed` before taking them."})
-    seed: int = field(default=42, metadata={"help": "Seed for shuffling, label sampling and heuristic solvers."})
-    dataset_split: str = field(default="train", metadata={"help": "Split to read when calibration data is a Hub dataset name."})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Subset of a Hub dataset, if it has several."})
+    shuffle: bool = field(
+        default=True, metadata={"help": "Shuffle the calibration samples with `seed` before taking them."}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Seed for shuffling, label sampling and heuristic solvers."}
+    )
+    dataset_split: str = field(
+        default="train", metadata={"help": "Split to read when calibration data is a Hub dataset name."}
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Subset of a Hub dataset, if it has several."}
+    )
     solver: Literal["auto", "enumerate", "local_search"] = field(
         default="auto",
         metadata={
@@ -105,7 +121,9 @@ class BlockRemovalConfig:
     max_enumeration_states: int = field(
         default=5_000_000, metadata={"help": "Largest C(N, M) that `solver='auto'` enumerates exactly."}
     )
-    show_progress: bool = field(default=True, metadata={"help": "Show progress bars on calibration and long solves."})
+    show_progress: bool = field(
+        default=True, metadata={"help": "Show progress bars on calibration and long solves."}
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.protected_blocks, (int, str)) or not isinstance(self.protected_blocks, Sequence):
@@ -114,8 +132,14 @@ class BlockRemovalConfig:
                 "Pass e.g. `protected_blocks=[0]`."
             )
         self.protected_blocks = tuple(sorted(set(int(i) for i in self.protected_blocks)))
-        for name in ("num_blocks_to_remove", "num_states", "num_calibration_samples", "max_length", "batch_size",
-                     "max_enumeration_states"):
+        for name in (
+            "num_blocks_to_remove",
+            "num_states",
+            "num_calibration_samples",
+            "max_length",
+            "batch_size",
+            "max_enumeration_states",
+        ):
             value = getattr(self, name)
             _check(
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,
@@ -126,12 +150,18 @@ class BlockRemovalConfig:
             f"`selected_state` must be an integer in [0, num_states={self.num_states}), got {self.selected_state!r}. "
             "Raise `num_states` to select a higher excited state.",
         )
-        _check(all(i >= 0 for i in self.protected_blocks),
-               f"`protected_blocks` must hold 0-based (non-negative) indices, got {list(self.protected_blocks)}.")
-        _check(self.fisher in FISHER_TYPES, f"`fisher` must be one of {list(FISHER_TYPES)}, got {self.fisher!r}.")
+        _check(
+            all(i >= 0 for i in self.protected_blocks),
+            f"`protected_blocks` must hold 0-based (non-negative) indices, got {list(self.protected_blocks)}.",
+        )
+        _check(
+            self.fisher in FISHER_TYPES, f"`fisher` must be one of {list(FISHER_TYPES)}, got {self.fisher!r}."
+        )
         _check(self.solver in SOLVERS, f"`solver` must be one of {list(SOLVERS)}, got {self.solver!r}.")
-        _check(self.apply_chat_template in (None, True, False),
-               f"`apply_chat_template` must be True, False or None, got {self.apply_chat_template!r}.")
+        _check(
+            self.apply_chat_template in (None, True, False),
+            f"`apply_chat_template` must be True, False or None, got {self.apply_chat_template!r}.",
+        )
 
     def validate_for_model(self, num_blocks: int) -> None:
         """Checks that need the model's block count; `Pruner` runs them before any calibration.

@@ -54,7 +54,9 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         tags=["optimum-blockprune", "block-pruning", "pruned"],
         pipeline_tag=provenance.get("pipeline_tag"),
     )
-    template = resources.files("optimum_blockprune.templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+    template = (
+        resources.files("optimum_blockprune.templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+    )
     before, after = result["num_parameters_before"], result["num_parameters_after"]
     card = ModelCard.from_template(
         card_data,

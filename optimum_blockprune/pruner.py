@@ -23,11 +23,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # `from_pretrained` kwargs that the config and tokenizer need as well as the model.
-_SHARED_LOAD_KWARGS = ("revision", "token", "cache_dir", "trust_remote_code", "gguf_file", "subfolder", "local_files_only")
+_SHARED_LOAD_KWARGS = (
+    "revision",
+    "token",
+    "cache_dir",
+    "trust_remote_code",
+    "gguf_file",
+    "subfolder",
+    "local_files_only",
+)
 
 
 def _count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _is_gguf_quantized(model: nn.Module) -> bool:
+    quantization_config = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    method = getattr(quantization_config, "quant_method", None)
+    return "gguf" in str(getattr(method, "value", method)).lower()
 
 
 def _without_gguf_quantizer(model: nn.Module) -> nn.Module:
@@ -100,7 +114,12 @@ class Pruner:
     # -- loading --------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
-        cls, model_id: str | os.PathLike, *, tokenizer: Any | None = None, auto_class: Any | None = None, **kwargs: Any
+        cls,
+        model_id: str | os.PathLike,
+        *,
+        tokenizer: Any | None = None,
+        auto_class: Any | None = None,
+        **kwargs: Any,
     ) -> Pruner:
         """Load a model (and its tokenizer) with `from_pretrained`, checking the architecture before the weights.
 
@@ -116,15 +135,17 @@ class Pruner:
         shared = {k: kwargs[k] for k in _SHARED_LOAD_KWARGS if k in kwargs}
         get_adapter(AutoConfig.from_pretrained(model_id, **shared))  # fail before loading any weights
         model = (auto_class or AutoModelForCausalLM).from_pretrained(model_id, **kwargs)
-        if getattr(getattr(model, "hf_quantizer", None), "quantization_config", None) is not None and (
-            str(getattr(model.hf_quantizer.quantization_config, "quant_method", "")).endswith("gguf")
-        ):
+        if _is_gguf_quantized(model):
             model = _without_gguf_quantizer(model)
         if tokenizer is None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(model_id, **shared)
             except (OSError, ValueError) as error:
-                logger.warning("No tokenizer could be loaded from %s (%s); pass `tokenizer=` for text data.", model_id, error)
+                logger.warning(
+                    "No tokenizer could be loaded from %s (%s); pass `tokenizer=` for text data.",
+                    model_id,
+                    error,
+                )
         return cls(model, tokenizer, model_id=model_id)
 
     # -- properties ---------------------------------------------------------------------------------------------
@@ -148,11 +169,18 @@ class Pruner:
         self._refuse_if_pruned("estimate")
         calibration = prepare_calibration_data(calibration_dataset, self.tokenizer, config)
         logger.info(
-            "Calibration: %d samples, %d tokens from %s.", calibration.num_samples, calibration.num_tokens, calibration.source
+            "Calibration: %d samples, %d tokens from %s.",
+            calibration.num_samples,
+            calibration.num_tokens,
+            calibration.source,
         )
         pad = None
         if self.tokenizer is not None:
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+            pad = (
+                self.tokenizer.pad_token_id
+                if self.tokenizer.pad_token_id is not None
+                else self.tokenizer.eos_token_id
+            )
         self.fisher = estimate_fisher(
             self.model,
             calibration,
@@ -166,7 +194,9 @@ class Pruner:
         )
         return self.fisher
 
-    def solve(self, fisher: FisherEstimate | None = None, config: BlockRemovalConfig | None = None) -> Ranking:
+    def solve(
+        self, fisher: FisherEstimate | None = None, config: BlockRemovalConfig | None = None
+    ) -> Ranking:
         """Rank the `config.num_states` lowest-energy ways to remove `config.num_blocks_to_remove` blocks."""
         fisher = fisher if fisher is not None else self.fisher
         if fisher is None:
@@ -211,7 +241,8 @@ class Pruner:
         )
         logger.info(
             "Pruned %s: removed blocks %s, %.1f%% fewer parameters.",
-            self.model_id or type(self.model).__name__, list(self.result.removed_blocks),
+            self.model_id or type(self.model).__name__,
+            list(self.result.removed_blocks),
             100 * self.result.parameter_reduction,
         )
         return self.result
@@ -232,7 +263,9 @@ class Pruner:
         config.validate_for_model(self.num_blocks)
         if fisher is None:
             if calibration_dataset is None:
-                raise ConfigurationError("Pass `calibration_dataset=` (texts, a dataset, a file or a Hub name) or `fisher=`.")
+                raise ConfigurationError(
+                    "Pass `calibration_dataset=` (texts, a dataset, a file or a Hub name) or `fisher=`."
+                )
             fisher = self.estimate(calibration_dataset, config)
         self.fisher = fisher
         ranking = self.solve(fisher, config)
@@ -261,7 +294,12 @@ class Pruner:
         }
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, *, overwrite: bool = False, repo_id: str | None = None, **kwargs: Any
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        repo_id: str | None = None,
+        **kwargs: Any,
     ) -> str:
         """Save a standard checkpoint + tokenizer + `blockprune_config.json` + `README.md` model card.
 
@@ -271,7 +309,13 @@ class Pruner:
         from .hub import save_pruned_model
 
         return save_pruned_model(
-            save_directory, self.model, self.tokenizer, self.provenance(), overwrite=overwrite, repo_id=repo_id, **kwargs
+            save_directory,
+            self.model,
+            self.tokenizer,
+            self.provenance(),
+            overwrite=overwrite,
+            repo_id=repo_id,
+            **kwargs,
         )
 
     def push_to_hub(
@@ -290,8 +334,13 @@ class Pruner:
         with tempfile.TemporaryDirectory() as staging:
             folder = self.save_pretrained(os.path.join(staging, "model"), repo_id=repo_id)
             return push_folder_to_hub(
-                folder, repo_id, private=private, token=token, revision=revision,
-                commit_message=commit_message, create_pr=create_pr,
+                folder,
+                repo_id,
+                private=private,
+                token=token,
+                revision=revision,
+                commit_message=commit_message,
+                create_pr=create_pr,
             )
 
     def _refuse_if_pruned(self, action: str) -> None:

@@ -23,7 +23,9 @@ class RankedState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RankedState:
-        return cls(int(data["rank"]), tuple(data["removed_blocks"]), float(data["energy"]), bool(data["proven"]))
+        return cls(
+            int(data["rank"]), tuple(data["removed_blocks"]), float(data["energy"]), bool(data["proven"])
+        )
 
 
 @dataclass(frozen=True)

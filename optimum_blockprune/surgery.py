@@ -29,7 +29,9 @@ def kept_after_removal(num_blocks: int, removed: Iterable[int]) -> list[int]:
     removed = sorted(set(int(i) for i in removed))
     bad = [i for i in removed if not 0 <= i < num_blocks]
     if bad:
-        raise SurgeryError(f"Cannot remove blocks {bad}: the model has {num_blocks} blocks (indices 0..{num_blocks - 1}).")
+        raise SurgeryError(
+            f"Cannot remove blocks {bad}: the model has {num_blocks} blocks (indices 0..{num_blocks - 1})."
+        )
     if len(removed) >= num_blocks:
         raise SurgeryError(f"Cannot remove all {num_blocks} blocks; at least one must remain.")
     gone = set(removed)
@@ -95,5 +97,7 @@ def remove_blocks(
             setattr(config, name, value)
         raise SurgeryError(f"The pruned config does not validate, so nothing was changed: {error}") from error
     _reindex_layer_idx(getattr(decoder, adapter.layers_attribute))
-    logger.info("Removed %d of %d blocks: %s.", num_old - len(kept), num_old, sorted(set(range(num_old)) - set(kept)))
+    logger.info(
+        "Removed %d of %d blocks: %s.", num_old - len(kept), num_old, sorted(set(range(num_old)) - set(kept))
+    )
     return kept

@@ -21,8 +21,16 @@ VOCAB = 128
 HIDDEN = 32
 LAYERS = 6
 _DENSE = dict(
-    vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    vocab_size=VOCAB,
+    hidden_size=HIDDEN,
+    intermediate_size=64,
+    num_hidden_layers=LAYERS,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
 )
 
 # One tiny config per registered model_type. A registered architecture missing here fails
@@ -36,18 +44,47 @@ TINY_CONFIGS: dict[str, dict] = {
     # Small sliding windows make a wrongly sliced `layer_types` change the logits.
     "gemma2": {**_DENSE, "head_dim": 8, "sliding_window": 4},
     "gemma3_text": {**_DENSE, "head_dim": 8, "sliding_window": 4, "sliding_window_pattern": 2},
-    "gpt2": dict(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=128, bos_token_id=1, eos_token_id=2),
+    "gpt2": dict(
+        vocab_size=VOCAB,
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=4,
+        n_positions=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
     "gpt_neox": dict(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-        max_position_embeddings=128, bos_token_id=1, eos_token_id=2, use_parallel_residual=True,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        use_parallel_residual=True,
     ),
     "opt": dict(
-        vocab_size=VOCAB, hidden_size=HIDDEN, ffn_dim=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-        word_embed_proj_dim=HIDDEN, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        ffn_dim=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        word_embed_proj_dim=HIDDEN,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     ),
     "falcon": dict(
-        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, num_kv_heads=2,
-        new_decoder_architecture=True, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_kv_heads=2,
+        new_decoder_architecture=True,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
 }
 

@@ -12,7 +12,9 @@ from optimum_blockprune import BlockRemovalConfig, CalibrationDataError, prepare
 
 
 def _config(**overrides):
-    return BlockRemovalConfig(**{"num_calibration_samples": 4, "max_length": 32, "shuffle": False, **overrides})
+    return BlockRemovalConfig(
+        **{"num_calibration_samples": 4, "max_length": 32, "shuffle": False, **overrides}
+    )
 
 
 def _decoded(tokenizer, data):
@@ -27,10 +29,14 @@ def test_list_of_strings_truncated_to_max_length(tokenizer):
 
 
 def test_dataset_text_column_and_messages_with_chat_template(tokenizer):
-    texts = prepare_calibration_data(datasets.Dataset.from_dict({"body": TEXTS}), tokenizer, _config(text_column="body"))
+    texts = prepare_calibration_data(
+        datasets.Dataset.from_dict({"body": TEXTS}), tokenizer, _config(text_column="body")
+    )
     assert _decoded(tokenizer, texts)[0].startswith("<1>the quick")
     messages = [[{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}] for t in TEXTS]
-    chat = prepare_calibration_data(datasets.Dataset.from_dict({"messages": messages}), tokenizer, _config(max_length=200))
+    chat = prepare_calibration_data(
+        datasets.Dataset.from_dict({"messages": messages}), tokenizer, _config(max_length=200)
+    )
     first = _decoded(tokenizer, chat)[0]
     assert first.startswith("<1>user: the quick") and "<1>assistant: ok<2>" in first
     assert not first.startswith("<1><1>"), "special tokens must not be added twice to a rendered template"
@@ -41,7 +47,9 @@ def test_dataset_text_column_and_messages_with_chat_template(tokenizer):
 def test_missing_column_and_missing_chat_template_are_explained(tokenizer):
     with pytest.raises(CalibrationDataError, match="no `text` column .*columns: \\['body'\\]"):
         prepare_calibration_data(datasets.Dataset.from_dict({"body": TEXTS}), tokenizer, _config())
-    plain = tokenizer.__class__(tokenizer_object=tokenizer.backend_tokenizer, bos_token="<1>", eos_token="<2>")
+    plain = tokenizer.__class__(
+        tokenizer_object=tokenizer.backend_tokenizer, bos_token="<1>", eos_token="<2>"
+    )
     with pytest.raises(CalibrationDataError, match="no `chat_template`"):
         prepare_calibration_data([[{"role": "user", "content": "hi"}]], plain, _config())
     with pytest.raises(CalibrationDataError, match="empty list"):
@@ -76,7 +84,9 @@ def test_dataset_repository_layout_uses_the_hub_loader(tokenizer, tmp_path):
 
 
 def test_unreachable_hub_name_fails_clearly(tokenizer):
-    with pytest.raises(CalibrationDataError, match="Could not load calibration dataset 'nobody/nothing-here'"):
+    with pytest.raises(
+        CalibrationDataError, match="Could not load calibration dataset 'nobody/nothing-here'"
+    ):
         prepare_calibration_data("nobody/nothing-here", tokenizer, _config())
 
 
@@ -87,12 +97,16 @@ def test_shuffle_is_seeded(tokenizer):
     assert a.fingerprint == b.fingerprint != c.fingerprint
     every = _config(shuffle=False, num_calibration_samples=len(TEXTS))
     unshuffled = prepare_calibration_data(TEXTS, tokenizer, every).samples
-    shuffled = prepare_calibration_data(TEXTS, tokenizer, _config(shuffle=True, seed=1, num_calibration_samples=len(TEXTS))).samples
+    shuffled = prepare_calibration_data(
+        TEXTS, tokenizer, _config(shuffle=True, seed=1, num_calibration_samples=len(TEXTS))
+    ).samples
     assert shuffled != unshuffled and sorted(shuffled) == sorted(unshuffled)
 
 
 def test_packing_cuts_full_windows(tokenizer):
-    data = prepare_calibration_data(TEXTS, tokenizer, _config(pack_samples=True, max_length=16, num_calibration_samples=10))
+    data = prepare_calibration_data(
+        TEXTS, tokenizer, _config(pack_samples=True, max_length=16, num_calibration_samples=10)
+    )
     assert data.num_samples == 10 and all(len(s) == 16 for s in data.samples)
     flat = [t for s in data.samples for t in s]
     assert tokenizer.eos_token_id in flat  # documents are separated

@@ -21,9 +21,23 @@ def _digest(directory):
 
 def test_prune_writes_a_loadable_checkpoint(tiny_model_dir, calibration_file, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["prune", str(tiny_model_dir), "--dataset", str(calibration_file), "--output-dir", str(out),
-                 "--num-blocks-to-remove", "2", "--protected-blocks", "0", "--save-fisher", str(tmp_path / "f.safetensors"),
-                 *FAST])
+    code = main(
+        [
+            "prune",
+            str(tiny_model_dir),
+            "--dataset",
+            str(calibration_file),
+            "--output-dir",
+            str(out),
+            "--num-blocks-to-remove",
+            "2",
+            "--protected-blocks",
+            "0",
+            "--save-fisher",
+            str(tmp_path / "f.safetensors"),
+            *FAST,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "CBO:0" in printed and "Removed blocks (0-based)" in printed
@@ -36,8 +50,21 @@ def test_prune_writes_a_loadable_checkpoint(tiny_model_dir, calibration_file, tm
 
 def test_rank_prints_and_leaves_the_model_alone(tiny_model_dir, calibration_file, tmp_path, capsys):
     before = _digest(tiny_model_dir)
-    code = main(["rank", str(tiny_model_dir), "--dataset", str(calibration_file), "--num-blocks-to-remove", "3",
-                 "--num-states", "5", "--json", str(tmp_path / "ranking.json"), *FAST])
+    code = main(
+        [
+            "rank",
+            str(tiny_model_dir),
+            "--dataset",
+            str(calibration_file),
+            "--num-blocks-to-remove",
+            "3",
+            "--num-states",
+            "5",
+            "--json",
+            str(tmp_path / "ranking.json"),
+            *FAST,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "5 lowest-energy states removing 3 of 6 blocks" in printed and "CBO:4" in printed
@@ -48,10 +75,26 @@ def test_rank_prints_and_leaves_the_model_alone(tiny_model_dir, calibration_file
 
 def test_estimate_then_rank_from_the_file(tiny_model_dir, calibration_file, tmp_path, capsys):
     fisher = tmp_path / "fisher.safetensors"
-    assert main(["estimate", str(tiny_model_dir), "--dataset", str(calibration_file), "--output", str(fisher), *FAST]) == 0
+    assert (
+        main(
+            [
+                "estimate",
+                str(tiny_model_dir),
+                "--dataset",
+                str(calibration_file),
+                "--output",
+                str(fisher),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     for m in ("1", "4"):
-        assert main(["rank", "--fisher-file", str(fisher), "--num-blocks-to-remove", m, "--no-show-progress"]) == 0
+        assert (
+            main(["rank", "--fisher-file", str(fisher), "--num-blocks-to-remove", m, "--no-show-progress"])
+            == 0
+        )
         assert f"removing {m} of 6 blocks" in capsys.readouterr().out
 
 
@@ -59,7 +102,9 @@ def test_errors_are_one_clear_line_and_happen_before_work(tiny_model_dir, calibr
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    code = main(["prune", str(tiny_model_dir), "--dataset", str(calibration_file), "--output-dir", str(out), *FAST])
+    code = main(
+        ["prune", str(tiny_model_dir), "--dataset", str(calibration_file), "--output-dir", str(out), *FAST]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "is not empty" in err and "--overwrite" in err and (out / "keep.txt").exists()
@@ -71,11 +116,24 @@ def test_errors_are_one_clear_line_and_happen_before_work(tiny_model_dir, calibr
 
 @pytest.mark.skipif(shutil.which("optimum-cli") is None, reason="optimum-cli is not on PATH")
 def test_optimum_cli_plugin_is_registered(tiny_model_dir, calibration_file, tmp_path):
-    listed = subprocess.run(["optimum-cli", "blockprune", "--help"], capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        ["optimum-cli", "blockprune", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert all(name in listed for name in ("prune", "rank", "estimate"))
     ranked = subprocess.run(
-        ["optimum-cli", "blockprune", "rank", str(tiny_model_dir), "--dataset", str(calibration_file),
-         "--num-blocks-to-remove", "2", *FAST],
-        capture_output=True, text=True, check=True,
+        [
+            "optimum-cli",
+            "blockprune",
+            "rank",
+            str(tiny_model_dir),
+            "--dataset",
+            str(calibration_file),
+            "--num-blocks-to-remove",
+            "2",
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "CBO:0" in ranked

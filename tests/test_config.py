@@ -43,7 +43,9 @@ def test_model_dependent_checks():
 
 
 def test_round_trip(tmp_path):
-    config = BlockRemovalConfig(num_blocks_to_remove=3, protected_blocks=[5, 0, 0], fisher="model", first_order=True)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=3, protected_blocks=[5, 0, 0], fisher="model", first_order=True
+    )
     assert config.protected_blocks == (0, 5)
     assert BlockRemovalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     path = config.save_pretrained(tmp_path)

@@ -14,7 +14,7 @@ from optimum_blockprune.estimation import (
     per_sample_token_mean_loss,
     prepare_calibration_data,
 )
-from optimum_blockprune.estimation.fisher import sample_model_labels
+from optimum_blockprune.estimation.fisher import loss_and_logit_gradient, next_token_targets
 
 
 def _calibration(tokenizer, **overrides):
@@ -126,12 +126,29 @@ def test_energy_matrix_with_first_order_term():
     assert np.array_equal(energy_matrix(h), h)
 
 
+def test_closed_form_logit_gradient_equals_autograd():
+    logits = torch.randn(3, 6, 11, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 6))
+    labels[1, 4:] = -100
+    labels[2, 2:] = -100
+    reference = per_sample_token_mean_loss(logits, labels)
+    reference.sum().backward()
+    losses, grad = loss_and_logit_gradient(logits, next_token_targets(labels))
+    torch.testing.assert_close(losses, reference.detach())
+    torch.testing.assert_close(grad, logits.grad)
+    assert torch.all(grad[:, -1] == 0) and torch.all(grad[1, 3:] == 0)
+
+
 def test_model_fisher_samples_labels_only_on_real_tokens(llama, tokenizer):
-    labels = torch.tensor([[5, 6, 7, -100], [8, 9, -100, -100]])
-    logits = torch.randn(2, 4, 128)
-    sampled = sample_model_labels(logits, labels, torch.Generator().manual_seed(0))
-    assert torch.equal(sampled == -100, labels == -100)
-    assert torch.equal(sampled[:, 0], labels[:, 0])
+    logits = torch.randn(2, 4, 9)
+    targets = torch.tensor([[5, 6, -100, -100], [8, 7, 1, -100]])
+    generator = torch.Generator().manual_seed(0)
+    losses, grad = loss_and_logit_gradient(logits, targets, generator)
+    assert torch.all(grad[0, 2:] == 0) and torch.all(grad[1, 3] == 0)
+    # Every real position's gradient is softmax - onehot(drawn label): it sums to zero and has one negative entry.
+    real = grad[targets != -100]
+    torch.testing.assert_close(real.sum(-1), torch.zeros(len(real)), atol=1e-6, rtol=0)
+    assert torch.all((real < 0).sum(-1) == 1)
     calibration = _calibration(tokenizer)
     first = estimate_fisher(llama, calibration, fisher="model", batch_size=5, seed=3, show_progress=False)
     again = estimate_fisher(llama, calibration, fisher="model", batch_size=5, seed=3, show_progress=False)
@@ -150,3 +167,18 @@ def test_fisher_round_trips_through_safetensors(llama, tokenizer, tmp_path):
     np.testing.assert_array_equal(loaded.mean_gradient, fisher.mean_gradient)
     assert loaded.metadata == fisher.metadata
     assert loaded.metadata["calibration_hash"] == _calibration(tokenizer).fingerprint
+
+
+def test_perplexity_counts_every_real_token_once(llama, tokenizer):
+    from optimum_blockprune import evaluate_perplexity
+
+    data = _calibration(tokenizer)
+    batched = evaluate_perplexity(llama, data, batch_size=5)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for sample in data.samples:
+            ids = torch.tensor([sample])
+            logits = llama(input_ids=ids).logits[0, :-1]
+            nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += len(sample) - 1
+    assert batched == pytest.approx(np.exp(nll / count), rel=1e-5)

@@ -32,13 +32,23 @@ def mock_hub(monkeypatch):
         if "/preupload/" in path:
             files = json.loads(request.content)["files"]
             return httpx.Response(
-                200, json={"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                200,
+                json={
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                    ]
+                },
             )
         if "/commit/" in path:
             if state["fail_commit"]:
                 return httpx.Response(403, json={"error": "You do not have write access to me/tiny-pruned"})
             return httpx.Response(
-                200, json={"success": True, "commitOid": "b" * 40, "commitUrl": "https://huggingface.co/me/x/commit/" + "b" * 40}
+                200,
+                json={
+                    "success": True,
+                    "commitOid": "b" * 40,
+                    "commitUrl": "https://huggingface.co/me/x/commit/" + "b" * 40,
+                },
             )
         return httpx.Response(404, json={"error": "not mocked"})
 
@@ -61,7 +71,12 @@ def _committed_files(state):
 
 def _pruned(llama, tokenizer):
     pruner = Pruner(llama, tokenizer, model_id="tiny/llama")
-    pruner.prune(BlockRemovalConfig(num_blocks_to_remove=2, num_calibration_samples=4, max_length=16, show_progress=False), TEXTS)
+    pruner.prune(
+        BlockRemovalConfig(
+            num_blocks_to_remove=2, num_calibration_samples=4, max_length=16, show_progress=False
+        ),
+        TEXTS,
+    )
     return pruner
 
 
@@ -69,7 +84,13 @@ def test_push_uploads_checkpoint_card_and_provenance(llama, tokenizer, mock_hub)
     info = _pruned(llama, tokenizer).push_to_hub("me/tiny-pruned", token="hf_fake")
     assert info.oid == "b" * 40
     files = _committed_files(mock_hub)
-    assert {"config.json", "model.safetensors", "blockprune_config.json", "README.md", "tokenizer.json"} <= set(files)
+    assert {
+        "config.json",
+        "model.safetensors",
+        "blockprune_config.json",
+        "README.md",
+        "tokenizer.json",
+    } <= set(files)
     card = files["README.md"].decode()
     assert 'from_pretrained("me/tiny-pruned")' in card and "CBO:0" in card
     assert json.loads(files["blockprune_config.json"])["result"]["removed_blocks"]

@@ -23,3 +23,13 @@ def test_public_names_resolve():
 
     for name in ob.__all__:
         assert getattr(ob, name) is not None, name
+
+
+def test_readme_architecture_table_is_generated_from_the_registry():
+    from pathlib import Path
+
+    from optimum_blockprune.architectures import architecture_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- architecture-table:start -->\n", "\n<!-- architecture-table:end -->"
+    assert readme[readme.index(start) + len(start) : readme.index(end)] == architecture_table()

@@ -53,7 +53,9 @@ def test_estimate_once_solve_many_without_recomputing(llama, tokenizer):
     fisher = pruner.estimate(TEXTS, BlockRemovalConfig(**CONFIG))
     after_estimate = counter.calls
     assert after_estimate == 2  # 8 samples / batch of 4
-    rankings = {m: pruner.solve(fisher, BlockRemovalConfig(num_blocks_to_remove=m, **CONFIG)) for m in (1, 2, 3, 4)}
+    rankings = {
+        m: pruner.solve(fisher, BlockRemovalConfig(num_blocks_to_remove=m, **CONFIG)) for m in (1, 2, 3, 4)
+    }
     assert {m: r.num_blocks_to_remove for m, r in rankings.items()} == {1: 1, 2: 2, 3: 3, 4: 4}
     pruner.prune(BlockRemovalConfig(num_blocks_to_remove=3, selected_state=2, **CONFIG), fisher=fisher)
     assert counter.calls == after_estimate, "solving and applying must not run the model again"
@@ -63,7 +65,9 @@ def test_estimate_once_solve_many_without_recomputing(llama, tokenizer):
 def test_protected_blocks_are_never_removed(llama, tokenizer):
     pruner = Pruner(llama, tokenizer)
     fisher = pruner.estimate(TEXTS, BlockRemovalConfig(**CONFIG))
-    ranking = pruner.solve(fisher, BlockRemovalConfig(num_blocks_to_remove=2, protected_blocks=[0, 5], **CONFIG))
+    ranking = pruner.solve(
+        fisher, BlockRemovalConfig(num_blocks_to_remove=2, protected_blocks=[0, 5], **CONFIG)
+    )
     assert len(ranking) == 6  # C(4, 2)
     assert all(not {0, 5} & set(s.removed_blocks) for s in ranking)
 
@@ -83,7 +87,9 @@ def test_bad_config_fails_before_calibration(llama, tokenizer):
 
 
 def test_unsupported_architecture_fails_before_loading_weights(tmp_path):
-    AutoConfig.for_model("bloom", vocab_size=64, hidden_size=16, n_layer=2, n_head=2).save_pretrained(tmp_path)
+    AutoConfig.for_model("bloom", vocab_size=64, hidden_size=16, n_layer=2, n_head=2).save_pretrained(
+        tmp_path
+    )
     # No weights in the directory: only the architecture check can produce this error.
     with pytest.raises(UnsupportedArchitectureError, match="'bloom'.*Supported model types: .*llama"):
         Pruner.from_pretrained(tmp_path)
@@ -112,7 +118,12 @@ def test_save_pretrained_writes_a_standard_checkpoint_with_provenance(llama, tok
     result = pruner.prune(BlockRemovalConfig(num_blocks_to_remove=2, **CONFIG), TEXTS)
     out = tmp_path / "pruned"
     pruner.save_pretrained(out)
-    assert {p.name for p in out.iterdir()} >= {"README.md", "blockprune_config.json", "config.json", "model.safetensors"}
+    assert {p.name for p in out.iterdir()} >= {
+        "README.md",
+        "blockprune_config.json",
+        "config.json",
+        "model.safetensors",
+    }
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging directory left behind"
 
     saved = json.loads((out / "config.json").read_text())

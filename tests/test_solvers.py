@@ -25,9 +25,7 @@ def fisher_like(n: int, seed: int, samples: int = 64) -> np.ndarray:
 
 
 def brute_force(q: np.ndarray, m: int, candidates, k: int):
-    states = [
-        (float(q[np.ix_(c, c)].sum()), c) for c in itertools.combinations(candidates, m)
-    ]
+    states = [(float(q[np.ix_(c, c)].sum()), c) for c in itertools.combinations(candidates, m)]
     return sorted(states)[:k]
 
 

@@ -27,9 +27,12 @@ def _leaf(name: str) -> type[BaseOptimumCLICommand]:
 
 
 class BlockpruneCommand(BaseOptimumCLICommand):
-    COMMAND = CommandInfo(name="blockprune", help="Remove transformer blocks chosen by constrained binary optimisation.")
+    COMMAND = CommandInfo(
+        name="blockprune", help="Remove transformer blocks chosen by constrained binary optimisation."
+    )
     SUBCOMMANDS = tuple(
-        CommandInfo(name=name, help=cli.SUBCOMMANDS[name][0], subcommand_class=_leaf(name)) for name in cli.SUBCOMMANDS
+        CommandInfo(name=name, help=cli.SUBCOMMANDS[name][0], subcommand_class=_leaf(name))
+        for name in cli.SUBCOMMANDS
     )
 
     def run(self):

@@ -3,6 +3,7 @@
 from . import decoders  # noqa: F401, E402  (registers the standard decoders)
 from .base import ArchitectureAdapter, BlockInfo
 from .registry import (
+    architecture_table,
     get_adapter,
     model_type_of,
     register_architecture,
@@ -13,6 +14,7 @@ from .registry import (
 __all__ = [
     "ArchitectureAdapter",
     "BlockInfo",
+    "architecture_table",
     "get_adapter",
     "model_type_of",
     "register_architecture",

@@ -23,7 +23,12 @@ class BlockInfo:
     num_parameters: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "kind": self.kind, "num_parameters": self.num_parameters}
+        return {
+            "index": self.index,
+            "name": self.name,
+            "kind": self.kind,
+            "num_parameters": self.num_parameters,
+        }
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ STANDARD_DECODERS = (
         "gemma2",
         branches=("post_attention_layernorm", "post_feedforward_layernorm"),
         per_layer_config_fields=_LAYER_TYPES,
-        notes="gates after the post-norms; sliding/full `layer_types` sliced",
+        notes="gates after the post-norms (normalised branches)",
     ),
     ArchitectureAdapter(
         "gemma3_text",
         branches=("post_attention_layernorm", "post_feedforward_layernorm"),
         per_layer_config_fields=_LAYER_TYPES,
-        notes="gates after the post-norms; sliding/full `layer_types` sliced",
+        notes="gates after the post-norms (normalised branches)",
     ),
     ArchitectureAdapter("gpt2", layers_attribute="h", branches=("attn", "mlp")),
     ArchitectureAdapter(
@@ -33,7 +33,10 @@ STANDARD_DECODERS = (
     # OPT's feed-forward sits directly on the layer (fc1 -> act -> fc2), with no `mlp` module.
     ArchitectureAdapter("opt", branches=("self_attn", "fc2"), notes="feed-forward gated at `fc2`"),
     ArchitectureAdapter(
-        "falcon", layers_attribute="h", branches=("self_attention", "mlp"), notes="parallel attention: both branches gated"
+        "falcon",
+        layers_attribute="h",
+        branches=("self_attention", "mlp"),
+        notes="parallel attention: both branches gated",
     ),
 )
 

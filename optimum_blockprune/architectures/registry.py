@@ -66,3 +66,27 @@ def get_adapter(model_or_config: nn.Module | Any) -> ArchitectureAdapter:
             "live and which modules write to the residual stream: "
             "`register_architecture(ArchitectureAdapter(model_type=..., layers_attribute=..., branches=(...)))`."
         ) from None
+
+
+def architecture_table() -> str:
+    """The README's supported-architecture table, generated from the registry."""
+    lines = [
+        "| `model_type` | block list | gated residual branches | per-layer config fields sliced | notes |",
+        "|---|---|---|---|---|",
+    ]
+    for adapter in registered_adapters():
+        fields = (
+            ", ".join(f"`{f}`" for f in (*adapter.per_layer_config_fields, *adapter.index_config_fields))
+            or "–"
+        )
+        branches = ", ".join(f"`{b}`" for b in adapter.branches)
+        lines.append(
+            f"| `{adapter.model_type}` | `{adapter.layers_attribute}` | {branches} | {fields} | {adapter.notes or '–'} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m optimum_blockprune.architectures.registry
+    from . import decoders  # noqa: F401  (register the standard entries)
+
+    print(architecture_table())

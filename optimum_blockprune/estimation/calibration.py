@@ -155,7 +155,9 @@ def prepare_calibration_data(data: Any, tokenizer, config: BlockRemovalConfig) -
         CalibrationDataError: the data cannot be read, has no usable column, or yields no tokens.
     """
     if tokenizer is None:
-        raise CalibrationDataError("A tokenizer is needed to prepare text calibration data; pass `tokenizer=`.")
+        raise CalibrationDataError(
+            "A tokenizer is needed to prepare text calibration data; pass `tokenizer=`."
+        )
     records, source = _load_records(data, config)
     if config.shuffle:
         random.Random(config.seed).shuffle(records)
@@ -177,15 +179,17 @@ def prepare_calibration_data(data: Any, tokenizer, config: BlockRemovalConfig) -
             samples.append(stream)
     else:
         for text in texts:
-            ids = tokenizer(text, add_special_tokens=add_special, truncation=True, max_length=config.max_length)[
-                "input_ids"
-            ]
+            ids = tokenizer(
+                text, add_special_tokens=add_special, truncation=True, max_length=config.max_length
+            )["input_ids"]
             if len(ids) >= 2:  # one token has no next-token target
                 samples.append(ids)
             if len(samples) >= config.num_calibration_samples:
                 break
     if not samples:
-        raise CalibrationDataError(f"The calibration data from {source} produced no sample with at least 2 tokens.")
+        raise CalibrationDataError(
+            f"The calibration data from {source} produced no sample with at least 2 tokens."
+        )
     if len(samples) < config.num_calibration_samples:
         logger.warning(
             "Only %d calibration samples are available (asked for `num_calibration_samples`=%d).",

@@ -54,26 +54,70 @@ def per_sample_token_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> to
     import torch
     import torch.nn.functional as F
 
-    shift_logits = logits[:, :-1, :]
-    shift_logits = shift_logits.to(torch.promote_types(shift_logits.dtype, torch.float32))  # bf16/fp16 -> fp32
-    shift_labels = labels[:, 1:]
-    token_loss = F.cross_entropy(
-        shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none"
-    )  # [batch, seq - 1]
-    mask = (shift_labels != -100).to(token_loss.dtype)
-    return (token_loss * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+    batch, length, vocab = logits.shape
+    # Shift the labels, not the logits: slicing [batch, seq, vocab] logits costs a copy forward and a zero-filled
+    # copy backward, and a transposed cross-entropy runs its softmax over a strided dimension. Both dominated
+    # the Fisher pass on large vocabularies.
+    targets = torch.cat([labels[:, 1:], labels.new_full((batch, 1), -100)], dim=1)
+    flat_logits = logits.reshape(batch * length, vocab)
+    flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))  # bf16/fp16 -> fp32
+    token_loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=-100, reduction="none")
+    mask = (targets != -100).to(token_loss.dtype)
+    return (token_loss.view(batch, length) * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 
 
-def sample_model_labels(logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Replace every real next-token label with a draw from the model's own distribution (the 'model' Fisher)."""
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Targets aligned with the logits: position t predicts labels[t + 1]; the last position predicts nothing."""
     import torch
 
-    probs = torch.softmax(logits[:, :-1, :].detach().float(), dim=-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    draws = torch.multinomial(flat.cpu(), 1, generator=generator).view(probs.shape[:2]).to(labels.device)
-    sampled = labels.clone()
-    sampled[:, 1:] = torch.where(labels[:, 1:] != -100, draws, labels[:, 1:])
-    return sampled
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+
+
+def loss_and_logit_gradient(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator | None = None,
+    workspace: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample token-mean cross-entropy [batch] and its gradient with respect to the logits, in closed form.
+
+    d(sum_s loss_s)/d logits[s, t] = (softmax(logits[s, t]) - onehot(target)) / n_s on real tokens, 0 elsewhere.
+    This replaces autograd's log-softmax forward and backward over [batch, seq, vocab] with a few in-place
+    passes over one buffer; pass the same flat float32 `workspace` for every batch so that buffer is allocated
+    (and page-faulted) once, not per batch. With a `generator`, real targets are first redrawn from the
+    model's own distribution (the 'model' Fisher). Returns the same values as autograd through
+    `per_sample_token_mean_loss` (tested).
+    """
+    import torch
+
+    with torch.no_grad():
+        x = logits.detach()
+        compute_dtype = torch.promote_types(x.dtype, torch.float32)
+        size = x.numel()
+        if workspace is not None and workspace.dtype == compute_dtype and workspace.numel() >= size:
+            probs = workspace[:size].view(x.shape)
+        else:
+            probs = torch.empty(x.shape, dtype=compute_dtype, device=x.device)
+        row_max = x.amax(dim=-1, keepdim=True).to(compute_dtype)
+        torch.sub(x, row_max, out=probs)
+        probs.exp_()
+        row_sum = probs.sum(dim=-1, keepdim=True)
+        probs.div_(row_sum)  # softmax
+        log_normaliser = (row_max + row_sum.log()).squeeze(-1)
+        real = targets != -100
+        if generator is not None:
+            flat = probs.view(-1, probs.shape[-1])
+            draws = (
+                torch.multinomial(flat.cpu(), 1, generator=generator).view(targets.shape).to(targets.device)
+            )
+            targets = torch.where(real, draws, targets)
+        safe = targets.clamp_min(0).unsqueeze(-1)
+        weights = real.to(compute_dtype)
+        counts = weights.sum(dim=1).clamp_min(1.0)
+        token_loss = (log_normaliser - x.gather(-1, safe).squeeze(-1).to(compute_dtype)) * weights
+        probs.scatter_add_(-1, safe, -weights.unsqueeze(-1))
+        probs.mul_((weights / counts.unsqueeze(1)).unsqueeze(-1))
+        return token_loss.sum(dim=1) / counts, probs.to(logits.dtype)
 
 
 # -- the estimate object -----------------------------------------------------------------------------------
@@ -171,11 +215,15 @@ def estimate_fisher(
     model.eval()
     rows: list[np.ndarray] = []
     hessian_sum = None
+    workspace = None  # one reusable buffer for the [batch, seq, vocab] logit gradient
     total_loss, total_tokens = 0.0, 0
     try:
-        with CouplingGates(model, adapter) as gates, progress_bar(
-            total=calibration.num_samples, desc="Fisher estimation", enabled=show_progress, unit="sample"
-        ) as bar:
+        with (
+            CouplingGates(model, adapter) as gates,
+            progress_bar(
+                total=calibration.num_samples, desc="Fisher estimation", enabled=show_progress, unit="sample"
+            ) as bar,
+        ):
             num_blocks = gates.num_blocks
             hessian_sum = np.zeros((num_blocks, num_blocks), dtype=np.float64)
             for batch in calibration.batches(batch_size, pad_token_id):
@@ -184,17 +232,23 @@ def estimate_fisher(
                 alpha = torch.ones(labels.shape[0], num_blocks, device=device, requires_grad=True)
                 gates.alpha = alpha
                 logits = model(**batch, use_cache=False).logits
-                if fisher == "model":
-                    labels = sample_model_labels(logits, labels, generator)
-                losses = per_sample_token_mean_loss(logits, labels)
-                losses.sum().backward()
+                if workspace is None or workspace.numel() < logits.numel():
+                    workspace = torch.empty(
+                        logits.numel(),
+                        dtype=torch.promote_types(logits.dtype, torch.float32),
+                        device=logits.device,
+                    )
+                losses, logit_grad = loss_and_logit_gradient(
+                    logits, next_token_targets(labels), generator if fisher == "model" else None, workspace
+                )
+                logits.backward(logit_grad)
                 block_rows = alpha.grad.detach().to(torch.float32).cpu().numpy()
                 rows.append(block_rows)
                 hessian_sum += block_rows.astype(np.float64).T @ block_rows.astype(np.float64)
-                total_loss += float(losses.detach().sum())
+                total_loss += float(losses.sum())
                 total_tokens += int(batch["attention_mask"].sum())
                 bar.update(labels.shape[0])
-                del logits, losses, alpha
+                del logits, logit_grad, alpha
     finally:
         model.train(was_training)
     gradients = np.concatenate(rows, axis=0)
@@ -213,7 +267,11 @@ def estimate_fisher(
     info.update(metadata or {})
     logger.info(
         "Estimated the %s Fisher over %d blocks from %d samples (%d tokens); mean calibration loss %.4f.",
-        fisher, num_blocks, num_samples, total_tokens, info["mean_calibration_loss"],
+        fisher,
+        num_blocks,
+        num_samples,
+        total_tokens,
+        info["mean_calibration_loss"],
     )
     return FisherEstimate(
         gradients=gradients,

@@ -36,7 +36,9 @@ class CouplingGates:
     ```
     """
 
-    def __init__(self, model: nn.Module, adapter: ArchitectureAdapter | None = None, *, freeze_weights: bool = True):
+    def __init__(
+        self, model: nn.Module, adapter: ArchitectureAdapter | None = None, *, freeze_weights: bool = True
+    ):
         self.model = model
         self.adapter = adapter or get_adapter(model)
         self.freeze_weights = freeze_weights

