@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from .errors import ConfigurationError
+from .utils import atomic_write_text
 from .version import __version__
 
 CONFIG_NAME = "blockprune_config.json"
@@ -209,8 +210,6 @@ class BlockRemovalConfig:
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CONFIG_NAME)
         payload = {"config": self.to_dict(), "library_version": __version__}
-        from .utils import atomic_write_text
-
         atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
         return path
 

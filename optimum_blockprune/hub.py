@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CARD_TEMPLATE = "model_card.md.jinja"
+DEFAULT_COMMIT_MESSAGE = "Upload block-pruned model (optimum-blockprune)"
 
 
 def ensure_writable_directory(path: str | os.PathLike, overwrite: bool) -> None:
@@ -142,7 +143,7 @@ def push_folder_to_hub(
     private: bool | None = None,
     token: str | None = None,
     revision: str | None = None,
-    commit_message: str = "Upload block-pruned model (optimum-blockprune)",
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
     create_pr: bool = False,
 ):
     """Create the repo if needed and upload `folder` in one commit. The local folder is never modified."""

@@ -13,6 +13,7 @@ from .architectures import get_adapter
 from .config import BlockRemovalConfig
 from .errors import ConfigurationError, SurgeryError
 from .estimation import FisherEstimate, estimate_fisher, prepare_calibration_data
+from .hub import DEFAULT_COMMIT_MESSAGE
 from .qubo import QUBO, CardinalityProblem
 from .result import PruningResult, RankedState, Ranking
 from .solvers import solve_ranking
@@ -325,7 +326,7 @@ class Pruner:
         private: bool | None = None,
         token: str | None = None,
         revision: str | None = None,
-        commit_message: str = "Upload block-pruned model (optimum-blockprune)",
+        commit_message: str = DEFAULT_COMMIT_MESSAGE,
         create_pr: bool = False,
     ):
         """Save into a temporary directory (card rendered for `repo_id`) and upload it in one commit."""

@@ -1,8 +1,7 @@
-"""Small shared helpers: atomic file writes, lazy optional imports, progress bars."""
+"""Small shared helpers: atomic file writes and progress bars."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import tempfile
 
@@ -19,10 +18,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def is_package_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
 
 
 def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it"):

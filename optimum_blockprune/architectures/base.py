@@ -100,8 +100,4 @@ class ArchitectureAdapter:
 
     def branch_modules(self, block: nn.Module) -> list[nn.Module]:
         """The modules whose outputs a coupling gate scales, for one block."""
-        modules = []
-        for path in self.branches:
-            module = block.get_submodule(path)
-            modules.append(module)
-        return modules
+        return [block.get_submodule(path) for path in self.branches]
