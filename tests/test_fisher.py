@@ -182,3 +182,16 @@ def test_perplexity_counts_every_real_token_once(llama, tokenizer):
             nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
             count += len(sample) - 1
     assert batched == pytest.approx(np.exp(nll / count), rel=1e-5)
+
+
+def test_bfloat16_model_gives_the_float32_fisher_within_bf16_precision(tokenizer):
+    calibration = _calibration(tokenizer)
+    reference = estimate_fisher(build_tiny_model("llama"), calibration, batch_size=5, show_progress=False)
+    half = estimate_fisher(
+        build_tiny_model("llama", dtype=torch.bfloat16), calibration, batch_size=5, show_progress=False
+    )
+    assert half.gradients.dtype == np.float32 and half.hessian.dtype == np.float64
+    assert np.all(np.isfinite(half.hessian))
+    correlation = np.corrcoef(half.gradients.ravel(), reference.gradients.ravel())[0, 1]
+    assert correlation > 0.95
+    np.testing.assert_allclose(np.diag(half.hessian), np.diag(reference.hessian), rtol=0.3)
