@@ -19,6 +19,8 @@ from .errors import BlockPruneError
 logger = logging.getLogger("optimum_blockprune")
 
 _CHOICES = {"fisher": FISHER_TYPES, "solver": SOLVERS}
+# Fields whose default (None) does not reveal their type.
+_TYPES = {"min_parameters_removed": float, "max_parameters_removed": float, "dataset_config_name": str}
 
 
 def _index_list(text: str) -> tuple[int, ...]:
@@ -38,14 +40,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Sequence[s
         option = "--" + field.name.replace("_", "-")
         default = field.default if field.default is not MISSING else None
         kwargs = {"default": default, "help": field.metadata["help"] + f" (default: {default!r})"}
-        if field.name == "protected_blocks":
+        if field.name in ("protected_blocks", "forced_blocks"):
             kwargs.update(type=_index_list, metavar="I,J,...")
         elif isinstance(default, bool) or field.name == "apply_chat_template":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif field.name in _CHOICES:
             kwargs["choices"] = _CHOICES[field.name]
-        elif isinstance(default, int):
-            kwargs["type"] = int
+        elif field.name in _TYPES:
+            kwargs["type"] = _TYPES[field.name]
+        elif isinstance(default, (int, float)):
+            kwargs["type"] = type(default)
         group.add_argument(option, **kwargs)
 
 
@@ -110,11 +114,15 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
         exclude=(
             "num_blocks_to_remove",
             "protected_blocks",
+            "forced_blocks",
+            "min_parameters_removed",
+            "max_parameters_removed",
+            "contiguous",
             "num_states",
             "selected_state",
             "first_order",
             "solver",
-            "max_enumeration_states",
+            "solver_time_limit_s",
         ),
     )
     parser.set_defaults(handler=run_estimate)

@@ -15,7 +15,7 @@ from .version import __version__
 CONFIG_NAME = "blockprune_config.json"
 
 FISHER_TYPES = ("empirical", "model")
-SOLVERS = ("auto", "enumerate", "local_search")
+SOLVERS = ("auto", "exact", "enumerate", "anneal", "local_search")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -112,15 +112,36 @@ class BlockRemovalConfig:
     dataset_config_name: str | None = field(
         default=None, metadata={"help": "Subset of a Hub dataset, if it has several."}
     )
-    solver: Literal["auto", "enumerate", "local_search"] = field(
-        default="auto",
+    forced_blocks: tuple[int, ...] = field(
+        default=(),
         metadata={
-            "help": "'enumerate': exact, all C(N, M) states; 'local_search': iterated swap-move descent (heuristic); "
-            "'auto': exact when C(N, M) <= `max_enumeration_states`, else local_search."
+            "help": "0-based indices of blocks that must be removed (counted in `num_blocks_to_remove`)."
         },
     )
-    max_enumeration_states: int = field(
-        default=5_000_000, metadata={"help": "Largest C(N, M) that `solver='auto'` enumerates exactly."}
+    min_parameters_removed: float | None = field(
+        default=None,
+        metadata={"help": "Remove at least this many parameters (a budget for blocks of different sizes)."},
+    )
+    max_parameters_removed: float | None = field(
+        default=None, metadata={"help": "Remove at most this many parameters."}
+    )
+    contiguous: bool = field(
+        default=False,
+        metadata={
+            "help": "Remove one contiguous run of blocks (to compare with contiguous-window baselines)."
+        },
+    )
+    solver: Literal["auto", "exact", "enumerate", "anneal", "local_search"] = field(
+        default="auto",
+        metadata={
+            "help": "'exact': branch and bound, certified k lowest states; 'enumerate': all C(N, M) states; "
+            "'anneal': swap-move simulated annealing; 'local_search': swap descent; 'auto': exact under "
+            "`solver_time_limit_s`, falling back to anneal (then marked not proven)."
+        },
+    )
+    solver_time_limit_s: float = field(
+        default=60.0,
+        metadata={"help": "Time limit of the exact solver; past it the best states found are returned."},
     )
     show_progress: bool = field(
         default=True, metadata={"help": "Show progress bars on calibration and long solves."}
@@ -133,13 +154,17 @@ class BlockRemovalConfig:
                 "Pass e.g. `protected_blocks=[0]`."
             )
         self.protected_blocks = tuple(sorted(set(int(i) for i in self.protected_blocks)))
+        if isinstance(self.forced_blocks, (int, str)) or not isinstance(self.forced_blocks, Sequence):
+            raise ConfigurationError(
+                f"`forced_blocks` must be a sequence of 0-based block indices, got {self.forced_blocks!r}."
+            )
+        self.forced_blocks = tuple(sorted(set(int(i) for i in self.forced_blocks)))
         for name in (
             "num_blocks_to_remove",
             "num_states",
             "num_calibration_samples",
             "max_length",
             "batch_size",
-            "max_enumeration_states",
         ):
             value = getattr(self, name)
             _check(
@@ -170,12 +195,13 @@ class BlockRemovalConfig:
         Raises:
             ConfigurationError: a protected index is out of range or too few removable blocks remain.
         """
-        out_of_range = [i for i in self.protected_blocks if i >= num_blocks]
-        _check(
-            not out_of_range,
-            f"`protected_blocks` contains {out_of_range}, but the model has {num_blocks} blocks "
-            f"(valid indices 0..{num_blocks - 1}).",
-        )
+        for name in ("protected_blocks", "forced_blocks"):
+            out_of_range = [i for i in getattr(self, name) if i >= num_blocks]
+            _check(
+                not out_of_range,
+                f"`{name}` contains {out_of_range}, but the model has {num_blocks} blocks "
+                f"(valid indices 0..{num_blocks - 1}).",
+            )
         removable = num_blocks - len(self.protected_blocks)
         _check(
             self.num_blocks_to_remove < num_blocks,
@@ -193,6 +219,7 @@ class BlockRemovalConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["protected_blocks"] = list(self.protected_blocks)
+        data["forced_blocks"] = list(self.forced_blocks)
         return data
 
     @classmethod

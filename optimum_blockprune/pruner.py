@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .architectures import get_adapter
 from .config import BlockRemovalConfig
+from .constraints import parameter_budget
 from .errors import ConfigurationError, SurgeryError
 from .estimation import FisherEstimate, estimate_fisher, prepare_calibration_data
 from .hub import DEFAULT_COMMIT_MESSAGE
@@ -62,19 +63,42 @@ def rank_from_fisher(fisher: FisherEstimate, config: BlockRemovalConfig) -> Rank
     num_blocks = fisher.num_blocks
     config.validate_for_model(num_blocks)
     protected = set(config.protected_blocks)
+    constraints = []
+    if config.min_parameters_removed is not None or config.max_parameters_removed is not None:
+        blocks = fisher.metadata.get("blocks") or []
+        if len(blocks) != num_blocks:
+            raise ConfigurationError(
+                "A parameter budget needs the blocks' parameter counts, which this Fisher estimate's metadata lacks; "
+                "re-estimate it with this version of optimum-blockprune."
+            )
+        constraints.append(
+            parameter_budget(
+                [b["num_parameters"] for b in blocks],
+                at_least=config.min_parameters_removed,
+                at_most=config.max_parameters_removed,
+            )
+        )
     problem = CardinalityProblem(
         QUBO(fisher.energy_matrix(first_order=config.first_order)),
         config.num_blocks_to_remove,
         tuple(i for i in range(num_blocks) if i not in protected),
+        forced=config.forced_blocks,
+        constraints=tuple(constraints),
+        contiguous=config.contiguous,
     )
     ranking = solve_ranking(
         problem,
         config.num_states,
         solver=config.solver,
-        max_enumeration_states=config.max_enumeration_states,
+        time_limit_s=config.solver_time_limit_s,
         seed=config.seed,
         show_progress=config.show_progress,
     )
+    if not ranking.states:
+        raise ConfigurationError(
+            "No way to remove the requested blocks satisfies every constraint (count, protected/forced blocks, "
+            "parameter budget, contiguity). Relax one of them."
+        )
     return replace(ranking, first_order=config.first_order)
 
 

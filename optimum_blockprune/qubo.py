@@ -54,34 +54,161 @@ class QUBO:
 
 
 @dataclass(frozen=True)
+class LinearConstraint:
+    """`lower <= sum_j weights[j] * x_j <= upper` over the removal variables (x_j = 1: block j removed).
+
+    Parameter budgets (weights = parameters per block) and per-kind limits (weights = 1 for blocks of that kind)
+    are both of this form; see `optimum_blockprune.constraints` for the named constructors.
+    """
+
+    weights: np.ndarray
+    lower: float = -np.inf
+    upper: float = np.inf
+    name: str = "linear"
+
+    def __post_init__(self) -> None:
+        w = np.asarray(self.weights, dtype=np.float64)
+        if w.ndim != 1 or not np.all(np.isfinite(w)):
+            raise ValueError(f"`weights` of constraint {self.name!r} must be a finite 1-D array.")
+        if self.lower > self.upper:
+            raise ValueError(f"Constraint {self.name!r} has `lower`={self.lower} > `upper`={self.upper}.")
+        object.__setattr__(self, "weights", w)
+        object.__setattr__(self, "lower", float(self.lower))
+        object.__setattr__(self, "upper", float(self.upper))
+
+    @property
+    def tolerance(self) -> float:
+        return 1e-9 * max(1.0, float(np.abs(self.weights).max(initial=0.0)))
+
+    def is_satisfied(self, states: np.ndarray) -> np.ndarray:
+        values = np.asarray(states, dtype=np.float64) @ self.weights
+        return (values >= self.lower - self.tolerance) & (values <= self.upper + self.tolerance)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "lower": self.lower, "upper": self.upper, "weights": self.weights.tolist()}
+
+
+@dataclass(frozen=True)
 class CardinalityProblem:
-    """Choose exactly `num_selected` variables among `candidates` (others fixed to 0) minimising the QUBO."""
+    """Choose exactly `num_selected` variables among `candidates` (the others are fixed to 0), with every variable
+    in `forced` selected, every `LinearConstraint` satisfied, and, if `contiguous`, the selection one run of
+    consecutive indices; minimise the QUBO energy. dimod's "choose exactly k of n", plus side constraints."""
 
     qubo: QUBO
     num_selected: int
     candidates: tuple[int, ...]
+    forced: tuple[int, ...] = ()
+    constraints: tuple[LinearConstraint, ...] = ()
+    contiguous: bool = False
 
     def __post_init__(self) -> None:
         candidates = tuple(sorted(set(int(i) for i in self.candidates)))
+        forced = tuple(sorted(set(int(i) for i in self.forced)))
         object.__setattr__(self, "candidates", candidates)
+        object.__setattr__(self, "forced", forced)
+        object.__setattr__(self, "constraints", tuple(self.constraints))
         n = self.qubo.num_variables
         if any(i < 0 or i >= n for i in candidates):
             raise ValueError(f"`candidates` must be indices in [0, {n}), got {list(candidates)}.")
-        if not 0 < self.num_selected <= len(candidates):
+        if not set(forced) <= set(candidates):
             raise ValueError(
-                f"`num_selected`={self.num_selected} must be between 1 and the number of candidates ({len(candidates)})."
+                f"`forced` blocks {sorted(set(forced) - set(candidates))} are not candidates (protected blocks "
+                "cannot also be forced)."
             )
+        if not len(forced) <= self.num_selected <= len(candidates):
+            raise ValueError(
+                f"`num_selected`={self.num_selected} must be between the number of forced blocks ({len(forced)}) "
+                f"and the number of candidates ({len(candidates)})."
+            )
+        for constraint in self.constraints:
+            if constraint.weights.shape != (n,):
+                raise ValueError(
+                    f"Constraint {constraint.name!r} has {constraint.weights.shape[0]} weights; expected {n}."
+                )
 
     @classmethod
     def from_matrix(
-        cls, matrix: np.ndarray, num_selected: int, protected: Sequence[int] = ()
+        cls,
+        matrix: np.ndarray,
+        num_selected: int,
+        protected: Sequence[int] = (),
+        *,
+        forced: Sequence[int] = (),
+        constraints: Sequence[LinearConstraint] = (),
+        contiguous: bool = False,
     ) -> CardinalityProblem:
         n = np.asarray(matrix).shape[0]
         banned = set(protected)
-        return cls(QUBO(matrix), num_selected, tuple(i for i in range(n) if i not in banned))
+        return cls(
+            QUBO(matrix),
+            num_selected,
+            tuple(i for i in range(n) if i not in banned),
+            tuple(forced),
+            tuple(constraints),
+            contiguous,
+        )
+
+    @property
+    def is_plain(self) -> bool:
+        """True when only the cardinality and the candidate set constrain the problem."""
+        return not self.forced and not self.constraints and not self.contiguous
 
     def to_binary(self, removed: Sequence[Sequence[int]]) -> np.ndarray:
         x = np.zeros((len(removed), self.qubo.num_variables), dtype=np.float64)
         for row, state in enumerate(removed):
             x[row, list(state)] = 1.0
         return x
+
+    def is_feasible(self, states: np.ndarray) -> np.ndarray:
+        """Feasibility of binary states [k, N] against every constraint of the problem."""
+        x = np.asarray(states, dtype=np.float64).reshape(-1, self.qubo.num_variables)
+        ok = x.sum(axis=1) == self.num_selected
+        outside = np.setdiff1d(np.arange(self.qubo.num_variables), self.candidates)
+        ok &= x[:, outside].sum(axis=1) == 0
+        if self.forced:
+            ok &= x[:, list(self.forced)].sum(axis=1) == len(self.forced)
+        for constraint in self.constraints:
+            ok &= constraint.is_satisfied(x)
+        if self.contiguous:
+            first = np.argmax(x > 0, axis=1)
+            last = x.shape[1] - 1 - np.argmax(x[:, ::-1] > 0, axis=1)
+            ok &= (last - first + 1) == self.num_selected
+        return ok
+
+    def contiguous_runs(self) -> list[tuple[int, ...]]:
+        """Every feasible state of a contiguous problem (at most N - M + 1 of them)."""
+        n, m = self.qubo.num_variables, self.num_selected
+        runs = [tuple(range(start, start + m)) for start in range(n - m + 1)]
+        if not runs:
+            return []
+        return [run for run, ok in zip(runs, self.is_feasible(self.to_binary(runs))) if ok]
+
+    def reduced(self) -> tuple[CardinalityProblem, np.ndarray]:
+        """The same problem over the free variables only (candidates minus forced): forced variables fold into
+        the diagonal and the offset, constraint bounds shift by their contribution. Returns the reduced problem
+        and the map from reduced to original indices."""
+        free = np.array([i for i in self.candidates if i not in set(self.forced)], dtype=np.int64)
+        forced = np.array(self.forced, dtype=np.int64)
+        q = self.qubo.matrix
+        sub = q[np.ix_(free, free)].copy()
+        if forced.size:
+            sub[np.diag_indices_from(sub)] += 2.0 * q[np.ix_(free, forced)].sum(axis=1)
+        offset = self.qubo.offset + float(q[np.ix_(forced, forced)].sum())
+        constraints = tuple(
+            LinearConstraint(
+                c.weights[free],
+                c.lower - c.weights[forced].sum(),
+                c.upper - c.weights[forced].sum(),
+                c.name,
+            )
+            for c in self.constraints
+        )
+        reduced = CardinalityProblem(
+            QUBO(sub, offset),
+            self.num_selected - len(forced),
+            tuple(range(len(free))),
+            (),
+            constraints,
+            False,
+        )
+        return reduced, free

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from optimum_blockprune import QUBO, CardinalityProblem, Ranking, solve_ranking
+from optimum_blockprune.constraints import kind_limit, parameter_budget
+from optimum_blockprune.qubo import LinearConstraint
 from optimum_blockprune.solvers import available_solvers, get_solver
 
 
@@ -109,14 +111,23 @@ def test_ties_are_ordered_lexicographically():
     for solver in ("enumerate", "local_search"):
         ranking = solve_ranking(problem, 4, solver=solver)
         assert [s.removed_blocks for s in ranking] == [(0, 1), (0, 2), (0, 3), (0, 4)], solver
+    # All 10 states tie; asking for all of them, every solver returns them in lexicographic order.
+    for solver in ("exact", "anneal"):
+        ranking = solve_ranking(problem, 10, solver=solver)
+        assert [s.removed_blocks for s in ranking] == list(itertools.combinations(range(5), 2)), solver
 
 
-def test_auto_enumerates_small_and_searches_large():
+def test_auto_is_exact_and_falls_back_to_anneal_under_a_time_limit():
     small = CardinalityProblem.from_matrix(fisher_like(10, 0), 3)
-    assert solve_ranking(small, 5).solver == "enumerate"
-    large = CardinalityProblem.from_matrix(fisher_like(40, 0), 20)
-    ranking = solve_ranking(large, 5, max_enumeration_states=1000)
-    assert ranking.solver == "local_search" and not ranking.proven and len(ranking) == 5
+    exact = solve_ranking(small, 5)
+    assert exact.solver == "exact" and exact.proven
+    rng = np.random.default_rng(7)
+    b = rng.normal(size=(90, 90))
+    hard = CardinalityProblem.from_matrix(b.T @ b / 90, 30)
+    ranking = solve_ranking(hard, 5, time_limit_s=0.05)
+    assert ranking.solver == "exact+anneal" and not ranking.proven and len(ranking) == 5
+    assert ranking.stats["timed_out"] and ranking.stats["lower_bound"] <= ranking[0].energy + 1e-9
+    assert ranking.stats["gap"] >= 0 and all(not s.proven for s in ranking)
 
 
 def test_fewer_feasible_states_than_requested():
@@ -138,3 +149,118 @@ def test_solver_registry_errors():
         get_solver("quantum")
     with pytest.raises(ValueError, match="max_states"):
         get_solver("enumerate", max_states=10).solve(CardinalityProblem.from_matrix(np.eye(10), 5))
+
+
+# -- the exact branch and bound, the annealer and the side constraints ------------------------------------------
+
+
+@st.composite
+def constrained_problems(draw):
+    n = draw(st.integers(4, 11))
+    seed = draw(st.integers(0, 10_000))
+    rng = np.random.default_rng(seed)
+    kind = draw(st.sampled_from(["psd", "fisher", "indefinite"]))
+    if kind == "psd":
+        a = rng.normal(size=(n + 2, n))
+        q = a.T @ a
+    elif kind == "fisher":
+        q = fisher_like(n, seed)
+    else:
+        q = rng.normal(size=(n, n))
+    m = draw(st.integers(1, n - 1))
+    protected = [i for i in range(n) if draw(st.booleans()) and rng.random() < 0.2]
+    candidates = [i for i in range(n) if i not in protected]
+    if len(candidates) < m:
+        protected, candidates = [], list(range(n))
+    forced = [i for i in candidates[: draw(st.integers(0, min(2, m)))] if rng.random() < 0.5]
+    constraints = []
+    if draw(st.booleans()):
+        params = rng.integers(1, 10, size=n).astype(float)
+        constraints.append(
+            parameter_budget(params, at_least=float(np.sort(params)[:m].sum() + 1), at_most=None)
+        )
+    if draw(st.booleans()):
+        kinds = [("attention", "mlp")[i % 2] for i in range(n)]
+        constraints.append(kind_limit(kinds, "attention", at_most=draw(st.integers(0, m))))
+    problem = CardinalityProblem.from_matrix(q, m, protected, forced=forced, constraints=constraints)
+    return problem, draw(st.integers(1, 12))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=constrained_problems())
+def test_exact_and_anneal_against_enumeration_with_constraints(case):
+    problem, k = case
+    oracle = solve_ranking(problem, k, solver="enumerate")
+    exact = solve_ranking(problem, k, solver="exact")
+    assert exact.proven
+    assert [s.energy for s in exact] == pytest.approx([s.energy for s in oracle], rel=1e-9, abs=1e-9)
+    annealed = solve_ranking(problem, k, solver="anneal", seed=1)
+    for ranking in (exact, annealed):
+        if len(ranking):
+            assert problem.is_feasible(problem.to_binary([s.removed_blocks for s in ranking])).all()
+    if len(oracle) and len(annealed):
+        assert annealed[0].energy >= oracle[0].energy - 1e-9 * max(1.0, abs(oracle[0].energy))
+
+
+def _all_states(n, m):
+    return [c for c in itertools.combinations(range(n), m)]
+
+
+def test_constraints_give_exactly_the_brute_force_feasible_sets():
+    n, m = 8, 3
+    rng = np.random.default_rng(0)
+    params = rng.integers(1, 100, size=n)
+    kinds = ["attention", "mlp", "mlp", "attention", "mamba", "mlp", "attention", "mamba"]
+    q = np.eye(n)
+    cases = {
+        "budget": (
+            dict(constraints=[parameter_budget(params, at_least=120, at_most=200)]),
+            lambda s: 120 <= params[list(s)].sum() <= 200,
+        ),
+        "per kind": (
+            dict(constraints=[kind_limit(kinds, "attention", at_least=1, at_most=2)]),
+            lambda s: 1 <= sum(kinds[i] == "attention" for i in s) <= 2,
+        ),
+        "protected": (dict(protected=[0, 7]), lambda s: not {0, 7} & set(s)),
+        "forced": (dict(forced=[2]), lambda s: 2 in s),
+        "contiguous": (dict(contiguous=True), lambda s: max(s) - min(s) == m - 1),
+    }
+    for name, (kwargs, predicate) in cases.items():
+        problem = CardinalityProblem.from_matrix(q, m, kwargs.pop("protected", ()), **kwargs)
+        states = _all_states(n, m)
+        mask = problem.is_feasible(problem.to_binary(states))
+        assert [s for s, ok in zip(states, mask) if ok] == [s for s in states if predicate(s)], name
+        for solver in ("exact", "enumerate"):
+            ranking = solve_ranking(problem, 100, solver=solver)
+            assert sorted(s.removed_blocks for s in ranking) == [s for s in states if predicate(s)], (
+                name,
+                solver,
+            )
+
+
+def test_infeasible_constraints_give_an_empty_ranking():
+    problem = CardinalityProblem.from_matrix(
+        np.eye(4), 2, constraints=[LinearConstraint(np.ones(4), lower=3)]
+    )
+    for solver in ("exact", "enumerate", "anneal"):
+        assert len(solve_ranking(problem, 5, solver=solver)) == 0
+
+
+def test_forced_variables_fold_into_the_reduced_problem():
+    q = fisher_like(9, 4)
+    problem = CardinalityProblem.from_matrix(q, 4, protected=[8], forced=[1, 5])
+    reduced, index = problem.reduced()
+    assert list(index) == [0, 2, 3, 4, 6, 7] and reduced.num_selected == 2
+    for free in itertools.combinations(range(6), 2):
+        full = sorted([1, 5, *index[list(free)]])
+        assert reduced.qubo.energy_of(free) == pytest.approx(problem.qubo.energy_of(full))
+
+
+@pytest.mark.parametrize("n,m", [(40, 10), (64, 16), (80, 40)])
+def test_exact_certifies_fisher_like_instances_beyond_enumeration(n, m):
+    problem = CardinalityProblem.from_matrix(fisher_like(n, 1, samples=512), m)
+    exact = solve_ranking(problem, 20, solver="exact")
+    assert exact.proven and len(exact) == 20
+    annealed = solve_ranking(problem, 20, solver="anneal", seed=0)
+    assert annealed[0].energy == pytest.approx(exact[0].energy, rel=1e-12)
+    assert all(a.energy >= e.energy - 1e-9 for a, e in zip(annealed, exact))

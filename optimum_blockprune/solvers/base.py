@@ -1,11 +1,17 @@
-"""Solver base class and registry. A solver implements `_search`; the base class does the rest
-(feasibility check, exact re-evaluation in float64, deterministic ordering, timing, the `Ranking`)."""
+"""Solver base class and registry.
+
+A solver implements one method, `_search`, on a plain problem (exactly r of n free variables, optional linear
+side constraints). The base class does the rest: contiguous problems (at most N - M + 1 states, solved
+exactly here), forced blocks (folded away), feasibility filtering, exact re-evaluation in float64,
+deterministic ordering (energy, then the removed indices), timing and the `Ranking`.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,56 +38,82 @@ def available_solvers() -> list[str]:
 
 def get_solver(name: str, **options: Any) -> Solver:
     try:
-        return _SOLVERS[name](**options)
+        cls = _SOLVERS[name]
     except KeyError:
         raise ValueError(
             f"`solver`={name!r} is not registered; choose one of {available_solvers()}."
         ) from None
+    return cls(**options)
+
+
+@dataclass
+class SearchOutcome:
+    """What `_search` returns: candidate states (indices of selected variables; duplicates and infeasible
+    states are allowed and filtered), whether they are certified to contain the k lowest feasible states, and
+    statistics (nodes, lower bound, ...)."""
+
+    states: list[tuple[int, ...]]
+    proven: bool
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 class Solver(ABC):
     """Find the `num_states` lowest-energy feasible states of a `CardinalityProblem`."""
 
     name: ClassVar[str]
-    #: True when `_search` certifies that what it returns are exactly the lowest states.
-    exact: ClassVar[bool] = False
 
     @abstractmethod
     def _search(
         self, problem: CardinalityProblem, num_states: int, *, seed: int, show_progress: bool
-    ) -> tuple[list[tuple[int, ...]], dict[str, Any]]:
-        """Return candidate states (tuples of selected indices; duplicates allowed) and solver statistics."""
+    ) -> SearchOutcome:
+        """Search a plain problem: `problem.candidates` is every variable, nothing is forced, not contiguous."""
 
     def solve(
         self, problem: CardinalityProblem, num_states: int = 20, *, seed: int = 0, show_progress: bool = False
     ) -> Ranking:
         start = time.perf_counter()
-        found, stats = self._search(problem, num_states, seed=seed, show_progress=show_progress)
-        allowed = set(problem.candidates)
-        unique = sorted({tuple(sorted(int(i) for i in s)) for s in found})
-        for state in unique:
-            if len(state) != problem.num_selected or not allowed.issuperset(state):
+        if problem.contiguous:
+            states, proven, stats = problem.contiguous_runs(), True, {"contiguous_runs": True}
+        else:
+            reduced, index = problem.reduced()
+            if reduced.num_selected == 0:
+                outcome = SearchOutcome([()], True, {"all_forced": True})
+            else:
+                outcome = self._search(reduced, num_states, seed=seed, show_progress=show_progress)
+            forced = tuple(problem.forced)
+            states = [tuple(sorted((*forced, *(int(index[i]) for i in s)))) for s in outcome.states]
+            proven, stats = outcome.proven, dict(outcome.stats)
+        unique = sorted(set(states))
+        if unique:
+            x = problem.to_binary(unique)
+            cardinality_ok = (x.sum(axis=1) == problem.num_selected) & (
+                x[:, np.setdiff1d(np.arange(x.shape[1]), problem.candidates)].sum(axis=1) == 0
+            )
+            if not cardinality_ok.all():  # every solver keeps the cardinality; this would be a solver bug
                 raise RuntimeError(
-                    f"Solver {self.name!r} returned an infeasible state {state}."
-                )  # a solver bug
+                    f"Solver {self.name!r} returned states violating the cardinality or candidates."
+                )
+            feasible = problem.is_feasible(x)
+            if not feasible.all():
+                stats["infeasible_states_discarded"] = int((~feasible).sum())
+            unique = [s for s, ok in zip(unique, feasible) if ok]
         energies = problem.qubo.energies(problem.to_binary(unique)) if unique else np.zeros(0)
-        # Deterministic order: energy, then the removed indices lexicographically.
         order = sorted(range(len(unique)), key=lambda k: (energies[k], unique[k]))[:num_states]
-        proven = self.exact
-        states = tuple(
+        states_out = tuple(
             RankedState(rank=r, removed_blocks=unique[k], energy=float(energies[k]), proven=proven)
             for r, k in enumerate(order)
         )
         elapsed = time.perf_counter() - start
         logger.info(
-            "Solver %s ranked %d states in %.3f s (ground-state energy %.6g).",
+            "Solver %s ranked %d states in %.3f s (%s; ground-state energy %.6g).",
             self.name,
-            len(states),
+            len(states_out),
             elapsed,
-            states[0].energy if states else float("nan"),
+            "proven" if proven else "not proven",
+            states_out[0].energy if states_out else float("nan"),
         )
         return Ranking(
-            states=states,
+            states=states_out,
             num_blocks=problem.qubo.num_variables,
             num_blocks_to_remove=problem.num_selected,
             candidates=problem.candidates,

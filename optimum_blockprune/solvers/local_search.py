@@ -8,12 +8,10 @@ neighbours enter a pool from which the lowest `num_states` are ranked (marked no
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ..qubo import CardinalityProblem
-from .base import Solver, register_solver
+from .base import SearchOutcome, Solver, register_solver
 
 
 @register_solver
@@ -21,7 +19,6 @@ class LocalSearchSolver(Solver):
     """Iterated local search with swap moves: greedy and random starts, then perturb-and-descend rounds."""
 
     name = "local_search"
-    exact = False
 
     def __init__(self, num_restarts: int = 32, num_perturbations: int = 64):
         self.num_restarts = num_restarts
@@ -29,7 +26,7 @@ class LocalSearchSolver(Solver):
 
     def _search(
         self, problem: CardinalityProblem, num_states: int, *, seed: int, show_progress: bool
-    ) -> tuple[list[tuple[int, ...]], dict[str, Any]]:
+    ) -> SearchOutcome:
         rng = np.random.default_rng(seed)
         candidates = np.asarray(problem.candidates, dtype=np.int64)
         q = problem.qubo.matrix[np.ix_(candidates, candidates)]
@@ -85,7 +82,8 @@ class LocalSearchSolver(Solver):
                 best, best_energy = local, pool[tuple(local)]
         expanded = self._expand_top_states(q, pool, num_states)
         states = [tuple(int(i) for i in candidates[list(s)]) for s in pool]
-        return states, {"descents": descents, "expanded_states": expanded, "pool_size": len(pool)}
+        stats = {"descents": descents, "expanded_states": expanded, "pool_size": len(pool)}
+        return SearchOutcome(states, proven=False, stats=stats)
 
     @staticmethod
     def _expand_top_states(q: np.ndarray, pool: dict[tuple[int, ...], float], num_states: int) -> int:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
 
 import numpy as np
 
 from ..qubo import CardinalityProblem
 from ..utils import progress_bar
-from .base import Solver, register_solver
+from .base import SearchOutcome, Solver, register_solver
 
 _CHUNK = 1 << 16
 
@@ -23,14 +22,13 @@ class EnumerationSolver(Solver):
     """
 
     name = "enumerate"
-    exact = True
 
     def __init__(self, max_states: int | None = None):
         self.max_states = max_states
 
     def _search(
         self, problem: CardinalityProblem, num_states: int, *, seed: int, show_progress: bool
-    ) -> tuple[list[tuple[int, ...]], dict[str, Any]]:
+    ) -> SearchOutcome:
         candidates = np.asarray(problem.candidates, dtype=np.int64)
         n, m = len(candidates), problem.num_selected
         total = math.comb(n, m)
@@ -59,10 +57,14 @@ class EnumerationSolver(Solver):
                 x = np.zeros((idx.shape[0], n))
                 np.put_along_axis(x, idx, 1.0, axis=1)
                 energy = np.einsum("ki,ki->k", x @ q, x)
+                if problem.constraints:
+                    energy[~problem.is_feasible(x)] = np.inf
                 pool_idx = np.concatenate([best_idx, idx])
                 pool_energy = np.concatenate([best_energy, energy])
                 keep = np.argsort(pool_energy, kind="stable")[:num_states]
                 best_idx, best_energy = pool_idx[keep], pool_energy[keep]
                 bar.update(idx.shape[0])
-        states = [tuple(int(i) for i in candidates[row]) for row in best_idx]
-        return states, {"states_evaluated": total}
+        states = [
+            tuple(int(i) for i in candidates[row]) for row, e in zip(best_idx, best_energy) if np.isfinite(e)
+        ]
+        return SearchOutcome(states, proven=True, stats={"states_evaluated": total})
