@@ -26,9 +26,28 @@ class QUBO:
             raise ValueError("`matrix` contains NaN or infinite entries; the Fisher estimate is broken.")
         object.__setattr__(self, "matrix", (q + q.T) / 2.0)
 
+    @classmethod
+    def from_terms(cls, linear: np.ndarray, quadratic: np.ndarray, offset: float = 0.0) -> QUBO:
+        """E(x) = linear.x + x.quadratic.x + offset; the linear term moves onto the diagonal (x_i^2 = x_i)."""
+        q = np.array(quadratic, dtype=np.float64, copy=True)
+        q[np.diag_indices_from(q)] += np.asarray(linear, dtype=np.float64)
+        return cls(q, offset)
+
     @property
     def num_variables(self) -> int:
         return int(self.matrix.shape[0])
+
+    @property
+    def linear(self) -> np.ndarray:
+        """Per-variable terms (the diagonal: on binaries Q_ii x_i^2 = Q_ii x_i)."""
+        return np.diag(self.matrix).copy()
+
+    @property
+    def quadratic(self) -> np.ndarray:
+        """Pairwise terms: the symmetric off-diagonal part (each pair i < j contributes 2 Q_ij x_i x_j)."""
+        q = self.matrix.copy()
+        np.fill_diagonal(q, 0.0)
+        return q
 
     def energies(self, states: np.ndarray) -> np.ndarray:
         """Energies of binary states, shape [k, N] (or [N]) -> [k] (or scalar)."""

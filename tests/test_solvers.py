@@ -41,6 +41,18 @@ def test_energy_by_hand():
     assert qubo.energies(np.array([[0, 1, 1], [1, 1, 0]])).tolist() == pytest.approx([3.0 + 0.25, 4.0 + 0.25])
 
 
+def test_linear_and_quadratic_terms_round_trip():
+    rng = np.random.default_rng(2)
+    linear, pairs = rng.normal(size=4), rng.normal(size=(4, 4))
+    pairs = (pairs + pairs.T) / 2
+    np.fill_diagonal(pairs, 0)
+    qubo = QUBO.from_terms(linear, pairs, offset=1.5)
+    np.testing.assert_allclose(qubo.linear, linear)
+    np.testing.assert_allclose(qubo.quadratic, pairs)
+    x = np.array([1, 0, 1, 1.0])
+    assert qubo.energies(x) == pytest.approx(linear @ x + x @ pairs @ x + 1.5)
+
+
 def test_ising_form_reproduces_every_energy():
     rng = np.random.default_rng(1)
     q = rng.normal(size=(5, 5))
@@ -264,3 +276,44 @@ def test_exact_certifies_fisher_like_instances_beyond_enumeration(n, m):
     annealed = solve_ranking(problem, 20, solver="anneal", seed=0)
     assert annealed[0].energy == pytest.approx(exact[0].energy, rel=1e-12)
     assert all(a.energy >= e.energy - 1e-9 for a, e in zip(annealed, exact))
+
+
+# -- optional back-ends ---------------------------------------------------------------------------------------
+
+
+def test_bqm_round_trip_keeps_every_energy():
+    pytest.importorskip("dimod")
+    from optimum_blockprune.solvers.backends import qubo_from_bqm, qubo_to_bqm
+
+    rng = np.random.default_rng(3)
+    qubo = QUBO(rng.normal(size=(6, 6)), offset=0.7)
+    bqm = qubo_to_bqm(qubo)
+    for bits in itertools.product([0, 1], repeat=6):
+        assert bqm.energy(dict(enumerate(bits))) == pytest.approx(float(qubo.energies(np.array(bits))))
+    back = qubo_from_bqm(bqm.change_vartype("SPIN", inplace=False))
+    np.testing.assert_allclose(back.matrix, qubo.matrix, atol=1e-12)
+    assert back.offset == pytest.approx(qubo.offset)
+
+
+@pytest.mark.parametrize("solver", ["tabu", "dimod_sa"])
+def test_dimod_samplers_report_infeasible_reads_and_never_beat_the_optimum(solver):
+    pytest.importorskip("dwave.samplers")
+    problem = CardinalityProblem.from_matrix(fisher_like(16, 2), 5)
+    exact = solve_ranking(problem, 5, solver="exact")
+    ranking = solve_ranking(problem, 5, solver=solver, seed=0)
+    assert not ranking.proven and 0.0 <= ranking.stats["infeasible_read_fraction"] <= 1.0
+    assert all(len(s.removed_blocks) == 5 for s in ranking)
+    if len(ranking):
+        assert ranking[0].energy >= exact[0].energy - 1e-9
+
+
+def test_gurobi_certifies_the_same_top_k_as_the_branch_and_bound():
+    pytest.importorskip("gurobipy")
+    params = np.arange(1, 21, dtype=float)
+    problem = CardinalityProblem.from_matrix(
+        fisher_like(20, 5), 6, protected=[0], forced=[3], constraints=[parameter_budget(params, at_most=60)]
+    )
+    exact = solve_ranking(problem, 8, solver="exact")
+    ranking = solve_ranking(problem, 8, solver="gurobi")
+    assert ranking.proven
+    assert [s.energy for s in ranking] == pytest.approx([s.energy for s in exact], rel=1e-9)

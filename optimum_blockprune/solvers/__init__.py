@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from ..qubo import CardinalityProblem
 from ..result import RankedState, Ranking
+from . import backends  # noqa: F401  (registers the optional back-ends; their packages load lazily)
 from .base import SearchOutcome, Solver, available_solvers, get_solver, register_solver
 from .enumeration import EnumerationSolver
 from .exact import AnnealSolver, ExactSolver
