@@ -180,6 +180,26 @@ class BlockRemovalConfig:
             all(i >= 0 for i in self.protected_blocks),
             f"`protected_blocks` must hold 0-based (non-negative) indices, got {list(self.protected_blocks)}.",
         )
+        both = sorted(set(self.protected_blocks) & set(self.forced_blocks))
+        _check(
+            not both,
+            f"Blocks {both} are both in `protected_blocks` and `forced_blocks`; a block cannot be both.",
+        )
+        _check(
+            len(self.forced_blocks) <= self.num_blocks_to_remove,
+            f"`forced_blocks` has {len(self.forced_blocks)} blocks but `num_blocks_to_remove` is "
+            f"{self.num_blocks_to_remove}; raise `num_blocks_to_remove` or force fewer blocks.",
+        )
+        _check(
+            isinstance(self.solver_time_limit_s, (int, float)) and self.solver_time_limit_s > 0,
+            f"`solver_time_limit_s` must be a positive number of seconds, got {self.solver_time_limit_s!r}.",
+        )
+        if self.min_parameters_removed is not None and self.max_parameters_removed is not None:
+            _check(
+                self.min_parameters_removed <= self.max_parameters_removed,
+                f"`min_parameters_removed`={self.min_parameters_removed} exceeds `max_parameters_removed`="
+                f"{self.max_parameters_removed}.",
+            )
         _check(
             self.fisher in FISHER_TYPES, f"`fisher` must be one of {list(FISHER_TYPES)}, got {self.fisher!r}."
         )

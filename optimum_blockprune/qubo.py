@@ -194,6 +194,19 @@ class CardinalityProblem:
             ok &= (last - first + 1) == self.num_selected
         return ok
 
+    def constraint_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The linear constraints stacked for the numeric kernels: weights [C, N], lower, upper, tolerance, scale."""
+        n = self.qubo.num_variables
+        if not self.constraints:
+            empty = np.zeros(0)
+            return np.zeros((0, n)), empty, empty, empty, empty
+        weights = np.stack([c.weights for c in self.constraints])
+        lower = np.array([c.lower for c in self.constraints])
+        upper = np.array([c.upper for c in self.constraints])
+        tolerance = np.array([c.tolerance for c in self.constraints])
+        scale = np.maximum(np.abs(weights).max(axis=1), 1e-300)
+        return weights, lower, upper, tolerance, scale
+
     def contiguous_runs(self) -> list[tuple[int, ...]]:
         """Every feasible state of a contiguous problem (at most N - M + 1 of them)."""
         n, m = self.qubo.num_variables, self.num_selected

@@ -23,6 +23,13 @@ from optimum_blockprune.version import __version__
         ({"protected_blocks": [-1]}, "non-negative"),
         ({"selected_state": 20}, "`selected_state` must be an integer in [0, num_states=20)"),
         ({"apply_chat_template": "yes"}, "`apply_chat_template`"),
+        (
+            {"protected_blocks": [1], "forced_blocks": [1]},
+            "Blocks [1] are both in `protected_blocks` and `forced_blocks`",
+        ),
+        ({"num_blocks_to_remove": 1, "forced_blocks": [1, 2]}, "`forced_blocks` has 2 blocks"),
+        ({"solver_time_limit_s": 0}, "`solver_time_limit_s` must be a positive number"),
+        ({"min_parameters_removed": 10, "max_parameters_removed": 5}, "exceeds `max_parameters_removed`"),
     ],
 )
 def test_invalid_values_name_the_argument(kwargs, fragment):
@@ -38,6 +45,8 @@ def test_model_dependent_checks():
         BlockRemovalConfig(num_blocks_to_remove=6).validate_for_model(6)
     with pytest.raises(ConfigurationError, match=r"contains \[7\].*valid indices 0..5"):
         BlockRemovalConfig(protected_blocks=[0, 7]).validate_for_model(6)
+    with pytest.raises(ConfigurationError, match=r"`forced_blocks` contains \[6\]"):
+        BlockRemovalConfig(forced_blocks=[6]).validate_for_model(6)
     with pytest.raises(ConfigurationError, match="only 3 of 6 blocks are removable"):
         BlockRemovalConfig(num_blocks_to_remove=4, protected_blocks=[0, 1, 2]).validate_for_model(6)
 

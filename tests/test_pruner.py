@@ -72,6 +72,27 @@ def test_protected_blocks_are_never_removed(llama, tokenizer):
     assert all(not {0, 5} & set(s.removed_blocks) for s in ranking)
 
 
+def test_constraints_from_the_config_shape_the_ranking(tokenizer):
+    model = build_tiny_model("gpt2")
+    pruner = Pruner(model, tokenizer)
+    fisher = pruner.estimate(TEXTS, BlockRemovalConfig(**CONFIG))
+    params = [b["num_parameters"] for b in fisher.metadata["blocks"]]
+    forced = pruner.solve(fisher, BlockRemovalConfig(num_blocks_to_remove=2, forced_blocks=[3], **CONFIG))
+    assert all(3 in s.removed_blocks for s in forced) and len(forced) == 5
+    runs = pruner.solve(fisher, BlockRemovalConfig(num_blocks_to_remove=3, contiguous=True, **CONFIG))
+    assert sorted(s.removed_blocks for s in runs) == [(0, 1, 2), (1, 2, 3), (2, 3, 4), (3, 4, 5)]
+    assert len(set(params)) == 1  # gpt2 blocks are equal: two blocks cost exactly 2 * params[0]
+    fits = pruner.solve(
+        fisher, BlockRemovalConfig(num_blocks_to_remove=2, max_parameters_removed=2 * params[0], **CONFIG)
+    )
+    assert len(fits) == 15
+    with pytest.raises(ConfigurationError, match="No way to remove"):
+        pruner.prune(
+            BlockRemovalConfig(num_blocks_to_remove=2, max_parameters_removed=2 * params[0] - 1, **CONFIG),
+            fisher=fisher,
+        )
+
+
 def test_bad_config_fails_before_calibration(llama, tokenizer):
     class Untouchable:
         def __iter__(self):

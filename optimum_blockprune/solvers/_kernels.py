@@ -46,16 +46,20 @@ def kernels():
         return True
 
     @njit
-    def frank_wolfe(q, d, t, r, energy, g, threshold, iterations):
+    def frank_wolfe(q, d, t, r, energy, g, threshold, iterations, start):
         """Lower bound on min E + (2g + d).y + y.(Q_FF - diag d).y over 0 <= y <= 1, sum y = r (F = t..n-1).
-        Every iterate gives a valid bound f(y) + min_s grad.(s - y); returns the best one and the last y."""
+        Every iterate gives a valid bound f(y) + min_s grad.(s - y); returns the best one and the last y.
+        `start` is a feasible warm start (the parent's relaxed solution), or empty for the best linear vertex."""
         lin = 2.0 * g[t:] + d[t:]
         qff = np.ascontiguousarray(q[t:, t:])
         dd = d[t:]
         m = lin.shape[0]
-        y = np.zeros(m)
-        for j in np.argsort(lin)[:r]:
-            y[j] = 1.0
+        if start.shape[0] == m:
+            y = start.copy()
+        else:
+            y = np.zeros(m)
+            for j in np.argsort(lin)[:r]:
+                y[j] = 1.0
         ay = qff @ y - dd * y
         best = -np.inf
         for _ in range(iterations):
@@ -101,6 +105,9 @@ def kernels():
         st_first = np.zeros(depth, np.int64)
         st_included = np.zeros(depth, np.int64)
         st_lb = np.full(depth, -np.inf)
+        st_y = np.zeros((depth, n))  # relaxed solution of each frame, on its free suffix
+        st_warm = np.zeros(depth, np.int64)  # 1 if st_y holds a warm start for this (not yet evaluated) frame
+        empty = np.zeros(0)
         sp = 1
         nodes = 0
         timed_out = False
@@ -177,12 +184,16 @@ def kernels():
                     if bound > threshold + tol:
                         done = True
                     else:
-                        fw_bound, y = frank_wolfe(q, d_tail[t], t, r, e, g, threshold + tol, fw_iterations)
+                        start_y = st_y[top, t:].copy() if st_warm[top] == 1 else empty
+                        fw_bound, y = frank_wolfe(
+                            q, d_tail[t], t, r, e, g, threshold + tol, fw_iterations, start_y
+                        )
                         bound = max(bound, fw_bound)
                         if bound > threshold + tol:
                             done = True
                         else:
                             st_lb[top] = bound
+                            st_y[top, t:] = y
                             st_first[top] = 1 if y[0] >= 0.5 else 0
                 if done:
                     sp -= 1
@@ -230,6 +241,23 @@ def kernels():
             st_stage[sp] = 0
             st_included[sp] = 0
             st_lb[sp] = st_lb[top]
+            # Warm start: the parent's relaxed solution on the child's suffix, moved back onto {sum y = r_child}.
+            child_r = r_total - child_c
+            parent_y = st_y[top, t]
+            tail = st_y[top, t + 1 :]
+            st_warm[sp] = 0
+            if m > 1 and 0 < child_r < m - 1:
+                if include:  # sum(tail) = r - y_t >= r - 1 = child_r: scale down
+                    total = tail.sum()
+                    if total > 0:
+                        st_y[sp, t + 1 :] = tail * (child_r / total)
+                        st_warm[sp] = 1
+                else:  # sum(tail) = r - y_t: spread y_t over the room left below 1
+                    room = 1.0 - tail
+                    room_total = room.sum()
+                    if room_total > parent_y:
+                        st_y[sp, t + 1 :] = tail + parent_y * room / room_total
+                        st_warm[sp] = 1
             sp += 1
         lower_bound = np.inf
         if timed_out:
@@ -259,13 +287,7 @@ def kernels():
                     total += (values[c] - upper[c]) / cscale[c]
             return total
 
-        # temperature scale: median |dE| of random swaps
         samples = np.empty(64)
-        for s in range(64):
-            i = np.random.randint(n)
-            j = np.random.randint(n)
-            samples[s] = abs(q[i, i] + q[j, j] - 2.0 * q[i, j]) + 1e-300
-        t0 = np.median(samples)
         for restart in range(restarts):
             perm = np.random.permutation(n)
             ones = perm[:r].copy()
@@ -276,6 +298,12 @@ def kernels():
             g = q @ x
             values = weights @ x
             viol = violation(values)
+            # starting temperature: median |dE| of random swaps from this random state
+            for s in range(64):
+                i = ones[np.random.randint(r)]
+                j = zeros[np.random.randint(n - r)]
+                samples[s] = abs(2.0 * (g[j] - g[i]) + q[i, i] + q[j, j] - 2.0 * q[i, j]) + 1e-300
+            t0 = np.median(samples)
             total_moves = sweeps * n
             for move in range(total_moves):
                 temperature = t0 * (1e-4 ** (move / max(1, total_moves - 1)))
@@ -327,4 +355,62 @@ def kernels():
                 finals[restart, i] = 1
         return finals
 
-    return branch_and_bound, kawasaki
+    @njit
+    def enumerate_top_k(q, r, k, weights, lower, upper, ctol):
+        """Every combination in lexicographic order, depth first: prefix energy and g = Q x_prefix are updated
+        per internal node, each leaf costs O(1) (plus the constraint check). Keeps the k lowest (first found wins
+        an exact tie, so ties keep lexicographic order). Returns (energies, index rows, count, states visited)."""
+        n = q.shape[0]
+        ncons = weights.shape[0]
+        best_e = np.full(k, np.inf)
+        best_idx = np.zeros((k, r), np.int64)
+        count = 0
+        worst = 0
+        idx = np.zeros(r, np.int64)
+        prefix_e = np.zeros(r + 1)
+        g = np.zeros((r + 1, n))
+        wprefix = np.zeros((r + 1, ncons))
+        visited = 0
+        d = 0
+        idx[0] = -1
+        while d >= 0:
+            idx[d] += 1
+            if idx[d] > n - (r - d):
+                d -= 1
+                continue
+            i = idx[d]
+            if d < r - 1:
+                prefix_e[d + 1] = prefix_e[d] + 2.0 * g[d, i] + q[i, i]
+                for j in range(i + 1, n):
+                    g[d + 1, j] = g[d, j] + q[i, j]
+                for c in range(ncons):
+                    wprefix[d + 1, c] = wprefix[d, c] + weights[c, i]
+                idx[d + 1] = i
+                d += 1
+                continue
+            for j in range(i, n):  # the last index runs over the rest of the row: O(1) per state
+                visited += 1
+                e = prefix_e[d] + 2.0 * g[d, j] + q[j, j]
+                if count == k and e >= best_e[worst]:
+                    continue
+                feasible = True
+                for c in range(ncons):
+                    value = wprefix[d, c] + weights[c, j]
+                    if value < lower[c] - ctol[c] or value > upper[c] + ctol[c]:
+                        feasible = False
+                        break
+                if not feasible:
+                    continue
+                slot = count if count < k else worst
+                best_e[slot] = e
+                best_idx[slot, :d] = idx[:d]
+                best_idx[slot, d] = j
+                if count < k:
+                    count += 1
+                if count == k:
+                    worst = np.argmax(best_e)
+            idx[d] = n  # the row is done
+            d -= 1
+        return best_e, best_idx, count, visited
+
+    return branch_and_bound, kawasaki, enumerate_top_k

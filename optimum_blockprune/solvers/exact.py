@@ -22,19 +22,6 @@ from .base import SearchOutcome, Solver, register_solver
 logger = logging.getLogger(__name__)
 
 
-def _constraint_arrays(problem: CardinalityProblem):
-    n = problem.qubo.num_variables
-    if not problem.constraints:
-        empty = np.zeros(0)
-        return np.zeros((0, n)), empty, empty, empty, empty
-    weights = np.stack([c.weights for c in problem.constraints])
-    lower = np.array([c.lower for c in problem.constraints])
-    upper = np.array([c.upper for c in problem.constraints])
-    tolerance = np.array([c.tolerance for c in problem.constraints])
-    scale = np.maximum(np.abs(weights).max(axis=1), 1e-300)
-    return weights, lower, upper, tolerance, scale
-
-
 def diagonal_shifts(q: np.ndarray) -> np.ndarray:
     """d[t, t:] with Q[t:, t:] - diag(d[t, t:]) PSD for every suffix t: Jacobi-scaled smallest eigenvalue times
     the diagonal when the diagonal is positive, else a uniform shift by the smallest eigenvalue."""
@@ -63,9 +50,9 @@ def anneal_states(
     n, r = q.shape[0], problem.num_selected
     if r == n:
         return [tuple(range(n))]
-    weights, lower, upper, _, scale = _constraint_arrays(problem)
+    weights, lower, upper, _, scale = problem.constraint_arrays()
     penalty = float(np.max(np.diag(q) + 2 * (np.abs(q).sum(axis=1) - np.abs(np.diag(q)))) + 1.0)
-    _, kawasaki = kernels()
+    _, kawasaki, _ = kernels()
     finals = kawasaki(q, r, restarts, sweeps, seed, weights, lower, upper, scale, penalty)
     return [tuple(np.flatnonzero(row).tolist()) for row in finals]
 
@@ -147,9 +134,9 @@ class ExactSolver(Solver):
         threshold = energies[k - 1] if len(energies) >= k else np.inf
         order = np.argsort(-np.diag(q), kind="stable")
         qo = np.ascontiguousarray(q[np.ix_(order, order)])
-        weights, lower, upper, tolerance, _ = _constraint_arrays(problem)
+        weights, lower, upper, tolerance, _ = problem.constraint_arrays()
         weights = np.ascontiguousarray(weights[:, order])
-        branch_and_bound, _ = kernels()
+        branch_and_bound, _, _ = kernels()
         best_e, best_x, count, nodes, timed_out, lower_bound = branch_and_bound(
             qo,
             r,
