@@ -15,6 +15,26 @@ from optimum_blockprune.cli import main
 FAST = ["--num-calibration-samples", "6", "--max-length", "24", "--batch-size", "3", "--no-show-progress"]
 
 
+@pytest.fixture(scope="module")
+def fisher_file(tiny_model_dir, calibration_file, tmp_path_factory):
+    path = tmp_path_factory.mktemp("fisher") / "fisher.safetensors"
+    assert (
+        main(
+            [
+                "estimate",
+                str(tiny_model_dir),
+                "--dataset",
+                str(calibration_file),
+                "--output",
+                str(path),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    return path
+
+
 def _digest(directory):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
@@ -96,6 +116,65 @@ def test_estimate_then_rank_from_the_file(tiny_model_dir, calibration_file, tmp_
             == 0
         )
         assert f"removing {m} of 6 blocks" in capsys.readouterr().out
+
+
+def test_rank_with_constraints_and_a_chosen_solver(tiny_model_dir, calibration_file, tmp_path, capsys):
+    fisher = tmp_path / "fisher.safetensors"
+    assert (
+        main(
+            [
+                "estimate",
+                str(tiny_model_dir),
+                "--dataset",
+                str(calibration_file),
+                "--output",
+                str(fisher),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    json_path = tmp_path / "ranking.json"
+    code = main(
+        [
+            "rank",
+            "--fisher-file",
+            str(fisher),
+            "--num-blocks-to-remove",
+            "3",
+            "--forced-blocks",
+            "2",
+            "--protected-blocks",
+            "0",
+            "--solver",
+            "exact",
+            "--solver-time-limit-s",
+            "5",
+            "--json",
+            str(json_path),
+            "--no-show-progress",
+        ]
+    )
+    assert code == 0
+    ranking = json.loads(json_path.read_text())
+    assert ranking["solver"] == "exact" and ranking["proven"] and len(ranking["states"]) == 6  # C(4, 2)
+    assert all(2 in s["removed_blocks"] and 0 not in s["removed_blocks"] for s in ranking["states"])
+    code = main(
+        [
+            "rank",
+            "--fisher-file",
+            str(fisher),
+            "--num-blocks-to-remove",
+            "2",
+            "--contiguous",
+            "--json",
+            str(json_path),
+            "--no-show-progress",
+        ]
+    )
+    runs = [tuple(s["removed_blocks"]) for s in json.loads(json_path.read_text())["states"]]
+    assert code == 0 and sorted(runs) == [(i, i + 1) for i in range(5)]
 
 
 def test_errors_are_one_clear_line_and_happen_before_work(tiny_model_dir, calibration_file, tmp_path, capsys):

@@ -46,6 +46,20 @@ def kernels():
         return True
 
     @njit
+    def keep_best(best_e, best_x, count, energy, x):
+        """Insert a leaf into the k best (arrays of capacity k); return the new count. The first of equal
+        energies stays."""
+        if count < best_e.shape[0]:
+            best_e[count] = energy
+            best_x[count] = x
+            return count + 1
+        worst = np.argmax(best_e)
+        if energy < best_e[worst]:
+            best_e[worst] = energy
+            best_x[worst] = x
+        return count
+
+    @njit
     def frank_wolfe(q, d, t, r, energy, g, threshold, iterations, start):
         """Lower bound on min E + (2g + d).y + y.(Q_FF - diag d).y over 0 <= y <= 1, sum y = r (F = t..n-1).
         Every iterate gives a valid bound f(y) + min_s grad.(s - y); returns the best one and the last y.
@@ -147,15 +161,7 @@ def kernels():
                     ):
                         for j in range(t, n):
                             x[j] = 1 if r == m else 0
-                        if count < k:
-                            best_e[count] = leaf_e
-                            best_x[count] = x
-                            count += 1
-                        else:
-                            worst = np.argmax(best_e)
-                            if leaf_e < best_e[worst]:
-                                best_e[worst] = leaf_e
-                                best_x[worst] = x
+                        count = keep_best(best_e, best_x, count, leaf_e, x)
                         for j in range(t, n):
                             x[j] = 0
                     done = True
@@ -168,15 +174,7 @@ def kernels():
                         if has_constraints and not satisfied(lower, upper, ctol, wsum + weights[:, j]):
                             continue
                         x[j] = 1
-                        if count < k:
-                            best_e[count] = leaf_e
-                            best_x[count] = x
-                            count += 1
-                        else:
-                            worst = np.argmax(best_e)
-                            if leaf_e < best_e[worst]:
-                                best_e[worst] = leaf_e
-                                best_x[worst] = x
+                        count = keep_best(best_e, best_x, count, leaf_e, x)
                         x[j] = 0
                     done = True
                 else:
