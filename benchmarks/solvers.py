@@ -90,7 +90,9 @@ def main(argv=None):
     for kind in args.kinds:
         for n in args.sizes:
             h = realistic(n) if kind == "realistic" else random_psd(n)
-            for m in sorted({n // 4, n // 2, *((8,) if n == 80 else ())}):  # 8 of 80: the paper's two-GPU-day case
+            for m in sorted(
+                {n // 4, n // 2, *((8,) if n == 80 else ())}
+            ):  # 8 of 80: the paper's two-GPU-day case
                 problem = CardinalityProblem.from_matrix(h, m)
                 row = {"kind": kind, "N": n, "M": m}
                 reference = None
