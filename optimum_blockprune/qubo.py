@@ -59,6 +59,11 @@ class QUBO:
         idx = np.fromiter(removed, dtype=np.int64)
         return float(self.matrix[np.ix_(idx, idx)].sum() + self.offset)
 
+    def flip_bound(self) -> float:
+        """max_j |Q_jj| + 2 sum_{k != j} |Q_jk|: no single bit flip changes x^T Q x by more (the 'safe' penalty)."""
+        a = np.abs(self.matrix)
+        return float(np.max(2.0 * a.sum(axis=1) - np.diag(a)))
+
     def to_ising(self) -> tuple[np.ndarray, np.ndarray, float]:
         """Spin form with s = 2x - 1: E = s^T J s + h^T s + offset', J symmetric with zero diagonal.
 

@@ -65,6 +65,19 @@ def test_ising_form_reproduces_every_energy():
         assert s @ couplings @ s + fields @ s + offset == pytest.approx(qubo.energies(x))
 
 
+def test_flip_bound_bounds_every_single_flip():
+    rng = np.random.default_rng(5)
+    qubo = QUBO(rng.normal(size=(6, 6)))
+    states = np.array(list(itertools.product([0, 1], repeat=6)), dtype=float)
+    energies = qubo.energies(states)
+    largest = max(
+        abs(energies[i] - qubo.energies(np.where(np.arange(6) == j, 1 - states[i], states[i])))
+        for i in range(len(states))
+        for j in range(6)
+    )
+    assert largest <= qubo.flip_bound() + 1e-12
+
+
 def test_qubo_rejects_broken_input():
     with pytest.raises(ValueError, match="square"):
         QUBO(np.zeros((2, 3)))

@@ -50,11 +50,6 @@ def qubo_from_bqm(bqm) -> QUBO:
     return QUBO(q, float(binary.offset))
 
 
-def safe_penalty(q: np.ndarray) -> float:
-    off_diagonal = np.abs(q).sum(axis=1) - np.abs(np.diag(q))
-    return float(np.max(np.diag(q) + 2.0 * off_diagonal))
-
-
 class _DimodSolver(Solver):
     sampler_name: str
 
@@ -67,7 +62,7 @@ class _DimodSolver(Solver):
         dimod = _require("dimod", "dimod")
         samplers = _require("dwave.samplers", "dimod")
         n, r = problem.qubo.num_variables, problem.num_selected
-        strength = self.penalty_scale * safe_penalty(problem.qubo.matrix)
+        strength = self.penalty_scale * problem.qubo.flip_bound()
         bqm = qubo_to_bqm(problem.qubo)
         bqm.update(dimod.generators.combinations(list(range(n)), r, strength=strength))
         sampler = getattr(samplers, self.sampler_name)()

@@ -51,7 +51,7 @@ def anneal_states(
     if r == n:
         return [tuple(range(n))]
     weights, lower, upper, _, scale = problem.constraint_arrays()
-    penalty = float(np.max(np.diag(q) + 2 * (np.abs(q).sum(axis=1) - np.abs(np.diag(q)))) + 1.0)
+    penalty = 2.0 * problem.qubo.flip_bound() + 1.0  # a unit of violation outweighs any swap (two flips)
     _, kawasaki, _ = kernels()
     finals = kawasaki(q, r, restarts, sweeps, seed, weights, lower, upper, scale, penalty)
     return [tuple(np.flatnonzero(row).tolist()) for row in finals]
