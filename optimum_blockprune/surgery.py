@@ -53,6 +53,8 @@ def _update_config(config, adapter: ArchitectureAdapter, kept: list[int], num_ol
         values = getattr(config, name, None)
         if values is not None:
             setattr(config, name, [new_position[i] for i in values if i in new_position])
+    for name, value in adapter.derived_config_fields(config, kept, num_old).items():
+        setattr(config, name, value)
     config.num_hidden_layers = len(kept)
 
 
@@ -85,7 +87,12 @@ def remove_blocks(
     if len(kept) == num_old:
         return kept
     config = adapter.text_config(model)
-    touched = ("num_hidden_layers", *adapter.per_layer_config_fields, *adapter.index_config_fields)
+    touched = (
+        "num_hidden_layers",
+        *adapter.per_layer_config_fields,
+        *adapter.index_config_fields,
+        *adapter.derived_config_fields(config, list(range(num_old)), num_old),
+    )
     snapshot = {name: getattr(config, name) for name in touched if hasattr(config, name)}
     setattr(decoder, adapter.layers_attribute, nn.ModuleList([old_blocks[i] for i in kept]))
     try:

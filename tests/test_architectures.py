@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_CONFIGS, batch_of, build_tiny_model
@@ -127,3 +128,41 @@ def test_register_refuses_duplicates():
 
     with pytest.raises(ValueError, match="already registered"):
         register_architecture(ArchitectureAdapter("llama"))
+
+
+@pytest.mark.parametrize(
+    "model_type, expected",
+    [
+        # dense layers were 0, 2, 4 (mlp_only_layers=[0] plus every odd step); kept 0, 2, 4, 5 -> dense 0, 1, 2
+        ("qwen2_moe", {"mlp_only_layers": [0, 1, 2], "decoder_sparse_step": 1}),
+        ("qwen3_moe", {"mlp_only_layers": [0, 1, 2], "decoder_sparse_step": 1}),
+        # the first two layers were dense; layer 1 is removed, so one dense layer leads
+        ("deepseek_v3", {"first_k_dense_replace": 1}),
+    ],
+)
+def test_layer_patterns_are_rewritten_after_removal(model_type, expected):
+    model = build_tiny_model(model_type)
+    remove_blocks(model, REMOVED)
+    config = model.config
+    assert {name: getattr(config, name) for name in expected} == expected
+    kinds = [
+        "moe" if hasattr(block.mlp, "experts") else "dense" for block in get_adapter(model).block_list(model)
+    ]
+    dense_prefix = model_type == "deepseek_v3"
+    expected_kinds = ["dense", "moe", "moe", "moe"] if dense_prefix else ["dense", "dense", "dense", "moe"]
+    assert kinds == expected_kinds
+
+
+def test_fisher_and_ranking_run_end_to_end(arch, tokenizer, texts):
+    from optimum_blockprune import BlockRemovalConfig, Pruner
+
+    pruner = Pruner(build_tiny_model(arch), tokenizer)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, num_calibration_samples=4, max_length=24, batch_size=2, show_progress=False
+    )
+    result = pruner.prune(config, texts)
+    fisher = pruner.fisher
+    assert fisher.gradients.shape == (4, 6) and np.all(np.isfinite(fisher.hessian))
+    assert np.abs(fisher.gradients).max() > 0, "every architecture's gates must receive gradients"
+    assert pruner.ranking.proven and result.removed_blocks == pruner.ranking[0].removed_blocks
+    assert pruner.model.config.num_hidden_layers == 4

@@ -67,7 +67,7 @@ def test_per_sample_loss_ignores_padding():
     torch.testing.assert_close(losses[0], expected_0)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma2"])
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "gemma2", "opt", "falcon", "gpt_neox", "qwen2_moe"])
 def test_batched_gradients_equal_batch_size_one_loop(model_type, tokenizer):
     model = build_tiny_model(model_type)
     calibration = _calibration(tokenizer)

@@ -98,6 +98,11 @@ class ArchitectureAdapter:
             for i, block in enumerate(self.block_list(model))
         ]
 
+    def derived_config_fields(self, config: Any, kept: list[int], num_old: int) -> dict[str, Any]:
+        """Config fields whose new value follows from the kept blocks by a rule data cannot express (layer
+        patterns such as `decoder_sparse_step`); `surgery.remove_blocks` applies them. None by default."""
+        return {}
+
     def branch_modules(self, block: nn.Module) -> list[nn.Module]:
         """The modules whose outputs a coupling gate scales, for one block."""
         return [block.get_submodule(path) for path in self.branches]

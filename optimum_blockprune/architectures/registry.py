@@ -87,6 +87,6 @@ def architecture_table() -> str:
 
 
 if __name__ == "__main__":  # python -m optimum_blockprune.architectures.registry
-    from . import decoders  # noqa: F401  (register the standard entries)
+    from . import decoders, moe  # noqa: F401  (register the data entries)
 
     print(architecture_table())

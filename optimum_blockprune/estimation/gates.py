@@ -89,10 +89,15 @@ class CouplingGates:
         alpha = self.alpha
         if alpha.dim() == 1:
             return branch * alpha[index].to(branch.dtype)
-        if alpha.shape[0] != branch.shape[0]:
-            raise ValueError(
-                f"`alpha` has {alpha.shape[0]} rows but the batch has {branch.shape[0]} samples; use shape "
-                f"[batch, {self.num_blocks}] or [{self.num_blocks}]."
-            )
         column = alpha[:, index].to(branch.dtype)
+        rows = branch.shape[0]
+        if rows != column.shape[0]:
+            # Some blocks flatten tokens sample-major to [batch * seq, hidden] (OPT's feed-forward): give every
+            # token row its sample's alpha.
+            if rows % column.shape[0]:
+                raise ValueError(
+                    f"`alpha` has {column.shape[0]} rows but block {index}'s branch output has {rows}; use shape "
+                    f"[batch, {self.num_blocks}] or [{self.num_blocks}]."
+                )
+            column = column.repeat_interleave(rows // column.shape[0])
         return branch * column.view(-1, *([1] * (branch.dim() - 1)))
