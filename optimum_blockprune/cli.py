@@ -117,6 +117,7 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
             "forced_blocks",
             "min_parameters_removed",
             "max_parameters_removed",
+            "count_active_parameters",
             "contiguous",
             "num_states",
             "selected_state",

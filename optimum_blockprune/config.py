@@ -125,6 +125,13 @@ class BlockRemovalConfig:
     max_parameters_removed: float | None = field(
         default=None, metadata={"help": "Remove at most this many parameters."}
     )
+    count_active_parameters: bool = field(
+        default=False,
+        metadata={
+            "help": "Count active parameters (MoE: shared weights plus the top-k routed experts) instead of all "
+            "parameters in `min_parameters_removed` / `max_parameters_removed`."
+        },
+    )
     contiguous: bool = field(
         default=False,
         metadata={

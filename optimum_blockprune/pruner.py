@@ -71,11 +71,13 @@ def rank_from_fisher(fisher: FisherEstimate, config: BlockRemovalConfig) -> Rank
                 "A parameter budget needs the blocks' parameter counts, which this Fisher estimate's metadata lacks; "
                 "re-estimate it with this version of optimum-blockprune."
             )
+        key = "num_active_parameters" if config.count_active_parameters else "num_parameters"
         constraints.append(
             parameter_budget(
-                [b["num_parameters"] for b in blocks],
+                [b[key] for b in blocks],
                 at_least=config.min_parameters_removed,
                 at_most=config.max_parameters_removed,
+                name="active parameters removed" if config.count_active_parameters else "parameters removed",
             )
         )
     problem = CardinalityProblem(

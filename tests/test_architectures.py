@@ -166,3 +166,21 @@ def test_fisher_and_ranking_run_end_to_end(arch, tokenizer, texts):
     assert np.abs(fisher.gradients).max() > 0, "every architecture's gates must receive gradients"
     assert pruner.ranking.proven and result.removed_blocks == pruner.ranking[0].removed_blocks
     assert pruner.model.config.num_hidden_layers == 4
+
+
+def test_block_kinds_and_active_parameters():
+    dense = get_adapter(build_tiny_model("llama")).blocks(build_tiny_model("llama"))
+    assert all(b.kind == "decoder" and b.num_active_parameters == b.num_parameters for b in dense)
+    model = build_tiny_model("mixtral")  # 4 experts, top-2
+    for info, block in zip(get_adapter(model).blocks(model), get_adapter(model).block_list(model)):
+        routed = sum(p.numel() for p in block.mlp.experts.parameters())
+        assert info.kind == "moe" and info.num_active_parameters == info.num_parameters - routed // 2
+    model = build_tiny_model("deepseek_v3")  # first two layers dense
+    assert [b.kind for b in get_adapter(model).blocks(model)] == [
+        "decoder",
+        "decoder",
+        "moe",
+        "moe",
+        "moe",
+        "moe",
+    ]

@@ -204,3 +204,19 @@ print(out.tolist())
 """
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert completed.stdout.strip().splitlines()[-1] == str(expected.tolist())
+
+
+def test_active_parameter_budget_for_moe(tokenizer):
+    pruner = Pruner(build_tiny_model("qwen2_moe"), tokenizer)  # layers 0, 2, 4 dense; 1, 3, 5 MoE
+    fisher = pruner.estimate(TEXTS, BlockRemovalConfig(**CONFIG))
+    blocks = fisher.metadata["blocks"]
+    active = [b["num_active_parameters"] for b in blocks]
+    total = [b["num_parameters"] for b in blocks]
+    assert all(a < t for a, t, b in zip(active, total, blocks) if b["kind"] == "moe")
+    limit = sorted(active)[1] + sorted(active)[0]  # only the two smallest blocks by active count fit
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, max_parameters_removed=limit, count_active_parameters=True, **CONFIG
+    )
+    ranking = pruner.solve(fisher, config)
+    assert len(ranking) >= 1
+    assert all(sum(active[i] for i in s.removed_blocks) <= limit for s in ranking)

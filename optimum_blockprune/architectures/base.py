@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BlockInfo:
-    """One removable block: its 0-based index, module path, kind and parameter count."""
+    """One removable block: its 0-based index, module path, kind, parameter count, and active-parameter count
+    (the parameters one token uses: for an MoE block, everything but the routed experts plus top-k of them)."""
 
     index: int
     name: str
     kind: str
     num_parameters: int
+    num_active_parameters: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -28,6 +30,7 @@ class BlockInfo:
             "name": self.name,
             "kind": self.kind,
             "num_parameters": self.num_parameters,
+            "num_active_parameters": self.num_active_parameters,
         }
 
 
@@ -88,15 +91,21 @@ class ArchitectureAdapter:
     def blocks(self, model: nn.Module) -> list[BlockInfo]:
         """Describe every removable block, in order."""
         prefix = self.block_list_path(model)
-        return [
-            BlockInfo(
-                index=i,
-                name=f"{prefix}.{i}",
-                kind=self.block_kind,
-                num_parameters=sum(p.numel() for p in block.parameters()),
-            )
-            for i, block in enumerate(self.block_list(model))
-        ]
+        top_k = getattr(self.text_config(model), "num_experts_per_tok", None)
+        infos = []
+        for i, block in enumerate(self.block_list(model)):
+            total = sum(p.numel() for p in block.parameters())
+            # Routed experts are fused: every parameter of an `experts` module leads with the expert dimension.
+            experts = [m for name, m in block.named_modules() if name.split(".")[-1] == "experts"]
+            routed = sum(p.numel() for m in experts for p in m.parameters())
+            if experts and top_k:
+                num_experts = next(experts[0].parameters()).shape[0]
+                active = total - routed + routed * min(top_k, num_experts) // num_experts
+            else:
+                active = total
+            kind = "moe" if experts else self.block_kind
+            infos.append(BlockInfo(i, f"{prefix}.{i}", kind, total, active))
+        return infos
 
     def derived_config_fields(self, config: Any, kept: list[int], num_old: int) -> dict[str, Any]:
         """Config fields whose new value follows from the kept blocks by a rule data cannot express (layer
