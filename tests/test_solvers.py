@@ -330,3 +330,20 @@ def test_gurobi_certifies_the_same_top_k_as_the_branch_and_bound():
     ranking = solve_ranking(problem, 8, solver="gurobi")
     assert ranking.proven
     assert [s.energy for s in ranking] == pytest.approx([s.energy for s in exact], rel=1e-9)
+
+
+def test_solve_ranking_forwards_the_time_limit_to_every_time_limited_solver():
+    from optimum_blockprune.solvers import available_solvers, solver_class
+
+    assert {name for name in available_solvers() if solver_class(name).time_limited} == {
+        "auto",
+        "exact",
+        "gurobi",
+    }
+    pytest.importorskip("gurobipy")
+    rng = np.random.default_rng(7)
+    b = rng.normal(size=(90, 90))
+    ranking = solve_ranking(
+        CardinalityProblem.from_matrix(b.T @ b / 90, 30), 5, solver="gurobi", time_limit_s=0.05
+    )
+    assert not ranking.proven and ranking.stats["status"] != 2  # stopped by the limit, not optimal

@@ -107,6 +107,7 @@ class GurobiSolver(Solver):
     with a quadratic objective and non-production use only; `pip install "optimum-blockprune[gurobi]"`."""
 
     name = "gurobi"
+    time_limited = True
 
     def __init__(self, time_limit_s: float = 60.0, threads: int = 1):
         self.time_limit_s = time_limit_s

@@ -36,14 +36,17 @@ def available_solvers() -> list[str]:
     return sorted(_SOLVERS)
 
 
-def get_solver(name: str, **options: Any) -> Solver:
+def solver_class(name: str) -> type[Solver]:
     try:
-        cls = _SOLVERS[name]
+        return _SOLVERS[name]
     except KeyError:
         raise ValueError(
             f"`solver`={name!r} is not registered; choose one of {available_solvers()}."
         ) from None
-    return cls(**options)
+
+
+def get_solver(name: str, **options: Any) -> Solver:
+    return solver_class(name)(**options)
 
 
 @dataclass
@@ -55,12 +58,15 @@ class SearchOutcome:
     states: list[tuple[int, ...]]
     proven: bool
     stats: dict[str, Any] = field(default_factory=dict)
+    solver: str | None = None  # what actually ran, when it differs from the solver's name ('exact+anneal')
 
 
 class Solver(ABC):
     """Find the `num_states` lowest-energy feasible states of a `CardinalityProblem`."""
 
     name: ClassVar[str]
+    #: True when the constructor takes `time_limit_s` (solve_ranking passes the configured limit).
+    time_limited: ClassVar[bool] = False
 
     @abstractmethod
     def _search(
@@ -72,6 +78,7 @@ class Solver(ABC):
         self, problem: CardinalityProblem, num_states: int = 20, *, seed: int = 0, show_progress: bool = False
     ) -> Ranking:
         start = time.perf_counter()
+        label = self.name
         if problem.contiguous:
             states, proven, stats = problem.contiguous_runs(), True, {"contiguous_runs": True}
         else:
@@ -83,6 +90,7 @@ class Solver(ABC):
             forced = tuple(problem.forced)
             states = [tuple(sorted((*forced, *(int(index[i]) for i in s)))) for s in outcome.states]
             proven, stats = outcome.proven, dict(outcome.stats)
+            label = outcome.solver or self.name
         unique = sorted(set(states))
         if unique:
             x = problem.to_binary(unique)
@@ -97,7 +105,9 @@ class Solver(ABC):
             if not feasible.all():
                 stats["infeasible_states_discarded"] = int((~feasible).sum())
             unique = [s for s, ok in zip(unique, feasible) if ok]
-        energies = problem.qubo.energies(problem.to_binary(unique)) if unique else np.zeros(0)
+            energies = problem.qubo.energies(x[feasible])
+        else:
+            energies = np.zeros(0)
         order = sorted(range(len(unique)), key=lambda k: (energies[k], unique[k]))[:num_states]
         states_out = tuple(
             RankedState(rank=r, removed_blocks=unique[k], energy=float(energies[k]), proven=proven)
@@ -106,7 +116,7 @@ class Solver(ABC):
         elapsed = time.perf_counter() - start
         logger.info(
             "Solver %s ranked %d states in %.3f s (%s; ground-state energy %.6g).",
-            self.name,
+            label,
             len(states_out),
             elapsed,
             "proven" if proven else "not proven",
@@ -117,7 +127,7 @@ class Solver(ABC):
             num_blocks=problem.qubo.num_variables,
             num_blocks_to_remove=problem.num_selected,
             candidates=problem.candidates,
-            solver=self.name,
+            solver=label,
             proven=proven,
             solve_time_s=elapsed,
             stats=stats,

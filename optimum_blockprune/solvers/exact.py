@@ -18,6 +18,7 @@ import numpy as np
 
 from ..qubo import CardinalityProblem
 from .base import SearchOutcome, Solver, register_solver
+from .local_search import expand_top_states
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ def anneal_states(
 
 def _swap_neighbourhood(problem: CardinalityProblem, states: list[tuple[int, ...]], num_states: int) -> list:
     """The states and every single-swap neighbour of the best of them (candidate excited states)."""
-    from .local_search import LocalSearchSolver
-
     q = problem.qubo.matrix
     feasible = (
         [s for s, ok in zip(states, problem.is_feasible(problem.to_binary(states))) if ok] if states else []
@@ -68,7 +67,7 @@ def _swap_neighbourhood(problem: CardinalityProblem, states: list[tuple[int, ...
     pool = {s: float(problem.qubo.energy_of(s)) for s in feasible}
     if not pool or problem.constraints:
         return list(pool)
-    LocalSearchSolver._expand_top_states(q, pool, num_states)
+    expand_top_states(q, pool, num_states)
     return list(pool)
 
 
@@ -106,6 +105,7 @@ class ExactSolver(Solver):
     """
 
     name = "exact"
+    time_limited = True
 
     def __init__(
         self,
@@ -168,3 +168,29 @@ class ExactSolver(Solver):
                 bound,
             )
         return SearchOutcome(found, proven=not timed_out, stats=stats)
+
+
+@register_solver
+class AutoSolver(Solver):
+    """`exact` under the time limit; if it cannot finish, `anneal` as well, and the best states of both (then
+    labelled 'exact+anneal' and not proven, with the exact solver's lower bound and gap in `stats`)."""
+
+    name = "auto"
+    time_limited = True
+
+    def __init__(self, time_limit_s: float = 60.0):
+        self.time_limit_s = time_limit_s
+
+    def _search(self, problem, num_states, *, seed, show_progress) -> SearchOutcome:
+        exact = ExactSolver(time_limit_s=self.time_limit_s)._search(
+            problem, num_states, seed=seed, show_progress=show_progress
+        )
+        if exact.proven:
+            return SearchOutcome(exact.states, True, exact.stats, solver="exact")
+        annealed = AnnealSolver()._search(problem, num_states, seed=seed, show_progress=show_progress)
+        return SearchOutcome(
+            exact.states + annealed.states,
+            False,
+            {**exact.stats, "fallback": "anneal"},
+            solver="exact+anneal",
+        )

@@ -28,9 +28,8 @@ class LocalSearchSolver(Solver):
         self, problem: CardinalityProblem, num_states: int, *, seed: int, show_progress: bool
     ) -> SearchOutcome:
         rng = np.random.default_rng(seed)
-        candidates = np.asarray(problem.candidates, dtype=np.int64)
-        q = problem.qubo.matrix[np.ix_(candidates, candidates)]
-        n, m = len(candidates), problem.num_selected
+        q = problem.qubo.matrix  # a plain problem: every variable is a candidate
+        n, m = q.shape[0], problem.num_selected
         pool: dict[tuple[int, ...], float] = {}
         descents = 0
 
@@ -80,38 +79,38 @@ class LocalSearchSolver(Solver):
             local = descend(trial)
             if pool[tuple(local)] < best_energy:
                 best, best_energy = local, pool[tuple(local)]
-        expanded = self._expand_top_states(q, pool, num_states)
-        states = [tuple(int(i) for i in candidates[list(s)]) for s in pool]
+        expanded = expand_top_states(q, pool, num_states)
+        states = [tuple(int(i) for i in s) for s in pool]
         stats = {"descents": descents, "expanded_states": expanded, "pool_size": len(pool)}
         return SearchOutcome(states, proven=False, stats=stats)
 
-    @staticmethod
-    def _expand_top_states(q: np.ndarray, pool: dict[tuple[int, ...], float], num_states: int) -> int:
-        """Add the swap neighbours of every state in the current top `num_states` until that set is stable:
-        excited states of Fisher-like problems are usually a swap or two away from each other."""
-        n = q.shape[0]
-        done: set[tuple[int, ...]] = set()
-        while True:
-            top = sorted(pool, key=lambda s: (pool[s], s))[:num_states]
-            todo = [s for s in top if s not in done]
-            if not todo:
-                return len(done)
-            threshold = pool[top[-1]] if len(top) == num_states else np.inf
-            for state in todo:
-                done.add(state)
-                inside = np.asarray(state)
-                outside = np.setdiff1d(np.arange(n), inside)
-                if outside.size == 0:
-                    continue
-                x = np.zeros(n)
-                x[inside] = 1.0
-                f = q @ x
-                energy = pool[state]
-                neighbour_energy = energy + (
-                    (-2 * f[inside] + np.diag(q)[inside])[:, None]
-                    + (2 * f[outside] + np.diag(q)[outside])[None, :]
-                    - 2 * q[np.ix_(inside, outside)]
-                )
-                for ia, ob in zip(*np.nonzero(neighbour_energy <= threshold)):
-                    neighbour = tuple(sorted((*np.delete(inside, ia).tolist(), int(outside[ob]))))
-                    pool.setdefault(neighbour, float(neighbour_energy[ia, ob]))
+
+def expand_top_states(q: np.ndarray, pool: dict[tuple[int, ...], float], num_states: int) -> int:
+    """Add the swap neighbours of every state in the current top `num_states` until that set is stable:
+    excited states of Fisher-like problems are usually a swap or two away from each other."""
+    n = q.shape[0]
+    done: set[tuple[int, ...]] = set()
+    while True:
+        top = sorted(pool, key=lambda s: (pool[s], s))[:num_states]
+        todo = [s for s in top if s not in done]
+        if not todo:
+            return len(done)
+        threshold = pool[top[-1]] if len(top) == num_states else np.inf
+        for state in todo:
+            done.add(state)
+            inside = np.asarray(state)
+            outside = np.setdiff1d(np.arange(n), inside)
+            if outside.size == 0:
+                continue
+            x = np.zeros(n)
+            x[inside] = 1.0
+            f = q @ x
+            energy = pool[state]
+            neighbour_energy = energy + (
+                (-2 * f[inside] + np.diag(q)[inside])[:, None]
+                + (2 * f[outside] + np.diag(q)[outside])[None, :]
+                - 2 * q[np.ix_(inside, outside)]
+            )
+            for ia, ob in zip(*np.nonzero(neighbour_energy <= threshold)):
+                neighbour = tuple(sorted((*np.delete(inside, ia).tolist(), int(outside[ob]))))
+                pool.setdefault(neighbour, float(neighbour_energy[ia, ob]))
