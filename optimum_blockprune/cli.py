@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 
-from .config import FISHER_TYPES, SOLVERS, BlockRemovalConfig
+from .config import FISHER_TYPES, GRANULARITIES, SOLVERS, BlockRemovalConfig
 from .errors import BlockPruneError
 
 logger = logging.getLogger("optimum_blockprune")
 
-_CHOICES = {"fisher": FISHER_TYPES, "solver": SOLVERS}
+_CHOICES = {"fisher": FISHER_TYPES, "solver": SOLVERS, "granularity": GRANULARITIES}
 # Fields whose default (None) does not reveal their type.
 _TYPES = {"min_parameters_removed": float, "max_parameters_removed": float, "dataset_config_name": str}
 
@@ -32,16 +32,41 @@ def _index_list(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part for part in text.replace(" ", "").split(",") if part)
+
+
+def _kind_counts(text: str) -> dict[str, int]:
+    counts = {}
+    for part in _name_list(text):
+        kind, _, value = part.partition("=")
+        if not kind or not value.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated kind=count pairs like 'attention=1,moe=2', got {text!r}"
+            )
+        counts[kind] = int(value)
+    return counts
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Sequence[str] = ()) -> None:
     group = parser.add_argument_group("block removal (BlockRemovalConfig fields)")
     for field in fields(BlockRemovalConfig):
         if field.name in exclude:
             continue
         option = "--" + field.name.replace("_", "-")
-        default = field.default if field.default is not MISSING else None
+        if field.default is not MISSING:
+            default = field.default
+        elif field.default_factory is not MISSING:
+            default = field.default_factory()
+        else:
+            default = None
         kwargs = {"default": default, "help": field.metadata["help"] + f" (default: {default!r})"}
         if field.name in ("protected_blocks", "forced_blocks"):
             kwargs.update(type=_index_list, metavar="I,J,...")
+        elif field.name == "candidate_kinds":
+            kwargs.update(type=_name_list, metavar="KIND,...")
+        elif field.name in ("max_removed_per_kind", "min_removed_per_kind"):
+            kwargs.update(type=_kind_counts, metavar="KIND=N,...")
         elif isinstance(default, bool) or field.name == "apply_chat_template":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif field.name in _CHOICES:
@@ -212,7 +237,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     fisher = _load_pruner(args).estimate(args.dataset, config)
     path = fisher.save(args.output)
     print(
-        f"Saved the {fisher.metadata['fisher']} Fisher ({fisher.num_samples} samples x {fisher.num_blocks} blocks) to {path}"
+        f"Saved the {fisher.metadata['fisher']} Fisher ({fisher.num_samples} samples x {fisher.num_gates} gates) to {path}"
     )
     return 0
 

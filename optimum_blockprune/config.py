@@ -14,7 +14,8 @@ from .version import __version__
 
 CONFIG_NAME = "blockprune_config.json"
 
-FISHER_TYPES = ("empirical", "model")
+FISHER_TYPES = ("auto", "empirical", "model", "output")
+GRANULARITIES = ("block", "sublayer")
 SOLVERS = ("auto", "exact", "enumerate", "anneal", "local_search")
 
 
@@ -70,12 +71,38 @@ class BlockRemovalConfig:
         default=8,
         metadata={"help": "Samples per forward/backward pass. Every sample still gets its own gradient row."},
     )
-    fisher: Literal["empirical", "model"] = field(
-        default="empirical",
+    fisher: Literal["auto", "empirical", "model", "output"] = field(
+        default="auto",
         metadata={
             "help": "'empirical': labels are the data (the paper). 'model': labels sampled from the model's own "
-            "next-token distribution (the true Fisher of the KL to the unpruned model)."
+            "next-token distribution (the true Fisher of the KL to the unpruned model). 'output': a Gaussian "
+            "probe on the final hidden states (encoders, which have no next-token loss). 'auto': 'empirical' "
+            "for language models, 'output' for encoders."
         },
+    )
+    granularity: Literal["block", "sublayer"] = field(
+        default="block",
+        metadata={
+            "help": "'block': one gate per block (the paper). 'sublayer': separate gates for the attention (or "
+            "Mamba, conv ...) and the MLP/MoE branch of each block; block indices in the other fields then "
+            "index these variables. Applying a sublayer removal needs an architecture that stores one mixer "
+            "per block (nemotron_h), or a state that removes whole blocks."
+        },
+    )
+    candidate_kinds: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Only remove blocks of these kinds (e.g. ['moe'] or ['attention']; kinds are listed in the "
+            "README's architecture table). Empty: every kind. The Fisher is estimated over all blocks."
+        },
+    )
+    max_removed_per_kind: dict[str, int] = field(
+        default_factory=dict,
+        metadata={"help": "Remove at most this many blocks of a kind, e.g. {'attention': 1}."},
+    )
+    min_removed_per_kind: dict[str, int] = field(
+        default_factory=dict,
+        metadata={"help": "Remove at least this many blocks of a kind, e.g. {'moe': 2}."},
     )
     first_order: bool = field(
         default=False,
@@ -166,6 +193,27 @@ class BlockRemovalConfig:
                 f"`forced_blocks` must be a sequence of 0-based block indices, got {self.forced_blocks!r}."
             )
         self.forced_blocks = tuple(sorted(set(int(i) for i in self.forced_blocks)))
+        if isinstance(self.candidate_kinds, str) or not isinstance(self.candidate_kinds, Sequence):
+            raise ConfigurationError(
+                f"`candidate_kinds` must be a list of block kinds, got {self.candidate_kinds!r}. Pass e.g. "
+                "`candidate_kinds=['moe']`."
+            )
+        self.candidate_kinds = tuple(dict.fromkeys(str(kind) for kind in self.candidate_kinds))
+        for name in ("max_removed_per_kind", "min_removed_per_kind"):
+            limits = getattr(self, name)
+            _check(
+                isinstance(limits, dict)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in limits.values()),
+                f"`{name}` must map block kinds to non-negative integers, got {limits!r}. Pass e.g. "
+                "`{'attention': 1}`.",
+            )
+            setattr(self, name, {str(k): int(v) for k, v in limits.items()})
+        clash = {
+            kind: (low, self.max_removed_per_kind[kind])
+            for kind, low in self.min_removed_per_kind.items()
+            if kind in self.max_removed_per_kind and low > self.max_removed_per_kind[kind]
+        }
+        _check(not clash, f"`min_removed_per_kind` exceeds `max_removed_per_kind` for {clash} (min, max).")
         for name in (
             "num_blocks_to_remove",
             "num_states",
@@ -210,6 +258,10 @@ class BlockRemovalConfig:
         _check(
             self.fisher in FISHER_TYPES, f"`fisher` must be one of {list(FISHER_TYPES)}, got {self.fisher!r}."
         )
+        _check(
+            self.granularity in GRANULARITIES,
+            f"`granularity` must be one of {list(GRANULARITIES)}, got {self.granularity!r}.",
+        )
         _check(self.solver in SOLVERS, f"`solver` must be one of {list(SOLVERS)}, got {self.solver!r}.")
         _check(
             self.apply_chat_template in (None, True, False),
@@ -247,6 +299,7 @@ class BlockRemovalConfig:
         data = asdict(self)
         data["protected_blocks"] = list(self.protected_blocks)
         data["forced_blocks"] = list(self.forced_blocks)
+        data["candidate_kinds"] = list(self.candidate_kinds)
         return data
 
     @classmethod

@@ -79,6 +79,7 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         fisher=provenance.get("fisher"),
         first_order=(provenance.get("config") or {}).get("first_order", False),
         library_version=__version__,
+        auto_class=provenance.get("auto_class") or "AutoModelForCausalLM",
     )
     return str(card)
 

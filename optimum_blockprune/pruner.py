@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .architectures import get_adapter
+import numpy as np
+
+from .architectures import BlockInfo, get_adapter, model_type_of, supported_model_types
 from .config import BlockRemovalConfig
-from .constraints import parameter_budget
+from .constraints import kind_limit, parameter_budget
 from .errors import ConfigurationError, SurgeryError
 from .estimation import FisherEstimate, estimate_fisher, prepare_calibration_data
 from .hub import DEFAULT_COMMIT_MESSAGE
@@ -58,35 +60,114 @@ def _without_gguf_quantizer(model: nn.Module) -> nn.Module:
     return plain.eval()
 
 
-def rank_from_fisher(fisher: FisherEstimate, config: BlockRemovalConfig) -> Ranking:
-    """Rank the `config.num_states` lowest-energy feasible removals from a Fisher estimate alone (no model)."""
-    num_blocks = fisher.num_blocks
-    config.validate_for_model(num_blocks)
+def removal_problem(
+    units: Sequence[dict[str, Any]],
+    config: BlockRemovalConfig,
+    energy: np.ndarray | None = None,
+    *,
+    unremovable_kinds: Sequence[str] = (),
+) -> CardinalityProblem:
+    """The constrained problem for `config` over the gates described by `units` (`BlockInfo.to_dict()`s).
+
+    Pure and cheap: with `energy=None` it runs on a zero matrix, which is how `Pruner` checks a config before
+    any calibration. Besides `config`'s own constraints, at least one attention gate always stays (a cache with
+    no attention layer breaks cached generation in transformers), and blocks of `unremovable_kinds` are never
+    candidates.
+
+    Raises:
+        ConfigurationError: the request cannot be met, with the reason and what to change.
+    """
+    num_gates = len(units)
+    config.validate_for_model(num_gates)
+    kinds = [u["kind"] for u in units]
+    present = sorted(set(kinds))
+    named = {*config.candidate_kinds, *config.max_removed_per_kind, *config.min_removed_per_kind}
+    unknown = sorted(named - set(present))
+    if unknown:
+        raise ConfigurationError(
+            f"Block kinds {unknown} (from `candidate_kinds` / `*_removed_per_kind`) do not occur in this model at "
+            f"granularity={config.granularity!r}; its kinds are {present}."
+        )
+    allowed = set(config.candidate_kinds or present) - set(unremovable_kinds)
     protected = set(config.protected_blocks)
+    candidates = [i for i in range(num_gates) if i not in protected and kinds[i] in allowed]
+    excluded = sorted(set(config.forced_blocks) - set(candidates))
+    if excluded:
+        raise ConfigurationError(
+            f"`forced_blocks` {excluded} are not removable here (kinds {[kinds[i] for i in excluded]}; removable "
+            f"kinds: {sorted(allowed)}, protected: {sorted(protected)})."
+        )
     constraints = []
+    num_attention = kinds.count("attention")
+    limits = {
+        kind: [config.min_removed_per_kind.get(kind, 0), config.max_removed_per_kind.get(kind)]
+        for kind in named
+    }
+    if num_attention:
+        cap = limits.setdefault("attention", [0, None])
+        cap[1] = num_attention - 1 if cap[1] is None else min(cap[1], num_attention - 1)
+    for kind, (low, high) in sorted(limits.items()):
+        constraints.append(kind_limit(kinds, kind, at_least=low, at_most=high))
+    reachable = sum(
+        min(len([i for i in candidates if kinds[i] == kind]), limits[kind][1])
+        if kind in limits and limits[kind][1] is not None
+        else len([i for i in candidates if kinds[i] == kind])
+        for kind in present
+    )
+    if config.num_blocks_to_remove > reachable:
+        attention_note = (
+            " At least one attention block always stays: removing every attention layer breaks cached generation "
+            "in transformers."
+            if num_attention
+            else ""
+        )
+        raise ConfigurationError(
+            f"`num_blocks_to_remove`={config.num_blocks_to_remove} but at most {reachable} blocks can be removed "
+            f"under `candidate_kinds`={list(config.candidate_kinds)}, the per-kind limits and "
+            f"`protected_blocks`={sorted(protected)}.{attention_note} Remove fewer or relax a limit."
+        )
     if config.min_parameters_removed is not None or config.max_parameters_removed is not None:
-        blocks = fisher.metadata.get("blocks") or []
-        if len(blocks) != num_blocks:
-            raise ConfigurationError(
-                "A parameter budget needs the blocks' parameter counts, which this Fisher estimate's metadata lacks; "
-                "re-estimate it with this version of optimum-blockprune."
-            )
         key = "num_active_parameters" if config.count_active_parameters else "num_parameters"
         constraints.append(
             parameter_budget(
-                [b[key] for b in blocks],
+                [u[key] for u in units],
                 at_least=config.min_parameters_removed,
                 at_most=config.max_parameters_removed,
                 name="active parameters removed" if config.count_active_parameters else "parameters removed",
             )
         )
-    problem = CardinalityProblem(
-        QUBO(fisher.energy_matrix(first_order=config.first_order)),
+    matrix = np.zeros((num_gates, num_gates)) if energy is None else energy
+    return CardinalityProblem(
+        QUBO(matrix),
         config.num_blocks_to_remove,
-        tuple(i for i in range(num_blocks) if i not in protected),
+        tuple(candidates),
         forced=config.forced_blocks,
         constraints=tuple(constraints),
         contiguous=config.contiguous,
+    )
+
+
+def rank_from_fisher(
+    fisher: FisherEstimate, config: BlockRemovalConfig, *, unremovable_kinds: Sequence[str] = ()
+) -> Ranking:
+    """Rank the `config.num_states` lowest-energy feasible removals from a Fisher estimate alone (no model)."""
+    units = fisher.metadata.get("blocks") or []
+    if len(units) != fisher.num_gates:
+        raise ConfigurationError(
+            "This Fisher estimate's metadata does not describe its gates (kinds, parameter counts); re-estimate it "
+            "with this version of optimum-blockprune."
+        )
+    granularity = fisher.metadata.get("granularity", "block")
+    if granularity != config.granularity:
+        raise ConfigurationError(
+            f"The Fisher estimate has granularity={granularity!r} but the config asks for {config.granularity!r}; "
+            "re-estimate with the config's granularity or change it."
+        )
+    problem = removal_problem(
+        units,
+        config,
+        fisher.energy_matrix(first_order=config.first_order),
+        unremovable_kinds=unremovable_kinds,
     )
     ranking = solve_ranking(
         problem,
@@ -99,9 +180,14 @@ def rank_from_fisher(fisher: FisherEstimate, config: BlockRemovalConfig) -> Rank
     if not ranking.states:
         raise ConfigurationError(
             "No way to remove the requested blocks satisfies every constraint (count, protected/forced blocks, "
-            "parameter budget, contiguity). Relax one of them."
+            "kinds, parameter budget, contiguity). Relax one of them."
         )
-    return replace(ranking, first_order=config.first_order)
+    return replace(
+        ranking,
+        first_order=config.first_order,
+        granularity=granularity,
+        kinds=tuple(u["kind"] for u in units),
+    )
 
 
 class Pruner:
@@ -111,6 +197,8 @@ class Pruner:
         model: a loaded `transformers` model whose `model_type` is registered (see `supported_model_types()`).
         tokenizer: its tokenizer; needed for text calibration data and saved beside the pruned model.
         model_id: the model's Hub id or path, recorded as `base_model` in the card.
+        allow_generic: for an unregistered decoder, guess an adapter from its structure (one block list under
+            `get_decoder()`, conventional branch names) instead of refusing; warns.
 
     Raises:
         UnsupportedArchitectureError: the model's architecture is not registered (before any work).
@@ -127,12 +215,20 @@ class Pruner:
     ```
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any | None = None, *, model_id: str | None = None):
-        self.adapter = get_adapter(model)
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any | None = None,
+        *,
+        model_id: str | None = None,
+        allow_generic: bool = False,
+    ):
+        self.adapter = get_adapter(model, allow_generic=allow_generic)
         self.model = model
         self.tokenizer = tokenizer
         self.model_id = model_id or getattr(model.config, "_name_or_path", None) or None
         self.original_blocks = self.adapter.blocks(model)
+        self.original_sublayers = self.adapter.units(model, "sublayer")
         self.fisher: FisherEstimate | None = None
         self.ranking: Ranking | None = None
         self.config: BlockRemovalConfig | None = None
@@ -146,6 +242,7 @@ class Pruner:
         *,
         tokenizer: Any | None = None,
         auto_class: Any | None = None,
+        allow_generic: bool = False,
         **kwargs: Any,
     ) -> Pruner:
         """Load a model (and its tokenizer) with `from_pretrained`, checking the architecture before the weights.
@@ -153,15 +250,22 @@ class Pruner:
         Args:
             model_id: Hub id or local directory.
             tokenizer: a tokenizer to use instead of loading one from `model_id`.
-            auto_class: the `transformers` auto class (default `AutoModelForCausalLM`).
+            auto_class: the `transformers` auto class (default `AutoModelForCausalLM` for decoders, `AutoModel`
+                for encoders).
+            allow_generic: use a guessed adapter for an unregistered decoder (see `Pruner`).
             kwargs: passed to `from_pretrained` (e.g. `dtype`, `device_map`, `revision`, `gguf_file`).
         """
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         model_id = os.fspath(model_id)
         shared = {k: kwargs[k] for k in _SHARED_LOAD_KWARGS if k in kwargs}
-        get_adapter(AutoConfig.from_pretrained(model_id, **shared))  # fail before loading any weights
-        model = (auto_class or AutoModelForCausalLM).from_pretrained(model_id, **kwargs)
+        model_config = AutoConfig.from_pretrained(model_id, **shared)
+        task = "causal-lm"
+        if not allow_generic or model_type_of(model_config) in supported_model_types():
+            task = get_adapter(model_config).task  # fails before loading any weights
+        if auto_class is None:
+            auto_class = AutoModelForCausalLM if task == "causal-lm" else AutoModel
+        model = auto_class.from_pretrained(model_id, **kwargs)
         if _is_gguf_quantized(model):
             model = _without_gguf_quantizer(model)
         if tokenizer is None:
@@ -173,13 +277,17 @@ class Pruner:
                     model_id,
                     error,
                 )
-        return cls(model, tokenizer, model_id=model_id)
+        return cls(model, tokenizer, model_id=model_id, allow_generic=allow_generic)
 
     # -- properties ---------------------------------------------------------------------------------------------
     @property
     def num_blocks(self) -> int:
         """Number of blocks of the original (unpruned) model."""
         return len(self.original_blocks)
+
+    def units(self, granularity: str = "block") -> list[BlockInfo]:
+        """The optimisation variables of the original model: its blocks, or their sublayers."""
+        return list(self.original_blocks if granularity == "block" else self.original_sublayers)
 
     @property
     def is_pruned(self) -> bool:
@@ -194,6 +302,7 @@ class Pruner:
         """
         config = config or BlockRemovalConfig()
         self._refuse_if_pruned("estimate")
+        fisher_type = self._fisher_type(config)
         calibration = prepare_calibration_data(calibration_dataset, self.tokenizer, config)
         logger.info(
             "Calibration: %d samples, %d tokens from %s.",
@@ -212,7 +321,8 @@ class Pruner:
             self.model,
             calibration,
             adapter=self.adapter,
-            fisher=config.fisher,
+            fisher=fisher_type,
+            granularity=config.granularity,
             batch_size=config.batch_size,
             seed=config.seed,
             pad_token_id=pad if pad is not None else 0,
@@ -229,12 +339,14 @@ class Pruner:
         if fisher is None:
             raise ConfigurationError("No Fisher estimate: call `estimate(...)` first or pass `fisher=`.")
         config = config or BlockRemovalConfig()
-        if fisher.num_blocks != self.num_blocks:
+        expected = len(self.units(fisher.metadata.get("granularity", "block")))
+        if fisher.num_gates != expected:
             raise ConfigurationError(
-                f"The Fisher estimate covers {fisher.num_blocks} blocks but the model has {self.num_blocks}; it was "
+                f"The Fisher estimate covers {fisher.num_gates} gates but the model has {expected}; it was "
                 "estimated on a different model."
             )
-        self.ranking = rank_from_fisher(fisher, config)
+        self.check_config(config, applying=False)
+        self.ranking = rank_from_fisher(fisher, config, unremovable_kinds=self.adapter.unremovable_kinds)
         self.config = config
         return self.ranking
 
@@ -254,6 +366,8 @@ class Pruner:
             removed, selected_rank = self.ranking[state].removed_blocks, state
         else:
             removed = tuple(sorted(int(i) for i in state))
+        if selected_rank is not None and self.ranking.granularity == "sublayer":
+            removed = self._blocks_of_sublayers(removed)
         before = _count_parameters(self.model)
         from .surgery import remove_blocks
 
@@ -287,7 +401,7 @@ class Pruner:
             ConfigurationError: the config does not fit the model (checked before any calibration).
         """
         self._refuse_if_pruned("prune")
-        config.validate_for_model(self.num_blocks)
+        self.check_config(config, applying=True)
         if fisher is None:
             if calibration_dataset is None:
                 raise ConfigurationError(
@@ -313,7 +427,8 @@ class Pruner:
         return {
             "base_model": self.model_id,
             "model_type": self.adapter.model_type,
-            "pipeline_tag": "text-generation" if hasattr(self.model, "generate") else None,
+            "pipeline_tag": "text-generation" if self.adapter.task == "causal-lm" else "feature-extraction",
+            "auto_class": "AutoModelForCausalLM" if self.adapter.task == "causal-lm" else "AutoModel",
             "config": self.config.to_dict() if self.config is not None else None,
             "result": self.result.to_dict(),
             "blocks": [b.to_dict() for b in self.original_blocks],
@@ -369,6 +484,61 @@ class Pruner:
                 commit_message=commit_message,
                 create_pr=create_pr,
             )
+
+    def check_config(self, config: BlockRemovalConfig, *, applying: bool = True) -> None:
+        """Every check that needs only the model's structure, so a bad request fails before calibration.
+
+        Raises:
+            ConfigurationError: the config cannot be met on this model, or (with `applying`) its result could not
+                be stored as a standard checkpoint.
+        """
+        self._fisher_type(config)
+        removal_problem(
+            [u.to_dict() for u in self.units(config.granularity)],
+            config,
+            unremovable_kinds=self.adapter.unremovable_kinds,
+        )
+        reason = self.adapter.config_error(
+            config.num_blocks_to_remove, config.contiguous, self.adapter.text_config(self.model)
+        )
+        if reason:
+            raise ConfigurationError(reason)
+        if applying and config.granularity == "sublayer" and not self.adapter.sublayer_removal:
+            raise ConfigurationError(
+                f"`granularity='sublayer'` can score and rank `{self.adapter.model_type}` models, but `prune` cannot "
+                "apply the result: transformers has no standard checkpoint for a layer with its attention or MLP "
+                "left out (only architectures with one mixer per block, such as nemotron_h, can store it). Use "
+                "`Pruner.estimate` + `Pruner.solve` to study sublayer scores, or `granularity='block'` to prune."
+            )
+
+    def _fisher_type(self, config: BlockRemovalConfig) -> str:
+        if config.fisher == "auto":
+            return "empirical" if self.adapter.task == "causal-lm" else "output"
+        allowed = ("empirical", "model") if self.adapter.task == "causal-lm" else ("output",)
+        if config.fisher not in allowed:
+            raise ConfigurationError(
+                f"`fisher`={config.fisher!r} does not suit a `{self.adapter.model_type}` model ({self.adapter.task}); "
+                f"use one of {allowed} or 'auto'."
+            )
+        return config.fisher
+
+    def _blocks_of_sublayers(self, removed: Sequence[int]) -> tuple[int, ...]:
+        """The blocks a sublayer selection removes; refuses a selection that leaves part of a block behind."""
+        chosen = set(removed)
+        by_block: dict[int, list[int]] = {}
+        for unit in self.original_sublayers:
+            by_block.setdefault(unit.block, []).append(unit.index)
+        partial = {
+            block: ids for block, ids in by_block.items() if chosen & set(ids) and not set(ids) <= chosen
+        }
+        if partial:
+            names = [self.original_sublayers[i].name for ids in partial.values() for i in ids if i in chosen]
+            raise SurgeryError(
+                f"This state removes only part of blocks {sorted(partial)} ({', '.join(names)}). A `"
+                f"{self.adapter.model_type}` checkpoint cannot store a layer without its attention or MLP, so it is "
+                "not applied. Apply a state that removes whole blocks, or prune with `granularity='block'`."
+            )
+        return tuple(sorted(block for block, ids in by_block.items() if set(ids) <= chosen))
 
     def _refuse_if_pruned(self, action: str) -> None:
         if self.result is not None:

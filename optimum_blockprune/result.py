@@ -44,6 +44,8 @@ class Ranking:
     solve_time_s: float
     first_order: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
+    granularity: str = "block"
+    kinds: tuple[str, ...] = ()  # the kind of every variable (block or sublayer), when known
 
     def __len__(self) -> int:
         return len(self.states)
@@ -69,6 +71,8 @@ class Ranking:
             "solve_time_s": self.solve_time_s,
             "first_order": self.first_order,
             "stats": dict(self.stats),
+            "granularity": self.granularity,
+            "kinds": list(self.kinds),
         }
 
     @classmethod
@@ -83,18 +87,25 @@ class Ranking:
             solve_time_s=float(data["solve_time_s"]),
             first_order=bool(data.get("first_order", False)),
             stats=dict(data.get("stats", {})),
+            granularity=data.get("granularity", "block"),
+            kinds=tuple(data.get("kinds", ())),
         )
 
     def to_markdown(self, max_rows: int | None = None, selected_rank: int | None = None) -> str:
-        """A markdown table: rank, removed blocks (0-based), energy, energy above the ground state."""
+        """A markdown table: rank, removed blocks (0-based, with their kind when blocks differ), energy, energy
+        above the ground state."""
         ground = self.states[0].energy if self.states else 0.0
+        unit = "sublayers" if self.granularity == "sublayer" else "blocks"
         lines = [
-            "| state | removed blocks (0-based) | energy | ΔE vs ground | proven |",
+            f"| state | removed {unit} (0-based) | energy | ΔE vs ground | proven |",
             "|---|---|---|---|---|",
         ]
+        show_kinds = len(set(self.kinds)) > 1
         for state in self.states[:max_rows]:
             label = f"CBO:{state.rank}" + (" (applied)" if state.rank == selected_rank else "")
-            blocks = ", ".join(map(str, state.removed_blocks))
+            blocks = ", ".join(
+                f"{i} ({self.kinds[i]})" if show_kinds else str(i) for i in state.removed_blocks
+            )
             lines.append(
                 f"| {label} | {blocks} | {state.energy:.6g} | {state.energy - ground:+.4g} | "
                 f"{'yes' if state.proven else 'no'} |"
@@ -103,7 +114,8 @@ class Ranking:
 
     def __str__(self) -> str:
         header = (
-            f"{len(self)} lowest-energy states removing {self.num_blocks_to_remove} of {self.num_blocks} blocks "
+            f"{len(self)} lowest-energy states removing {self.num_blocks_to_remove} of {self.num_blocks} "
+            f"{'sublayers' if self.granularity == 'sublayer' else 'blocks'} "
             f"(solver: {self.solver}, {'proven' if self.proven else 'not proven'}, {self.solve_time_s:.3f} s)"
         )
         return header + "\n" + self.to_markdown()

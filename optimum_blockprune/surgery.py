@@ -58,6 +58,16 @@ def _update_config(config, adapter: ArchitectureAdapter, kept: list[int], num_ol
     config.num_hidden_layers = len(kept)
 
 
+def _attention_error(model: nn.Module, adapter: ArchitectureAdapter, kept: list[int]) -> str | None:
+    kinds = [unit.kind for unit in adapter.blocks(model)]
+    if "attention" in kinds and not any(kinds[i] == "attention" for i in kept):
+        return (
+            "it would remove every attention block of this hybrid model, and cached generation in transformers "
+            "needs at least one attention layer in the cache. Keep at least one attention block."
+        )
+    return None
+
+
 def _reindex_layer_idx(blocks: nn.ModuleList) -> None:
     # Every module that owns a KV/SSM cache slot carries an int `layer_idx`; the cache has one slot per block.
     for new_index, block in enumerate(blocks):
@@ -80,13 +90,15 @@ def remove_blocks(
     import torch.nn as nn
 
     adapter = adapter or get_adapter(model)
-    decoder = adapter.decoder(model)
     old_blocks = adapter.block_list(model)
     num_old = len(old_blocks)
     kept = kept_after_removal(num_old, removed)
     if len(kept) == num_old:
         return kept
     config = adapter.text_config(model)
+    reason = adapter.removal_error(config, kept, num_old) or _attention_error(model, adapter, kept)
+    if reason:
+        raise SurgeryError(f"Cannot remove blocks {sorted(set(range(num_old)) - set(kept))}: {reason}")
     touched = (
         "num_hidden_layers",
         *adapter.per_layer_config_fields,
@@ -94,16 +106,17 @@ def remove_blocks(
         *adapter.derived_config_fields(config, list(range(num_old)), num_old),
     )
     snapshot = {name: getattr(config, name) for name in touched if hasattr(config, name)}
-    setattr(decoder, adapter.layers_attribute, nn.ModuleList([old_blocks[i] for i in kept]))
+    adapter.set_block_list(model, nn.ModuleList([old_blocks[i] for i in kept]))
     try:
         _update_config(config, adapter, kept, num_old)
         config.validate()
     except Exception as error:
-        setattr(decoder, adapter.layers_attribute, old_blocks)
+        adapter.set_block_list(model, old_blocks)
         for name, value in snapshot.items():
             setattr(config, name, value)
         raise SurgeryError(f"The pruned config does not validate, so nothing was changed: {error}") from error
-    _reindex_layer_idx(getattr(decoder, adapter.layers_attribute))
+    _reindex_layer_idx(adapter.block_list(model))
+    adapter.after_removal(model, kept, num_old)
     logger.info(
         "Removed %d of %d blocks: %s.", num_old - len(kept), num_old, sorted(set(range(num_old)) - set(kept))
     )

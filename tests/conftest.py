@@ -33,6 +33,16 @@ _DENSE = dict(
     pad_token_id=0,
 )
 
+_MAMBA = dict(
+    mamba_n_heads=4,
+    mamba_d_head=16,
+    mamba_d_state=8,
+    mamba_n_groups=1,
+    mamba_d_conv=4,
+    mamba_expand=2,
+    mamba_chunk_size=16,
+)
+
 # One tiny config per registered model_type. A registered architecture missing here fails
 # `test_every_registered_architecture_has_a_tiny_model`.
 TINY_CONFIGS: dict[str, dict] = {
@@ -131,7 +141,96 @@ TINY_CONFIGS: dict[str, dict] = {
         bos_token_id=1,
         eos_token_id=2,
     ),
+    # -- hybrids: Mamba-2 layers run on transformers' reference PyTorch kernels on CPU ---------------------
+    # blocks: mamba, moe, attention, mamba, mlp, attention (the older kind names, normalised by the config)
+    "nemotron_h": {
+        **_DENSE,
+        "head_dim": 8,
+        "layers_block_type": ["mamba", "moe", "attention", "mamba", "mlp", "attention"],
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "moe_shared_expert_intermediate_size": 32,
+        "n_group": 1,
+        "topk_group": 1,
+        "ssm_state_size": 8,
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 16,
+        "n_groups": 1,
+        "conv_kernel": 4,
+        "expand": 2,
+        "chunk_size": 16,
+    },
+    "granitemoehybrid": {
+        **_DENSE,
+        **_MAMBA,
+        "layer_types": ["mamba", "attention", "mamba", "mamba", "attention", "mamba"],
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "shared_intermediate_size": 32,
+    },
+    "bamba": {**_DENSE, **_MAMBA, "attn_layer_indices": [1, 4]},
+    "falcon_h1": {**_DENSE, **_MAMBA, "head_dim": 8, "mamba_d_ssm": 64},
+    "qwen3_next": {
+        **_DENSE,
+        "head_dim": 8,
+        "layer_types": ["linear_attention", "full_attention"] * 3,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 32,
+        "decoder_sparse_step": 2,
+        "mlp_only_layers": [0],
+        "linear_num_value_heads": 4,
+        "linear_num_key_heads": 2,
+        "linear_key_head_dim": 8,
+        "linear_value_head_dim": 8,
+        "linear_conv_kernel_dim": 4,
+    },
+    "lfm2": {**_DENSE, "layer_types": ["conv", "full_attention", "conv", "conv", "full_attention", "conv"]},
+    "zamba2": {
+        **_DENSE,
+        **_MAMBA,
+        "layers_block_type": ["mamba", "hybrid", "mamba", "mamba", "hybrid", "mamba"],
+    },
+    # 8 layers: attention at 1 and 5 (period 4), MoE at odd layers (period 2); lcm 4.
+    "jamba": {
+        **_DENSE,
+        "num_hidden_layers": 8,
+        "attn_layer_period": 4,
+        "attn_layer_offset": 1,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "mamba_d_state": 8,
+        "mamba_d_conv": 4,
+        "mamba_expand": 2,
+        "mamba_dt_rank": 4,
+    },
+    # -- encoders ------------------------------------------------------------------------------------------
+    "bert": dict(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    ),
 }
+
+# Blocks the surgery matrix removes (default `REMOVED`): removals each architecture can store.
+REMOVED = [1, 3]
+TINY_REMOVALS: dict[str, list[int]] = {
+    "zamba2": [2, 3],  # Mamba layers only; 1 and 4 are hybrid
+    "jamba": [2, 3, 4, 5],  # one contiguous run of lcm(4, 2) = 4 layers
+}
+
+
+def removal_for(model_type: str) -> list[int]:
+    return TINY_REMOVALS.get(model_type, REMOVED)
+
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog.",
@@ -153,13 +252,32 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(model_type: str, seed: int = 0, dtype=torch.float32):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def auto_class_for(model_type: str):
+    from transformers import AutoModel, AutoModelForCausalLM
 
+    from optimum_blockprune import get_adapter
+
+    task = get_adapter(_config(model_type)).task
+    return AutoModelForCausalLM if task == "causal-lm" else AutoModel
+
+
+def _config(model_type: str, **overrides):
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(model_type, **{**TINY_CONFIGS[model_type], **overrides})
+
+
+def build_tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, **overrides):
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type])
-    model = AutoModelForCausalLM.from_config(config).to(dtype)
+    model = auto_class_for(model_type).from_config(_config(model_type, **overrides)).to(dtype)
     return model.eval()
+
+
+def model_output(model, batch) -> torch.Tensor:
+    """Logits of a language model, final hidden states of an encoder."""
+    output = model(**batch)
+    logits = getattr(output, "logits", None)
+    return logits if logits is not None else output.last_hidden_state
 
 
 def build_tokenizer():

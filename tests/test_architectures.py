@@ -7,14 +7,12 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CONFIGS, batch_of, build_tiny_model
-from transformers import AutoModelForCausalLM
+from conftest import TINY_CONFIGS, auto_class_for, batch_of, build_tiny_model, model_output, removal_for
 
 from optimum_blockprune import CouplingGates, get_adapter, remove_blocks, supported_model_types
 from optimum_blockprune.errors import SurgeryError, UnsupportedArchitectureError
 
 ARCHITECTURES = supported_model_types()
-REMOVED = [1, 3]
 
 
 def test_every_registered_architecture_has_a_tiny_model():
@@ -40,27 +38,32 @@ def arch(request):
 
 def test_removing_nothing_is_identity(arch, tokenizer, texts):
     model = build_tiny_model(arch)
+    num_layers = model.config.num_hidden_layers
     batch = batch_of(tokenizer, texts[:3])
     with torch.no_grad():
-        before = model(**batch).logits
-    assert remove_blocks(model, []) == list(range(6))
+        before = model_output(model, batch)
+    assert remove_blocks(model, []) == list(range(num_layers))
     with torch.no_grad():
-        after = model(**batch).logits
+        after = model_output(model, batch)
     assert torch.equal(before, after)
-    assert model.config.num_hidden_layers == 6
+    assert model.config.num_hidden_layers == num_layers
 
 
 def test_removal_keeps_config_and_cache_indices_consistent(arch):
     model = build_tiny_model(arch)
     adapter = get_adapter(model)
     config = adapter.text_config(model)
+    num_layers = config.num_hidden_layers
+    kinds_before = [b.kind for b in adapter.blocks(model)]
     per_layer_before = {name: list(getattr(config, name)) for name in adapter.per_layer_config_fields}
-    kept = remove_blocks(model, REMOVED)
-    assert kept == [0, 2, 4, 5]
-    assert len(adapter.block_list(model)) == 4
-    assert config.num_hidden_layers == 4
+    removed = removal_for(arch)
+    kept = remove_blocks(model, removed)
+    assert kept == [i for i in range(num_layers) if i not in removed]
+    assert len(adapter.block_list(model)) == len(kept)
+    assert config.num_hidden_layers == len(kept)
     for name, values in per_layer_before.items():
         assert list(getattr(config, name)) == [values[i] for i in kept], name
+    assert [b.kind for b in adapter.blocks(model)] == [kinds_before[i] for i in kept]
     indices = _layer_indices(model)
     assert indices, "every architecture here has at least one module with a cache `layer_idx`"
     assert all(position == value for position, value in indices)
@@ -70,29 +73,37 @@ def test_removal_keeps_config_and_cache_indices_consistent(arch):
 def test_pruned_model_equals_gated_original(arch, tokenizer, texts):
     """Surgery and the gates agree: alpha = 0 on a block is exactly that block removed."""
     model = build_tiny_model(arch)
+    if not get_adapter(model).gate_zero_removes:
+        pytest.skip(
+            f"{arch} is post-norm: a gate at 0 leaves the add-and-norm, so it is a proxy, not removal"
+        )
+    removed = removal_for(arch)
     batch = batch_of(tokenizer, texts[:3])
     with torch.no_grad(), CouplingGates(model) as gates:
-        alpha = torch.ones(gates.num_blocks)
-        alpha[REMOVED] = 0.0
+        alpha = torch.ones(gates.num_gates)
+        alpha[removed] = 0.0
         gates.alpha = alpha
-        gated = model(**batch).logits
-    remove_blocks(model, REMOVED)
+        gated = model_output(model, batch)
+    remove_blocks(model, removed)
     with torch.no_grad():
-        pruned = model(**batch).logits
+        pruned = model_output(model, batch)
     torch.testing.assert_close(pruned, gated, atol=1e-5, rtol=1e-5)
 
 
 def test_save_reload_and_cached_generation(arch, tokenizer, texts, tmp_path):
     model = build_tiny_model(arch)
-    remove_blocks(model, REMOVED)
+    removed = removal_for(arch)
+    remove_blocks(model, removed)
     model.save_pretrained(tmp_path)
-    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    reloaded, info = auto_class_for(arch).from_pretrained(tmp_path, output_loading_info=True)
     reloaded.eval()
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert reloaded.config.num_hidden_layers == 4
+    assert reloaded.config.num_hidden_layers == model.config.num_hidden_layers
     batch = batch_of(tokenizer, texts[:2])
     with torch.no_grad():
-        assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
+        assert torch.equal(model_output(reloaded, batch), model_output(model, batch))
+    if get_adapter(model).task != "causal-lm":
+        return
     prompt = tokenizer(["to be, or not"], return_tensors="pt")
     kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
     with torch.no_grad():
@@ -142,7 +153,7 @@ def test_register_refuses_duplicates():
 )
 def test_layer_patterns_are_rewritten_after_removal(model_type, expected):
     model = build_tiny_model(model_type)
-    remove_blocks(model, REMOVED)
+    remove_blocks(model, removal_for(model_type))
     config = model.config
     assert {name: getattr(config, name) for name in expected} == expected
     kinds = [
@@ -156,16 +167,28 @@ def test_layer_patterns_are_rewritten_after_removal(model_type, expected):
 def test_fisher_and_ranking_run_end_to_end(arch, tokenizer, texts):
     from optimum_blockprune import BlockRemovalConfig, Pruner
 
-    pruner = Pruner(build_tiny_model(arch), tokenizer)
+    model = build_tiny_model(arch)
+    num_layers = model.config.num_hidden_layers
+    removed = removal_for(arch)
+    pruner = Pruner(model, tokenizer)
     config = BlockRemovalConfig(
-        num_blocks_to_remove=2, num_calibration_samples=4, max_length=24, batch_size=2, show_progress=False
+        num_blocks_to_remove=len(removed),
+        contiguous=arch == "jamba",
+        num_calibration_samples=4,
+        max_length=24,
+        batch_size=2,
+        show_progress=False,
     )
     result = pruner.prune(config, texts)
     fisher = pruner.fisher
-    assert fisher.gradients.shape == (4, 6) and np.all(np.isfinite(fisher.hessian))
+    assert fisher.gradients.shape == (4, num_layers) and np.all(np.isfinite(fisher.hessian))
     assert np.abs(fisher.gradients).max() > 0, "every architecture's gates must receive gradients"
     assert pruner.ranking.proven and result.removed_blocks == pruner.ranking[0].removed_blocks
-    assert pruner.model.config.num_hidden_layers == 4
+    assert pruner.model.config.num_hidden_layers == num_layers - len(removed)
+    kinds = [b.kind for b in pruner.original_blocks]
+    assert "attention" not in kinds or any(kinds[i] == "attention" for i in result.kept_blocks)
+    unremovable = get_adapter(model).unremovable_kinds
+    assert not any(kinds[i] in unremovable for i in result.removed_blocks)
 
 
 def test_block_kinds_and_active_parameters():

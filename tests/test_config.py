@@ -17,7 +17,17 @@ from optimum_blockprune.version import __version__
         ({"num_blocks_to_remove": 2.5}, "`num_blocks_to_remove`"),
         ({"num_states": -1}, "`num_states`"),
         ({"max_length": True}, "`max_length`"),
-        ({"fisher": "hessian"}, "`fisher` must be one of ['empirical', 'model'], got 'hessian'"),
+        (
+            {"fisher": "hessian"},
+            "`fisher` must be one of ['auto', 'empirical', 'model', 'output'], got 'hessian'",
+        ),
+        ({"granularity": "head"}, "`granularity` must be one of ['block', 'sublayer']"),
+        ({"candidate_kinds": "moe"}, "`candidate_kinds` must be a list of block kinds"),
+        ({"max_removed_per_kind": {"moe": -1}}, "`max_removed_per_kind` must map block kinds"),
+        (
+            {"min_removed_per_kind": {"moe": 3}, "max_removed_per_kind": {"moe": 1}},
+            "`min_removed_per_kind` exceeds `max_removed_per_kind` for {'moe': (3, 1)}",
+        ),
         ({"solver": "gurobi"}, "`solver` must be one of"),
         ({"protected_blocks": 3}, "`protected_blocks` must be a sequence"),
         ({"protected_blocks": [-1]}, "non-negative"),

@@ -28,7 +28,7 @@ def test_gates_are_identity_at_one_and_always_removed(llama, tokenizer):
     with torch.no_grad():
         reference = llama(**batch).logits
     with pytest.raises(RuntimeError, match="boom"), CouplingGates(llama) as gates:
-        gates.alpha = torch.ones(gates.num_blocks)
+        gates.alpha = torch.ones(gates.num_gates)
         with torch.no_grad():
             torch.testing.assert_close(llama(**batch).logits, reference, rtol=0, atol=0)
         assert not any(p.requires_grad for p in llama.parameters())
@@ -40,13 +40,13 @@ def test_gates_are_identity_at_one_and_always_removed(llama, tokenizer):
 def test_per_sample_alpha_rows_act_on_their_own_sample(llama, tokenizer):
     batch = batch_of(tokenizer, TEXTS[:2])
     with torch.no_grad(), CouplingGates(llama) as gates:
-        alpha = torch.ones(2, gates.num_blocks)
+        alpha = torch.ones(2, gates.num_gates)
         alpha[1, 2] = 0.0  # skip block 2 for sample 1 only
         gates.alpha = alpha
         mixed = llama(**batch).logits
-        gates.alpha = torch.ones(gates.num_blocks)
+        gates.alpha = torch.ones(gates.num_gates)
         full = llama(**batch).logits
-        skipped = torch.ones(gates.num_blocks)
+        skipped = torch.ones(gates.num_gates)
         skipped[2] = 0.0
         gates.alpha = skipped
         without_block = llama(**batch).logits
@@ -91,7 +91,7 @@ def test_gradient_matches_finite_differences(tokenizer):
         for block in (0, 3, 5):
             losses = []
             for sign in (1.0, -1.0):
-                alpha = torch.ones(gates.num_blocks, dtype=torch.float64)
+                alpha = torch.ones(gates.num_gates, dtype=torch.float64)
                 alpha[block] += sign * eps
                 gates.alpha = alpha
                 losses.append(per_sample_token_mean_loss(model(**batch).logits, labels))

@@ -130,7 +130,7 @@ def test_fisher_from_another_model_is_refused(tokenizer):
     small = Pruner(build_tiny_model("gpt2"), tokenizer)
     fisher = small.estimate(TEXTS, BlockRemovalConfig(**CONFIG))
     fisher.hessian = fisher.hessian[:4, :4]
-    with pytest.raises(ConfigurationError, match="covers 4 blocks but the model has 6"):
+    with pytest.raises(ConfigurationError, match="covers 4 gates but the model has 6"):
         small.solve(fisher, BlockRemovalConfig(num_blocks_to_remove=1))
 
 

@@ -1,6 +1,6 @@
 """Architecture adapters and their registry (keyed by `config.model_type`)."""
 
-from . import decoders, moe  # noqa: F401, E402  (register the data entries)
+from . import decoders, encoders, hybrids, moe  # noqa: F401, E402  (register the data entries)
 from .base import ArchitectureAdapter, BlockInfo
 from .registry import (
     architecture_table,

@@ -33,20 +33,25 @@ class DensePrefixAdapter(ArchitectureAdapter):
 
 
 MOE_DECODERS = (
-    ArchitectureAdapter("mixtral", notes="MoE (experts fused in memory, per-expert on disk)"),
-    ArchitectureAdapter("olmoe", notes="MoE"),
+    ArchitectureAdapter("mixtral", kinds=("moe",), notes="MoE (experts fused in memory, per-expert on disk)"),
+    ArchitectureAdapter("olmoe", kinds=("moe",), notes="MoE"),
     ArchitectureAdapter(
-        "gpt_oss", per_layer_config_fields=("layer_types",), notes="MoE with attention sinks"
+        "gpt_oss", per_layer_config_fields=("layer_types",), kinds=("moe",), notes="MoE with attention sinks"
     ),
     SparseStepAdapter(
         "qwen2_moe",
         per_layer_config_fields=("layer_types",),
+        kinds=("decoder", "moe"),
         notes="MoE; `decoder_sparse_step` pattern rewritten as an explicit `mlp_only_layers`",
     ),
     SparseStepAdapter(
-        "qwen3_moe", notes="MoE; `decoder_sparse_step` pattern rewritten as an explicit `mlp_only_layers`"
+        "qwen3_moe",
+        kinds=("decoder", "moe"),
+        notes="MoE; `decoder_sparse_step` pattern rewritten as an explicit `mlp_only_layers`",
     ),
-    DensePrefixAdapter("deepseek_v3", notes="MLA attention, MoE; `first_k_dense_replace` recounted"),
+    DensePrefixAdapter(
+        "deepseek_v3", kinds=("decoder", "moe"), notes="MLA attention, MoE; `first_k_dense_replace` recounted"
+    ),
 )
 
 for _adapter in MOE_DECODERS:

@@ -50,43 +50,60 @@ def model_type_of(model_or_config: Any) -> str:
     return getattr(text_config, "model_type", None) or getattr(config, "model_type", "")
 
 
-def get_adapter(model_or_config: nn.Module | Any) -> ArchitectureAdapter:
+def get_adapter(model_or_config: nn.Module | Any, *, allow_generic: bool = False) -> ArchitectureAdapter:
     """The adapter for a model or config.
 
+    Args:
+        allow_generic: for an unregistered model (not a config), guess an adapter from its structure instead of
+            raising, with a `BlockPruneWarning`.
+
     Raises:
-        UnsupportedArchitectureError: no adapter is registered for its `model_type`.
+        UnsupportedArchitectureError: no adapter is registered for its `model_type` (and no generic one could
+            be built).
     """
     model_type = model_type_of(model_or_config)
-    try:
+    if model_type in _REGISTRY:
         return _REGISTRY[model_type]
-    except KeyError:
-        raise UnsupportedArchitectureError(
-            f"`model_type`={model_type!r} is not supported by optimum-blockprune. Supported model types: "
-            f"{', '.join(supported_model_types())}. To add one, register an adapter that says where its blocks "
-            "live and which modules write to the residual stream: "
-            "`register_architecture(ArchitectureAdapter(model_type=..., layers_attribute=..., branches=(...)))`."
-        ) from None
+    if allow_generic and hasattr(model_or_config, "config"):
+        from .generic import generic_adapter
+
+        return generic_adapter(model_or_config, model_type)
+    raise UnsupportedArchitectureError(
+        f"`model_type`={model_type!r} is not supported by optimum-blockprune. Supported model types: "
+        f"{', '.join(supported_model_types())}. To add one, register an adapter that says where its blocks "
+        "live and which modules write to the residual stream: "
+        "`register_architecture(ArchitectureAdapter(model_type=..., layers_attribute=..., branches=(...)))`; or, "
+        "for a decoder with one block list and conventional module names, pass `allow_generic=True` to "
+        "`Pruner`/`Pruner.from_pretrained` to use a guessed adapter."
+    )
 
 
 def architecture_table() -> str:
     """The README's supported-architecture table, generated from the registry."""
+
+    def code(items) -> str:
+        return ", ".join(f"`{item}`" for item in items) or "–"
+
     lines = [
-        "| `model_type` | block list | gated residual branches | per-layer config fields sliced | notes |",
-        "|---|---|---|---|---|",
+        "| `model_type` | block kinds | gated branches (sublayer kind) | removable blocks | sublayer removal "
+        "| config fields rewritten | notes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for adapter in registered_adapters():
-        fields = (
-            ", ".join(f"`{f}`" for f in (*adapter.per_layer_config_fields, *adapter.index_config_fields))
-            or "–"
-        )
-        branches = ", ".join(f"`{b}`" for b in adapter.branches)
+        branches = ", ".join(f"`{b}` ({k})" for b, k in zip(adapter.branches, adapter.branch_kinds))
+        removable = "any" if not adapter.unremovable_kinds else f"all but {code(adapter.unremovable_kinds)}"
+        if "attention" in adapter.kinds:
+            removable += "; ≥ 1 attention kept"
+        fields = code((*adapter.per_layer_config_fields, *adapter.index_config_fields))
         lines.append(
-            f"| `{adapter.model_type}` | `{adapter.layers_attribute}` | {branches} | {fields} | {adapter.notes or '–'} |"
+            f"| `{adapter.model_type}` | {code(adapter.kinds)} | {branches} | {removable} | "
+            f"{'yes (one mixer per block)' if adapter.sublayer_removal else 'refused'} | {fields} | "
+            f"{adapter.notes or '–'} |"
         )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":  # python -m optimum_blockprune.architectures.registry
-    from . import decoders, moe  # noqa: F401  (register the data entries)
+    from . import decoders, encoders, hybrids, moe  # noqa: F401  (register the data entries)
 
     print(architecture_table())

@@ -120,10 +120,29 @@ def loss_and_logit_gradient(
         return token_loss.sum(dim=1) / counts, probs.to(logits.dtype)
 
 
+def output_probe_gradient(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Gradient of a Gaussian probe loss on final hidden states, for models without an LM head (encoders).
+
+    With l_s = sum_t m_t (h_t - sg(h_t) - eps_t)^2 / (2 sqrt(n_s)) and eps ~ N(0, I), dl_s/dh_t = -m_t eps_t /
+    sqrt(n_s), so the per-sample gate gradient a_s = J_s^T (dl_s/dh) satisfies E[a_s a_s^T] = (1/n_s) sum_t
+    J_t^T J_t: the Gauss-Newton Hessian of the mean squared change of the output representation, the
+    'model' Fisher of a unit-variance Gaussian output.
+    """
+    import torch
+
+    noise = torch.randn(hidden.shape, generator=generator, dtype=torch.float32).to(hidden.device)
+    mask = attention_mask.to(torch.float32)
+    scale = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0).sqrt()
+    return (-noise * scale.unsqueeze(-1)).to(hidden.dtype)
+
+
 # -- the estimate object -----------------------------------------------------------------------------------
 @dataclass
 class FisherEstimate:
-    """Per-sample gate gradients `A` [samples, blocks], Hessian `H` (float64), mean gradient `g`, and metadata.
+    """Per-sample gate gradients `A` [samples, gates], Hessian `H` (float64), mean gradient `g`, and metadata
+    (`metadata["blocks"]` describes each gate: a block, or a sublayer with `granularity="sublayer"`).
 
     Estimate once, then solve for as many `num_blocks_to_remove` as you like: H does not depend on M.
     """
@@ -134,7 +153,8 @@ class FisherEstimate:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def num_blocks(self) -> int:
+    def num_gates(self) -> int:
+        """Number of variables: blocks, or sublayers with `granularity="sublayer"`."""
         return int(self.hessian.shape[0])
 
     @property
@@ -187,6 +207,7 @@ def estimate_fisher(
     *,
     adapter: ArchitectureAdapter | None = None,
     fisher: str = "empirical",
+    granularity: str = "block",
     batch_size: int = 8,
     seed: int = 42,
     pad_token_id: int = 0,
@@ -195,10 +216,13 @@ def estimate_fisher(
 ) -> FisherEstimate:
     """Run the calibration data through `model` with coupling gates and collect per-sample gate gradients.
 
-    Weights stay frozen; each batch costs one forward and one activation-only backward.
+    Weights stay frozen; each batch costs one forward and one activation-only backward. `fisher` is
+    'empirical' (next-token labels), 'model' (labels drawn from the model) or, for encoders, 'output' (a
+    Gaussian probe on the final hidden states, see `output_probe_gradient`). `granularity` is 'block' (one
+    gate per block) or 'sublayer' (one per attention/Mamba/MLP... branch group).
 
     Raises:
-        ValueError: `fisher` is not 'empirical' or 'model'.
+        ValueError: `fisher` does not suit the model, or `granularity` is unknown.
     """
     import torch
 
@@ -206,9 +230,13 @@ def estimate_fisher(
     from ..utils import progress_bar
     from .gates import CouplingGates
 
-    if fisher not in ("empirical", "model"):
-        raise ValueError(f"`fisher` must be 'empirical' or 'model', got {fisher!r}.")
     adapter = adapter or get_adapter(model)
+    allowed = ("empirical", "model") if adapter.task == "causal-lm" else ("output",)
+    if fisher not in allowed:
+        raise ValueError(
+            f"`fisher`={fisher!r} does not suit a `{adapter.model_type}` model ({adapter.task}); use one of "
+            f"{allowed} (or 'auto' in `BlockRemovalConfig`)."
+        )
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
@@ -219,36 +247,45 @@ def estimate_fisher(
     total_loss, total_tokens = 0.0, 0
     try:
         with (
-            CouplingGates(model, adapter) as gates,
+            CouplingGates(model, adapter, granularity=granularity) as gates,
             progress_bar(
                 total=calibration.num_samples, desc="Fisher estimation", enabled=show_progress, unit="sample"
             ) as bar,
         ):
-            num_blocks = gates.num_blocks
-            hessian_sum = np.zeros((num_blocks, num_blocks), dtype=np.float64)
+            num_gates = gates.num_gates
+            units = gates.units
+            hessian_sum = np.zeros((num_gates, num_gates), dtype=np.float64)
             for batch in calibration.batches(batch_size, pad_token_id):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 labels = batch.pop("labels")
-                alpha = torch.ones(labels.shape[0], num_blocks, device=device, requires_grad=True)
+                alpha = torch.ones(labels.shape[0], num_gates, device=device, requires_grad=True)
                 gates.alpha = alpha
-                logits = model(**batch, use_cache=False).logits
-                if workspace is None or workspace.numel() < logits.numel():
-                    workspace = torch.empty(
-                        logits.numel(),
-                        dtype=torch.promote_types(logits.dtype, torch.float32),
-                        device=logits.device,
+                if fisher == "output":
+                    output = adapter.decoder(model)(**batch).last_hidden_state
+                    output_grad = output_probe_gradient(output, batch["attention_mask"], generator)
+                    losses = torch.zeros(labels.shape[0])  # the probe's distortion is 0 at alpha = 1
+                else:
+                    output = model(**batch, use_cache=False).logits
+                    if workspace is None or workspace.numel() < output.numel():
+                        workspace = torch.empty(
+                            output.numel(),
+                            dtype=torch.promote_types(output.dtype, torch.float32),
+                            device=output.device,
+                        )
+                    losses, output_grad = loss_and_logit_gradient(
+                        output,
+                        next_token_targets(labels),
+                        generator if fisher == "model" else None,
+                        workspace,
                     )
-                losses, logit_grad = loss_and_logit_gradient(
-                    logits, next_token_targets(labels), generator if fisher == "model" else None, workspace
-                )
-                logits.backward(logit_grad)
+                output.backward(output_grad)
                 block_rows = alpha.grad.detach().to(torch.float32).cpu().numpy()
                 rows.append(block_rows)
                 hessian_sum += block_rows.astype(np.float64).T @ block_rows.astype(np.float64)
                 total_loss += float(losses.sum())
                 total_tokens += int(batch["attention_mask"].sum())
                 bar.update(labels.shape[0])
-                del logits, logit_grad, alpha
+                del output, output_grad, alpha
     finally:
         model.train(was_training)
     gradients = np.concatenate(rows, axis=0)
@@ -261,14 +298,16 @@ def estimate_fisher(
         "calibration_source": calibration.source,
         "mean_calibration_loss": total_loss / num_samples,
         "library_version": __version__,
-        "blocks": [b.to_dict() for b in adapter.blocks(model)],
+        "granularity": granularity,
+        "blocks": [unit.to_dict() for unit in units],
         "model_type": adapter.model_type,
     }
     info.update(metadata or {})
     logger.info(
-        "Estimated the %s Fisher over %d blocks from %d samples (%d tokens); mean calibration loss %.4f.",
+        "Estimated the %s Fisher over %d %ss from %d samples (%d tokens); mean calibration loss %.4f.",
         fisher,
-        num_blocks,
+        num_gates,
+        granularity,
         num_samples,
         total_tokens,
         info["mean_calibration_loss"],

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 class CouplingGates:
     """Context manager installing one forward hook per residual branch; hooks are always removed on exit.
 
-    Set `gates.alpha` to a tensor of shape `[num_blocks]` (one value for the whole batch) or
-    `[batch, num_blocks]` (one row per sample: the per-sample gradient trick) before a forward pass;
+    One gate per block (`granularity="block"`, the paper's variables) or per sublayer (`"sublayer"`: the
+    attention, Mamba, MLP/MoE ... branches of each block get separate gates); `gates.units` describes them.
+    Set `gates.alpha` to a tensor of shape `[num_gates]` (one value for the whole batch) or
+    `[batch, num_gates]` (one row per sample: the per-sample gradient trick) before a forward pass;
     `None` leaves the model untouched. With `freeze_weights=True` (default) every parameter has
     `requires_grad` switched off while the gates are installed, so a backward pass computes activation
     gradients only; the previous flags are restored on exit.
@@ -30,19 +32,26 @@ class CouplingGates:
 
     ```python
     >>> with CouplingGates(model) as gates:  # doctest: +SKIP
-    ...     gates.alpha = torch.ones(gates.num_blocks, requires_grad=True)
+    ...     gates.alpha = torch.ones(gates.num_gates, requires_grad=True)
     ...     model(input_ids).logits.sum().backward()
     ...     importance = gates.alpha.grad
     ```
     """
 
     def __init__(
-        self, model: nn.Module, adapter: ArchitectureAdapter | None = None, *, freeze_weights: bool = True
+        self,
+        model: nn.Module,
+        adapter: ArchitectureAdapter | None = None,
+        *,
+        granularity: str = "block",
+        freeze_weights: bool = True,
     ):
         self.model = model
         self.adapter = adapter or get_adapter(model)
         self.freeze_weights = freeze_weights
-        self.num_blocks = len(self.adapter.block_list(model))
+        self.granularity = granularity
+        self.units = self.adapter.units(model, granularity)
+        self.num_gates = len(self.units)
         self.alpha: torch.Tensor | None = None
         self._handles: list = []
         self._saved_requires_grad: list[tuple[torch.nn.Parameter, bool]] = []
@@ -55,9 +64,10 @@ class CouplingGates:
             for parameter, _ in self._saved_requires_grad:
                 parameter.requires_grad_(False)
         try:
-            for index, block in enumerate(self.adapter.block_list(self.model)):
-                for module in self.adapter.branch_modules(block):
-                    self._handles.append(module.register_forward_hook(self._make_hook(index)))
+            for unit in self.units:
+                for path in unit.branches:
+                    module = self.model.get_submodule(path)
+                    self._handles.append(module.register_forward_hook(self._make_hook(unit.index)))
         except BaseException:
             self._remove()
             raise
@@ -96,8 +106,8 @@ class CouplingGates:
             # token row its sample's alpha.
             if rows % column.shape[0]:
                 raise ValueError(
-                    f"`alpha` has {column.shape[0]} rows but block {index}'s branch output has {rows}; use shape "
-                    f"[batch, {self.num_blocks}] or [{self.num_blocks}]."
+                    f"`alpha` has {column.shape[0]} rows but gate {index}'s branch output has {rows}; use shape "
+                    f"[batch, {self.num_gates}] or [{self.num_gates}]."
                 )
             column = column.repeat_interleave(rows // column.shape[0])
         return branch * column.view(-1, *([1] * (branch.dim() - 1)))
