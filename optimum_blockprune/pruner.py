@@ -107,6 +107,18 @@ def removal_problem(
         cap = limits.setdefault("attention", [0, None])
         cap[1] = num_attention - 1 if cap[1] is None else min(cap[1], num_attention - 1)
     for kind, (low, high) in sorted(limits.items()):
+        forced = sum(kinds[i] == kind for i in config.forced_blocks)
+        if high is not None and forced > high:
+            why = (
+                " (one attention block always stays: removing every attention layer breaks cached generation in "
+                "transformers)"
+                if kind == "attention" and high == num_attention - 1
+                else ""
+            )
+            raise ConfigurationError(
+                f"`forced_blocks` {list(config.forced_blocks)} remove {forced} {kind} blocks, but at most {high} may "
+                f"be removed{why}. Force fewer {kind} blocks."
+            )
         constraints.append(kind_limit(kinds, kind, at_least=low, at_most=high))
     reachable = sum(
         min(len([i for i in candidates if kinds[i] == kind]), limits[kind][1])
@@ -498,12 +510,14 @@ class Pruner:
             config,
             unremovable_kinds=self.adapter.unremovable_kinds,
         )
+        if not applying:
+            return
         reason = self.adapter.config_error(
             config.num_blocks_to_remove, config.contiguous, self.adapter.text_config(self.model)
         )
         if reason:
             raise ConfigurationError(reason)
-        if applying and config.granularity == "sublayer" and not self.adapter.sublayer_removal:
+        if config.granularity == "sublayer" and not self.adapter.sublayer_removal:
             raise ConfigurationError(
                 f"`granularity='sublayer'` can score and rank `{self.adapter.model_type}` models, but `prune` cannot "
                 "apply the result: transformers has no standard checkpoint for a layer with its attention or MLP "

@@ -183,7 +183,9 @@ class ArchitectureAdapter:
         units: list[BlockInfo] = []
         for i, block in enumerate(self.block_list(model)):
             present = self.present_branches(block)
-            if granularity == "block":
+            if (
+                granularity == "block" or len({kind for _, kind in present}) == 1
+            ):  # one mixer: the block itself
                 groups = [(self.block_kind_of(block, i, config), [block], [p for p, _ in present], "")]
             else:
                 kinds = list(dict.fromkeys(kind for _, kind in present))
