@@ -148,7 +148,7 @@ def test_register_refuses_duplicates():
         ("qwen2_moe", {"mlp_only_layers": [0, 1, 2], "decoder_sparse_step": 1}),
         ("qwen3_moe", {"mlp_only_layers": [0, 1, 2], "decoder_sparse_step": 1}),
         # the first two layers were dense; layer 1 is removed, so one dense layer leads
-        ("deepseek_v3", {"first_k_dense_replace": 1}),
+        ("deepseek_v3", {"first_k_dense_replace": 1, "num_nextn_predict_layers": 0}),
     ],
 )
 def test_layer_patterns_are_rewritten_after_removal(model_type, expected):

@@ -152,6 +152,8 @@ def test_candidate_kinds_and_per_kind_limits_restrict_one_estimate(tokenizer):
             if allowed(chosen) and sum(kinds[i] == "attention" for i in chosen) < 2
         ]
         assert all(allowed(s.removed_blocks) for s in ranking)
+        first = ranking[0].removed_blocks[0]
+        assert f"{first} ({kinds[first]})" in ranking.to_markdown()
         assert len(ranking) == len(feasible)
         assert ranking[0].removed_blocks == _brute_force_ground_state(energy, feasible), options
 

@@ -25,11 +25,17 @@ class SparseStepAdapter(ArchitectureAdapter):
 
 @dataclass(frozen=True)
 class DensePrefixAdapter(ArchitectureAdapter):
-    """DeepSeek-V3: the first `first_k_dense_replace` layers are dense; they stay a prefix after removal."""
+    """DeepSeek-V3: the first `first_k_dense_replace` layers are dense; they stay a prefix after removal. The
+    multi-token-prediction layer (hub weights after the last block) is not built by transformers, so the pruned
+    checkpoint does not carry it and says so with `num_nextn_predict_layers = 0`; other runtimes would otherwise
+    look for it at the new, shorter layer index."""
 
     def derived_config_fields(self, config: Any, kept: list[int], num_old: int) -> dict[str, Any]:
         dense = getattr(config, "first_k_dense_replace", 0) or 0
-        return {"first_k_dense_replace": sum(i < dense for i in kept)}
+        fields = {"first_k_dense_replace": sum(i < dense for i in kept)}
+        if getattr(config, "num_nextn_predict_layers", None):
+            fields["num_nextn_predict_layers"] = 0
+        return fields
 
 
 MOE_DECODERS = (
@@ -50,7 +56,9 @@ MOE_DECODERS = (
         notes="MoE; `decoder_sparse_step` pattern rewritten as an explicit `mlp_only_layers`",
     ),
     DensePrefixAdapter(
-        "deepseek_v3", kinds=("decoder", "moe"), notes="MLA attention, MoE; `first_k_dense_replace` recounted"
+        "deepseek_v3",
+        kinds=("decoder", "moe"),
+        notes="MLA attention, MoE; `first_k_dense_replace` recounted; MTP layer dropped (`num_nextn_predict_layers` = 0)",
     ),
 )
 
