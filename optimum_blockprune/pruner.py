@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .architectures import BlockInfo, get_adapter, model_type_of, supported_model_types
+from .architectures.base import TASKS
 from .config import BlockRemovalConfig
 from .constraints import kind_limit, parameter_budget
 from .errors import ConfigurationError, SurgeryError
@@ -120,11 +122,10 @@ def removal_problem(
                 f"be removed{why}. Force fewer {kind} blocks."
             )
         constraints.append(kind_limit(kinds, kind, at_least=low, at_most=high))
+    removable_per_kind = Counter(kinds[i] for i in candidates)
     reachable = sum(
-        min(len([i for i in candidates if kinds[i] == kind]), limits[kind][1])
-        if kind in limits and limits[kind][1] is not None
-        else len([i for i in candidates if kinds[i] == kind])
-        for kind in present
+        count if limits.get(kind, [0, None])[1] is None else min(count, limits[kind][1])
+        for kind, count in removable_per_kind.items()
     )
     if config.num_blocks_to_remove > reachable:
         attention_note = (
@@ -267,7 +268,8 @@ class Pruner:
             allow_generic: use a guessed adapter for an unregistered decoder (see `Pruner`).
             kwargs: passed to `from_pretrained` (e.g. `dtype`, `device_map`, `revision`, `gguf_file`).
         """
-        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+        import transformers
+        from transformers import AutoConfig, AutoTokenizer
 
         model_id = os.fspath(model_id)
         shared = {k: kwargs[k] for k in _SHARED_LOAD_KWARGS if k in kwargs}
@@ -276,7 +278,7 @@ class Pruner:
         if not allow_generic or model_type_of(model_config) in supported_model_types():
             task = get_adapter(model_config).task  # fails before loading any weights
         if auto_class is None:
-            auto_class = AutoModelForCausalLM if task == "causal-lm" else AutoModel
+            auto_class = getattr(transformers, TASKS[task].auto_class)
         model = auto_class.from_pretrained(model_id, **kwargs)
         if _is_gguf_quantized(model):
             model = _without_gguf_quantizer(model)
@@ -439,8 +441,8 @@ class Pruner:
         return {
             "base_model": self.model_id,
             "model_type": self.adapter.model_type,
-            "pipeline_tag": "text-generation" if self.adapter.task == "causal-lm" else "feature-extraction",
-            "auto_class": "AutoModelForCausalLM" if self.adapter.task == "causal-lm" else "AutoModel",
+            "pipeline_tag": self.adapter.task_info.pipeline_tag,
+            "auto_class": self.adapter.task_info.auto_class,
             "config": self.config.to_dict() if self.config is not None else None,
             "result": self.result.to_dict(),
             "blocks": [b.to_dict() for b in self.original_blocks],
@@ -526,9 +528,9 @@ class Pruner:
             )
 
     def _fisher_type(self, config: BlockRemovalConfig) -> str:
+        allowed = self.adapter.task_info.fisher_types
         if config.fisher == "auto":
-            return "empirical" if self.adapter.task == "causal-lm" else "output"
-        allowed = ("empirical", "model") if self.adapter.task == "causal-lm" else ("output",)
+            return allowed[0]
         if config.fisher not in allowed:
             raise ConfigurationError(
                 f"`fisher`={config.fisher!r} does not suit a `{self.adapter.model_type}` model ({self.adapter.task}); "

@@ -253,12 +253,11 @@ CHAT_TEMPLATE = (
 
 
 def auto_class_for(model_type: str):
-    from transformers import AutoModel, AutoModelForCausalLM
+    import transformers
 
     from optimum_blockprune import get_adapter
 
-    task = get_adapter(_config(model_type)).task
-    return AutoModelForCausalLM if task == "causal-lm" else AutoModel
+    return getattr(transformers, get_adapter(_config(model_type)).task_info.auto_class)
 
 
 def _config(model_type: str, **overrides):

@@ -93,22 +93,17 @@ def test_rank_prints_and_leaves_the_model_alone(tiny_model_dir, calibration_file
     assert _digest(tiny_model_dir) == before
 
 
-def test_estimate_then_rank_from_the_file(tiny_model_dir, calibration_file, tmp_path, capsys):
-    fisher = tmp_path / "fisher.safetensors"
+def _estimate(model_dir, calibration_file, output):
+    """Run `estimate` on the tiny model and return the Fisher file it wrote."""
     assert (
-        main(
-            [
-                "estimate",
-                str(tiny_model_dir),
-                "--dataset",
-                str(calibration_file),
-                "--output",
-                str(fisher),
-                *FAST,
-            ]
-        )
+        main(["estimate", str(model_dir), "--dataset", str(calibration_file), "--output", str(output), *FAST])
         == 0
     )
+    return output
+
+
+def test_estimate_then_rank_from_the_file(tiny_model_dir, calibration_file, tmp_path, capsys):
+    fisher = _estimate(tiny_model_dir, calibration_file, tmp_path / "fisher.safetensors")
     capsys.readouterr()
     for m in ("1", "4"):
         assert (
@@ -119,21 +114,7 @@ def test_estimate_then_rank_from_the_file(tiny_model_dir, calibration_file, tmp_
 
 
 def test_rank_with_constraints_and_a_chosen_solver(tiny_model_dir, calibration_file, tmp_path, capsys):
-    fisher = tmp_path / "fisher.safetensors"
-    assert (
-        main(
-            [
-                "estimate",
-                str(tiny_model_dir),
-                "--dataset",
-                str(calibration_file),
-                "--output",
-                str(fisher),
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    fisher = _estimate(tiny_model_dir, calibration_file, tmp_path / "fisher.safetensors")
     capsys.readouterr()
     json_path = tmp_path / "ranking.json"
     code = main(

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, auto_class_for, batch_of, build_tiny_model, model_output
+from conftest import TEXTS, TINY_CONFIGS, auto_class_for, batch_of, build_tiny_model, model_output
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from optimum_blockprune import (
@@ -55,7 +55,7 @@ def test_sublayer_gates_at_zero_equal_the_block_gate_at_zero(arch, tokenizer):
     """Closing every sublayer gate of a block is the same computation as closing the block's gate."""
     model = build_tiny_model(arch)
     batch = batch_of(tokenizer, TEXTS[:2])
-    target = 2 if arch != "zamba2" else 2  # a Mamba block in zamba2, a mixed one elsewhere
+    target = 2  # a Mamba-only block in zamba2; a block with several sublayers in most others
     with torch.no_grad(), CouplingGates(model) as gates:
         alpha = torch.ones(gates.num_gates)
         alpha[target] = 0.0
@@ -246,18 +246,8 @@ def test_output_probe_gradient_masks_padding_and_scales_by_length():
 
 
 def _starcoder2():
-    config = AutoConfig.for_model(
-        "starcoder2",
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    """An unregistered decoder with the standard layout, built like the dense tiny models."""
+    config = AutoConfig.for_model("starcoder2", **TINY_CONFIGS["llama"])
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).eval()
 

@@ -16,6 +16,21 @@ GRANULARITIES = ("block", "sublayer")
 
 
 @dataclass(frozen=True)
+class Task:
+    """What a model of one task is loaded with, published as, and which Fisher types suit it (first: default)."""
+
+    auto_class: str
+    pipeline_tag: str
+    fisher_types: tuple[str, ...]
+
+
+TASKS = {
+    "causal-lm": Task("AutoModelForCausalLM", "text-generation", ("empirical", "model")),
+    "feature-extraction": Task("AutoModel", "feature-extraction", ("output",)),
+}
+
+
+@dataclass(frozen=True)
 class BlockInfo:
     """One optimisation variable: a whole block (`granularity="block"`) or one sublayer of a block (its attention,
     Mamba, MLP/MoE ... branch; `granularity="sublayer"`).
@@ -76,7 +91,8 @@ class ArchitectureAdapter:
             matrix verifies them). Default: `block_kind`, or for hybrids the mixer kinds among `branch_kinds`.
         unremovable_kinds: block kinds this adapter cannot remove (they are never candidates).
         sublayer_removal: a sublayer removal can be stored as a standard checkpoint (one mixer per block).
-        task: `causal-lm` (decoders, `AutoModelForCausalLM`) or `feature-extraction` (encoders, `AutoModel`).
+        task: a key of `TASKS`: `causal-lm` (decoders, `AutoModelForCausalLM`) or `feature-extraction` (encoders,
+            `AutoModel`).
         gate_zero_removes: a gate at 0 is exactly the block removed (False for post-norm blocks such as BERT,
             where the add-and-norm still runs).
         notes: a short remark for the README's architecture table.
@@ -97,6 +113,8 @@ class ArchitectureAdapter:
     notes: str = ""
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"`task` must be one of {sorted(TASKS)}, got {self.task!r}.")
         kinds = self.branch_kinds
         if kinds is None:
             kinds = ("attention", "mlp") if len(self.branches) == 2 else ("residual",) * len(self.branches)
@@ -108,6 +126,10 @@ class ArchitectureAdapter:
         if not self.kinds:
             mixers = tuple(dict.fromkeys(k for k in kinds if k != "mlp"))
             object.__setattr__(self, "kinds", (self.block_kind,) if self.block_kind else mixers)
+
+    @property
+    def task_info(self) -> Task:
+        return TASKS[self.task]
 
     # -- reading the model -------------------------------------------------------------------------------
     def text_config(self, model: nn.Module):
@@ -228,7 +250,7 @@ class ArchitectureAdapter:
     def after_removal(self, model: nn.Module, kept: list[int], num_old: int) -> None:
         """Fix model state beyond the config and `layer_idx` (lookup maps, tied-weight maps). None by default."""
 
-    def config_error(self, num_to_remove: int, contiguous: bool, config: Any = None) -> str | None:
+    def config_error(self, num_to_remove: int, contiguous: bool, config: Any) -> str | None:
         """Why a request to remove `num_to_remove` blocks can never be stored, checked before calibration."""
         return None
 

@@ -28,9 +28,7 @@ def generic_adapter(model: nn.Module, model_type: str) -> ArchitectureAdapter:
     """
     import torch.nn as nn
 
-    decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
-    if decoder is None:
-        decoder = model.base_model
+    decoder = ArchitectureAdapter(model_type).decoder(model)
     lists = [(name, child) for name, child in decoder.named_children() if isinstance(child, nn.ModuleList)]
     if len(lists) != 1:
         raise UnsupportedArchitectureError(

@@ -89,18 +89,10 @@ class JambaAdapter(ArchitectureAdapter):
 
     def removal_error(self, config: Any, kept: list[int], num_old: int) -> str | None:
         removed = sorted(set(range(num_old)) - set(kept))
-        period = self.pattern_period(config)
         contiguous = removed == list(range(removed[0], removed[0] + len(removed)))
-        if contiguous and len(removed) % period == 0:
-            return None
-        return (
-            "Jamba keeps its attention/MoE layout as period/offset pairs (attention every "
-            f"{config.attn_layer_period} layers, MoE every {config.expert_layer_period}), which can only describe "
-            f"the pruned model if one contiguous run of a multiple of {period} layers is removed. Use "
-            f"`contiguous=True` with `num_blocks_to_remove` a multiple of {period}."
-        )
+        return self.config_error(len(removed), contiguous, config)
 
-    def config_error(self, num_to_remove: int, contiguous: bool, config: Any = None) -> str | None:
+    def config_error(self, num_to_remove: int, contiguous: bool, config: Any) -> str | None:
         period = self.pattern_period(config)
         if contiguous and num_to_remove % period == 0:
             return None

@@ -231,7 +231,7 @@ def estimate_fisher(
     from .gates import CouplingGates
 
     adapter = adapter or get_adapter(model)
-    allowed = ("empirical", "model") if adapter.task == "causal-lm" else ("output",)
+    allowed = adapter.task_info.fisher_types
     if fisher not in allowed:
         raise ValueError(
             f"`fisher`={fisher!r} does not suit a `{adapter.model_type}` model ({adapter.task}); use one of "
