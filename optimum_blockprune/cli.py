@@ -12,13 +12,19 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
+from typing import Literal, get_args, get_origin, get_type_hints
 
-from .config import FISHER_TYPES, GRANULARITIES, SOLVERS, BlockRemovalConfig
+from .config import BlockRemovalConfig
 from .errors import BlockPruneError
 
 logger = logging.getLogger("optimum_blockprune")
 
-_CHOICES = {"fisher": FISHER_TYPES, "solver": SOLVERS, "granularity": GRANULARITIES}
+# Fields typed as a Literal become options with those choices.
+_CHOICES = {
+    name: get_args(hint)
+    for name, hint in get_type_hints(BlockRemovalConfig).items()
+    if get_origin(hint) is Literal
+}
 # Fields whose default (None) does not reveal their type.
 _TYPES = {"min_parameters_removed": float, "max_parameters_removed": float, "dataset_config_name": str}
 
@@ -149,6 +155,10 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
             "first_order",
             "solver",
             "solver_time_limit_s",
+            "method",
+            "selection",
+            "selection_metric",
+            "num_selection_samples",
         ),
     )
     parser.set_defaults(handler=run_estimate)
@@ -159,7 +169,10 @@ SUBCOMMANDS = {
         "Estimate, rank, remove the chosen blocks, and save a standard checkpoint with its card.",
         add_prune_arguments,
     ),
-    "rank": ("Print the energy ranking of block removals without modifying any model.", add_rank_arguments),
+    "rank": (
+        "Print the ranking of block removals (CBO energy or a baseline's) without modifying any model.",
+        add_rank_arguments,
+    ),
     "estimate": (
         "Estimate the block Fisher once and save it, to rank or prune later for any M.",
         add_estimate_arguments,
@@ -179,8 +192,19 @@ def _load_pruner(args: argparse.Namespace):
     return Pruner.from_pretrained(args.model, **kwargs)
 
 
-def _require_data(args: argparse.Namespace, command: str) -> None:
-    if args.dataset is None and args.fisher_file is None:
+def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalConfig) -> None:
+    """Fail before loading the model when the method or the selection needs data that was not given."""
+    from .baselines import METHOD_INFO
+
+    info = METHOD_INFO[config.method]
+    if args.dataset is not None:
+        return
+    if info.needs_data or config.selection == "auto":
+        raise BlockPruneError(
+            f"`{command}` with --method {config.method} --selection {config.selection} needs calibration data: "
+            "pass `--dataset PATH_OR_NAME`."
+        )
+    if info.needs_fisher and args.fisher_file is None:
         raise BlockPruneError(
             f"`{command}` needs calibration data: pass `--dataset PATH_OR_NAME` or `--fisher-file FILE`."
         )
@@ -191,7 +215,7 @@ def run_prune(args: argparse.Namespace) -> int:
     from .hub import ensure_writable_directory
 
     config = config_from_args(args)
-    _require_data(args, "prune")
+    _require_data(args, "prune", config)
     ensure_writable_directory(args.output_dir, args.overwrite)  # before any expensive work
     pruner = _load_pruner(args)
     fisher = FisherEstimate.load(args.fisher_file) if args.fisher_file else None
@@ -216,14 +240,19 @@ def run_rank(args: argparse.Namespace) -> int:
     from .pruner import rank_from_fisher
 
     config = config_from_args(args)
-    if args.fisher_file:
-        fisher = FisherEstimate.load(args.fisher_file)
+    _require_data(args, "rank", config)
+    fisher = FisherEstimate.load(args.fisher_file) if args.fisher_file else None
+    if fisher is not None and config.method == "cbo" and config.selection == "ground":
+        ranking = rank_from_fisher(fisher, config)  # no model needed
     else:
-        _require_data(args, "rank")
         if args.model is None:
-            raise BlockPruneError("`rank` needs a MODEL with `--dataset`, or `--fisher-file FILE`.")
-        fisher = _load_pruner(args).estimate(args.dataset, config)
-    ranking = rank_from_fisher(fisher, config)
+            raise BlockPruneError(
+                f"`rank` needs a MODEL for --method {config.method} --selection {config.selection} (only the CBO "
+                "energy ranking can be read from `--fisher-file` alone)."
+            )
+        pruner = _load_pruner(args)
+        pruner.select(config, args.dataset, fisher=fisher)
+        ranking = pruner.ranking
     print(ranking)
     if args.json:
         from .utils import atomic_write_text

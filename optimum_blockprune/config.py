@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import ConfigurationError
 from .utils import atomic_write_text
@@ -14,9 +14,30 @@ from .version import __version__
 
 CONFIG_NAME = "blockprune_config.json"
 
-FISHER_TYPES = ("auto", "empirical", "model", "output")
-GRANULARITIES = ("block", "sublayer")
-SOLVERS = ("auto", "exact", "enumerate", "anneal", "local_search")
+FisherType = Literal["auto", "empirical", "model", "output"]
+Granularity = Literal["block", "sublayer"]
+SolverName = Literal["auto", "exact", "enumerate", "anneal", "local_search"]
+#: "cbo" is the paper's method; the others are the baselines of `optimum_blockprune.baselines`.
+Method = Literal[
+    "cbo",
+    "block_influence",
+    "block_influence_iterative",
+    "angular_distance",
+    "sleb",
+    "taylor",
+    "fisher_diagonal",
+    "norm_ratio",
+    "last_blocks",
+]
+Selection = Literal["ground", "auto"]
+SelectionMetric = Literal["kl", "loss"]
+
+FISHER_TYPES = get_args(FisherType)
+GRANULARITIES = get_args(Granularity)
+SOLVERS = get_args(SolverName)
+METHODS = get_args(Method)
+SELECTIONS = get_args(Selection)
+SELECTION_METRICS = get_args(SelectionMetric)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -60,6 +81,38 @@ class BlockRemovalConfig:
         default=0,
         metadata={"help": "Which ranked state `prune` applies: 0 is the ground state (the paper's CBO:0)."},
     )
+    method: Method = field(
+        default="cbo",
+        metadata={
+            "help": "How blocks are ranked. 'cbo': the QUBO energy (this library). Baselines: "
+            "'block_influence' (ShortGPT, 1 - cos(h_in, h_out)), 'block_influence_iterative' (recomputed after "
+            "each removal), 'angular_distance' (Gromov et al.: one contiguous window), 'sleb' (greedy: remove "
+            "the block whose removal raises calibration loss least, repeat), 'taylor' (|g_i|), "
+            "'fisher_diagonal' (H_ii), 'norm_ratio' (||h_out|| / ||h_in||), 'last_blocks' (drop the last blocks)."
+        },
+    )
+    selection: Selection = field(
+        default="ground",
+        metadata={
+            "help": "'ground': apply `selected_state` (0, the ground state, by default). 'auto': measure each of "
+            "the `num_states` ranked states on a held-out slice of the calibration data (`selection_metric`) "
+            "and apply the best."
+        },
+    )
+    selection_metric: SelectionMetric = field(
+        default="kl",
+        metadata={
+            "help": "What `selection='auto'` measures: 'kl' (KL from the unpruned model's next-token "
+            "distribution, per token) or 'loss' (next-token cross-entropy)."
+        },
+    )
+    num_selection_samples: int = field(
+        default=16,
+        metadata={
+            "help": "Calibration samples held out for `selection='auto'` (taken after the "
+            "`num_calibration_samples` used for scoring, so the two never overlap)."
+        },
+    )
     num_calibration_samples: int = field(
         default=128,
         metadata={"help": "Number of calibration samples (rows of the per-sample gradient matrix A)."},
@@ -71,7 +124,7 @@ class BlockRemovalConfig:
         default=8,
         metadata={"help": "Samples per forward/backward pass. Every sample still gets its own gradient row."},
     )
-    fisher: Literal["auto", "empirical", "model", "output"] = field(
+    fisher: FisherType = field(
         default="auto",
         metadata={
             "help": "'empirical': labels are the data (the paper). 'model': labels sampled from the model's own "
@@ -80,7 +133,7 @@ class BlockRemovalConfig:
             "for language models, 'output' for encoders."
         },
     )
-    granularity: Literal["block", "sublayer"] = field(
+    granularity: Granularity = field(
         default="block",
         metadata={
             "help": "'block': one gate per block (the paper). 'sublayer': separate gates for the attention (or "
@@ -165,7 +218,7 @@ class BlockRemovalConfig:
             "help": "Remove one contiguous run of blocks (to compare with contiguous-window baselines)."
         },
     )
-    solver: Literal["auto", "exact", "enumerate", "anneal", "local_search"] = field(
+    solver: SolverName = field(
         default="auto",
         metadata={
             "help": "'exact': branch and bound, certified k lowest states; 'enumerate': all C(N, M) states; "
@@ -218,6 +271,7 @@ class BlockRemovalConfig:
             "num_blocks_to_remove",
             "num_states",
             "num_calibration_samples",
+            "num_selection_samples",
             "max_length",
             "batch_size",
         ):
@@ -263,6 +317,24 @@ class BlockRemovalConfig:
             f"`granularity` must be one of {list(GRANULARITIES)}, got {self.granularity!r}.",
         )
         _check(self.solver in SOLVERS, f"`solver` must be one of {list(SOLVERS)}, got {self.solver!r}.")
+        _check(self.method in METHODS, f"`method` must be one of {list(METHODS)}, got {self.method!r}.")
+        _check(
+            self.selection in SELECTIONS,
+            f"`selection` must be one of {list(SELECTIONS)}, got {self.selection!r}.",
+        )
+        _check(
+            self.selection_metric in SELECTION_METRICS,
+            f"`selection_metric` must be one of {list(SELECTION_METRICS)}, got {self.selection_metric!r}.",
+        )
+        _check(
+            self.selection != "auto" or self.selected_state == 0,
+            f"`selected_state`={self.selected_state} picks a state by hand, but `selection='auto'` picks the best "
+            "measured one; set `selection='ground'` to apply a chosen state, or leave `selected_state` at 0.",
+        )
+        _check(
+            self.method == "cbo" or self.granularity == "block",
+            f"`method`={self.method!r} ranks whole blocks; use `granularity='block'` (sublayer scores are CBO only).",
+        )
         _check(
             self.apply_chat_template in (None, True, False),
             f"`apply_chat_template` must be True, False or None, got {self.apply_chat_template!r}.",

@@ -1,57 +1,211 @@
-"""Held-out quality of a (pruned) model: token-weighted perplexity over real tokens only."""
+"""Held-out quality of a model and of removals not yet applied: perplexity, per-token KL, lm-evaluation-harness.
+
+Every next-token quantity here is token-weighted over real tokens only: position t of a sample counts when
+token t + 1 is real, so padding, batch size and sample order never change a value.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .config import SELECTION_METRICS
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
+    from .architectures import ArchitectureAdapter
     from .estimation.calibration import CalibrationData
+
+
+def _as_calibration_data(data: Any, tokenizer, max_length: int) -> CalibrationData:
+    from .config import BlockRemovalConfig
+    from .estimation.calibration import CalibrationData, prepare_calibration_data
+
+    if isinstance(data, CalibrationData):
+        return data
+    if isinstance(data, str) or not isinstance(data, Sequence):
+        raise TypeError(
+            f"`data` must be a list of texts or `CalibrationData`, got {type(data).__name__}. Wrap a single text "
+            "in a list."
+        )
+    config = BlockRemovalConfig(
+        num_calibration_samples=len(data), max_length=max_length, shuffle=False, show_progress=False
+    )
+    return prepare_calibration_data(list(data), tokenizer, config)
+
+
+def evaluate_removals(
+    model: nn.Module,
+    data: CalibrationData,
+    removals: Sequence[Sequence[int]],
+    *,
+    metric: str = "loss",
+    adapter: ArchitectureAdapter | None = None,
+    granularity: str = "block",
+    batch_size: int = 8,
+    pad_token_id: int = 0,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """The held-out cost of each removal, measured without copying or changing the model.
+
+    Each removal (0-based gate indices; `()` is the unpruned model) is evaluated by setting its coupling gates
+    to alpha = 0, which for every decoder is exactly the model with those blocks removed. `metric` is 'loss'
+    (mean next-token cross-entropy per real token; exp(loss) is the perplexity) or 'kl' (mean KL from the
+    unpruned model's next-token distribution, per real token). The unpruned logits of a batch are computed
+    once and reused by every removal, so k removals cost k + 1 forwards per batch and one batch of logits of
+    memory. Returns an array of shape [len(removals)].
+
+    Raises:
+        ValueError: unknown `metric`, a model without next-token logits, or gates that do not remove blocks.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .architectures import get_adapter
+    from .estimation.fisher import next_token_targets
+    from .estimation.gates import CouplingGates
+    from .utils import progress_bar
+
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"`metric` must be one of {list(SELECTION_METRICS)}, got {metric!r}.")
+    removals = [tuple(int(i) for i in removal) for removal in removals]
+    needs_gates = metric == "kl" or any(removals)
+    gates = None
+    if needs_gates:
+        adapter = adapter or get_adapter(model)
+        if adapter.task != "causal-lm":
+            raise ValueError(
+                f"Evaluating removals needs next-token logits; a `{adapter.model_type}` model ({adapter.task}) "
+                "has none."
+            )
+        if not adapter.gate_zero_removes:
+            raise ValueError(
+                f"A gate at 0 is not the block removed in `{adapter.model_type}` models, so removals cannot be "
+                "evaluated through gates; apply them to a copy instead."
+            )
+        gates = CouplingGates(model, adapter, granularity=granularity)
+    device = next(model.parameters()).device
+    totals = np.zeros(len(removals), dtype=np.float64)
+    num_tokens = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with (
+            torch.no_grad(),
+            gates if gates is not None else contextlib.nullcontext(),
+            progress_bar(
+                total=data.num_samples, desc="Evaluating", enabled=show_progress, unit="sample"
+            ) as bar,
+        ):
+            for batch in data.batches(batch_size, pad_token_id):
+                targets = next_token_targets(batch.pop("labels")).to(device)
+                inputs = {k: v.to(device) for k, v in batch.items()}
+                real = targets != -100
+                reference = None
+                if metric == "kl":
+                    gates.alpha = None
+                    reference = F.log_softmax(model(**inputs, use_cache=False).logits[real].float(), dim=-1)
+                for k, removal in enumerate(removals):
+                    if gates is not None:
+                        alpha = torch.ones(gates.num_gates, device=device)
+                        alpha[list(removal)] = 0.0
+                        gates.alpha = alpha
+                    logits = model(**inputs, use_cache=False).logits[real].float()
+                    if metric == "loss":
+                        totals[k] += float(F.cross_entropy(logits, targets[real], reduction="sum"))
+                    else:
+                        log_q = F.log_softmax(logits, dim=-1)
+                        totals[k] += float(F.kl_div(log_q, reference, log_target=True, reduction="sum"))
+                num_tokens += int(real.sum())
+                bar.update(targets.shape[0])
+    finally:
+        model.train(was_training)
+    if num_tokens == 0:
+        raise ValueError("The evaluation data has no sample with at least 2 tokens.")
+    return totals / num_tokens
 
 
 def evaluate_perplexity(
     model: nn.Module,
-    data: CalibrationData,
+    data: CalibrationData | Sequence[str],
     *,
+    tokenizer: Any | None = None,
+    max_length: int = 512,
     batch_size: int = 8,
     pad_token_id: int = 0,
     show_progress: bool = False,
 ) -> float:
     """exp(total next-token NLL / number of predicted tokens) over `data`, ignoring padding.
 
-    Every real token after the first of each sample is predicted once, so the value does not depend on
-    `batch_size` or padding.
+    `data` is a list of texts (tokenised with `tokenizer`, truncated to `max_length`, in order) or prepared
+    `CalibrationData`. Every real token after the first of each sample is predicted once, so the value does
+    not depend on `batch_size` or padding.
     """
-    import torch
-    import torch.nn.functional as F
+    data = _as_calibration_data(data, tokenizer, max_length)
+    loss = evaluate_removals(
+        model,
+        data,
+        [()],
+        metric="loss",
+        batch_size=batch_size,
+        pad_token_id=pad_token_id,
+        show_progress=show_progress,
+    )[0]
+    return math.exp(loss)
 
-    from .utils import progress_bar
 
-    device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
-    was_training = model.training
-    model.eval()
+def evaluate_lm_eval(
+    model: nn.Module,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    *,
+    include_path: str | None = None,
+    num_fewshot: int | None = None,
+    limit: int | float | None = None,
+    batch_size: int = 8,
+    **simple_evaluate_kwargs: Any,
+) -> dict[str, Any]:
+    """Evaluate an in-memory (pruned) model with upstream lm-evaluation-harness; returns `simple_evaluate`'s output
+    (metrics per task under `["results"]`; per-document responses under `["samples"]` with `log_samples=True`).
+
+    The model is wrapped as `HFLM(pretrained=model, tokenizer=tokenizer)`: no save, no reload, no fork of
+    lm-eval. `include_path` adds a directory of custom task YAMLs (how to run fully offline: a task whose
+    `dataset_path: json` points at local `data_files`). Needs the extra: `pip install 'optimum-blockprune[lm-eval]'`.
+
+    Raises:
+        ImportError: lm-eval is not installed.
+        ValueError: the tokenizer lacks the BOS/EOS tokens lm-eval needs, or no task is given.
+    """
     try:
-        with (
-            torch.no_grad(),
-            progress_bar(
-                total=data.num_samples, desc="Perplexity", enabled=show_progress, unit="sample"
-            ) as bar,
-        ):
-            for batch in data.batches(batch_size, pad_token_id):
-                labels = batch.pop("labels").to(device)
-                logits = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False).logits
-                shift_logits = logits[:, :-1].float()
-                shift_labels = labels[:, 1:]
-                total_nll += float(
-                    F.cross_entropy(
-                        shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="sum"
-                    )
-                )
-                total_tokens += int((shift_labels != -100).sum())
-                bar.update(labels.shape[0])
-    finally:
-        model.train(was_training)
-    return math.exp(total_nll / total_tokens)
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise ImportError(
+            "lm-evaluation-harness is not installed. Install it with `pip install 'optimum-blockprune[lm-eval]'`."
+        ) from None
+    if isinstance(tasks, str):
+        tasks = [tasks]
+    if not tasks:
+        raise ValueError("`tasks` is empty; name at least one lm-eval task (e.g. ['hellaswag']).")
+    missing = [name for name in ("eos_token", "bos_token") if getattr(tokenizer, name, None) is None]
+    if missing:
+        raise ValueError(
+            f"lm-eval needs the tokenizer's {' and '.join(missing)}; set them (e.g. `tokenizer.bos_token = "
+            "tokenizer.eos_token`) before evaluating."
+        )
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    output = simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=TaskManager(include_path=include_path) if include_path else None,
+        **simple_evaluate_kwargs,
+    )
+    return output

@@ -18,6 +18,7 @@ from .config import BlockRemovalConfig
 from .constraints import kind_limit, parameter_budget
 from .errors import ConfigurationError, SurgeryError
 from .estimation import FisherEstimate, estimate_fisher, prepare_calibration_data
+from .estimation.calibration import CalibrationData
 from .hub import DEFAULT_COMMIT_MESSAGE
 from .qubo import QUBO, CardinalityProblem
 from .result import PruningResult, RankedState, Ranking
@@ -307,30 +308,32 @@ class Pruner:
     def is_pruned(self) -> bool:
         return self.result is not None
 
+    @property
+    def pad_token_id(self) -> int:
+        """The id padding positions get in calibration batches (they are masked, so any valid id works)."""
+        if self.tokenizer is None:
+            return 0
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
     # -- stages -------------------------------------------------------------------------------------------------
     def estimate(self, calibration_dataset: Any, config: BlockRemovalConfig | None = None) -> FisherEstimate:
         """Estimate the block Fisher (per-sample gradients A, Hessian H, mean gradient g) on calibration data.
 
-        Uses `config`'s calibration fields (samples, length, batch size, Fisher type, seed). The result is
-        kept on the pruner and can be saved with `FisherEstimate.save` and reused for any number of blocks.
+        Uses `config`'s calibration fields (samples, length, batch size, Fisher type, seed); `calibration_dataset`
+        may also be already prepared `CalibrationData`. The result is kept on the pruner and can be saved with
+        `FisherEstimate.save` and reused for any number of blocks.
         """
         config = config or BlockRemovalConfig()
         self._refuse_if_pruned("estimate")
         fisher_type = self._fisher_type(config)
-        calibration = prepare_calibration_data(calibration_dataset, self.tokenizer, config)
-        logger.info(
-            "Calibration: %d samples, %d tokens from %s.",
-            calibration.num_samples,
-            calibration.num_tokens,
-            calibration.source,
+        calibration = (
+            calibration_dataset
+            if isinstance(calibration_dataset, CalibrationData)
+            else self._prepare(calibration_dataset, config)
         )
-        pad = None
-        if self.tokenizer is not None:
-            pad = (
-                self.tokenizer.pad_token_id
-                if self.tokenizer.pad_token_id is not None
-                else self.tokenizer.eos_token_id
-            )
         self.fisher = estimate_fisher(
             self.model,
             calibration,
@@ -339,7 +342,7 @@ class Pruner:
             granularity=config.granularity,
             batch_size=config.batch_size,
             seed=config.seed,
-            pad_token_id=pad if pad is not None else 0,
+            pad_token_id=self.pad_token_id,
             show_progress=config.show_progress,
             metadata={"model": self.model_id, "max_length": config.max_length},
         )
@@ -402,6 +405,89 @@ class Pruner:
         )
         return self.result
 
+    def select(
+        self,
+        config: BlockRemovalConfig,
+        calibration_dataset: Any = None,
+        *,
+        fisher: FisherEstimate | None = None,
+    ) -> RankedState:
+        """Rank removals with `config.method` and choose one with `config.selection`; the model is not changed.
+
+        'cbo' ranks by the QUBO energy (estimating the Fisher unless `fisher` is given); a baseline ranks by its
+        own rule (`optimum_blockprune.baselines`). `selection='ground'` returns `ranking[config.selected_state]`;
+        `selection='auto'` measures each ranked state on `config.num_selection_samples` calibration samples held
+        out from scoring (gates at alpha = 0, unpruned logits reused) and returns the best. The ranking, with
+        the measured scores, is kept as `self.ranking`.
+
+        Raises:
+            ConfigurationError: the config does not fit the model or lacks data (checked before any work).
+        """
+        from .baselines import METHOD_INFO, rank_baseline
+
+        self._refuse_if_pruned("select")
+        self.check_config(config, applying=False)
+        info = METHOD_INFO[config.method]
+        needs_fisher = info.needs_fisher and fisher is None
+        if calibration_dataset is None and (needs_fisher or info.needs_data or config.selection == "auto"):
+            raise ConfigurationError(
+                f"`method`={config.method!r} with `selection`={config.selection!r} needs calibration data: pass "
+                "`calibration_dataset=` (texts, a dataset, a file or a Hub name)"
+                + (" or `fisher=`." if info.needs_fisher and config.selection != "auto" else ".")
+            )
+        scoring, held_out = None, None
+        if calibration_dataset is not None and (
+            needs_fisher or info.needs_data or config.selection == "auto"
+        ):
+            scoring, held_out = self._calibration_split(calibration_dataset, config)
+        if info.needs_fisher:
+            fisher = fisher if fisher is not None else self.estimate(scoring, config)
+            self.fisher = fisher
+        if config.method == "cbo":
+            ranking = self.solve(fisher, config)
+        else:
+            problem = removal_problem(
+                [u.to_dict() for u in self.units(config.granularity)],
+                config,
+                unremovable_kinds=self.adapter.unremovable_kinds,
+            )
+            ranking = rank_baseline(
+                problem,
+                config,
+                model=self.model,
+                adapter=self.adapter,
+                data=scoring,
+                fisher=fisher,
+                pad_token_id=self.pad_token_id,
+            )
+            ranking = replace(
+                ranking, granularity=config.granularity, kinds=tuple(u.kind for u in self.units())
+            )
+        if not ranking.states:
+            raise ConfigurationError(
+                "No way to remove the requested blocks satisfies every constraint (count, protected/forced blocks, "
+                "kinds, parameter budget, contiguity). Relax one of them."
+            )
+        if config.selection == "auto":
+            ranking = self._measure_states(ranking, config, held_out)
+            state = ranking.best_scored()
+            logger.info(
+                "selection='auto' chose %s:%d (held-out %s %.5g; rank 0 had %.5g).",
+                ranking.label,
+                state.rank,
+                config.selection_metric,
+                state.score,
+                ranking[0].score,
+            )
+        else:
+            if config.selected_state >= len(ranking):
+                raise ConfigurationError(
+                    f"`selected_state`={config.selected_state} but only {len(ranking)} feasible states exist."
+                )
+            state = ranking[config.selected_state]
+        self.ranking, self.config = ranking, config
+        return state
+
     def prune(
         self,
         config: BlockRemovalConfig,
@@ -409,26 +495,14 @@ class Pruner:
         *,
         fisher: FisherEstimate | None = None,
     ) -> PruningResult:
-        """Estimate (unless `fisher` is given) -> solve -> apply `config.selected_state`; return the result.
+        """`select` (rank with `config.method`, choose with `config.selection`) -> `apply`; return the result.
 
         Raises:
             ConfigurationError: the config does not fit the model (checked before any calibration).
         """
         self._refuse_if_pruned("prune")
         self.check_config(config, applying=True)
-        if fisher is None:
-            if calibration_dataset is None:
-                raise ConfigurationError(
-                    "Pass `calibration_dataset=` (texts, a dataset, a file or a Hub name) or `fisher=`."
-                )
-            fisher = self.estimate(calibration_dataset, config)
-        self.fisher = fisher
-        ranking = self.solve(fisher, config)
-        if config.selected_state >= len(ranking):
-            raise ConfigurationError(
-                f"`selected_state`={config.selected_state} but only {len(ranking)} feasible states exist."
-            )
-        return self.apply(ranking[config.selected_state])
+        return self.apply(self.select(config, calibration_dataset, fisher=fisher))
 
     # -- output ---------------------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
@@ -506,7 +580,24 @@ class Pruner:
             ConfigurationError: the config cannot be met on this model, or (with `applying`) its result could not
                 be stored as a standard checkpoint.
         """
-        self._fisher_type(config)
+        from .baselines import METHOD_INFO
+
+        info = METHOD_INFO[config.method]
+        if info.needs_fisher:
+            self._fisher_type(config)
+        evaluates = info.evaluates_removals or config.selection == "auto"
+        if evaluates and not self.adapter.gate_zero_removes:
+            raise ConfigurationError(
+                f"`method`={config.method!r} / `selection`={config.selection!r} evaluate removals by setting gates "
+                f"to 0, which does not remove a block in `{self.adapter.model_type}` models (post-norm blocks). Use "
+                "a one-shot method and `selection='ground'`."
+            )
+        if (info.needs_loss or config.selection == "auto") and self.adapter.task != "causal-lm":
+            raise ConfigurationError(
+                f"`method`={config.method!r} / `selection`={config.selection!r} need next-token predictions, which a "
+                f"`{self.adapter.model_type}` model ({self.adapter.task}) does not make. Use 'cbo', "
+                "'fisher_diagonal' or a hidden-state baseline with `selection='ground'`."
+            )
         removal_problem(
             [u.to_dict() for u in self.units(config.granularity)],
             config,
@@ -555,6 +646,79 @@ class Pruner:
                 "not applied. Apply a state that removes whole blocks, or prune with `granularity='block'`."
             )
         return tuple(sorted(block for block, ids in by_block.items() if set(ids) <= chosen))
+
+    def _prepare(self, calibration_dataset: Any, config: BlockRemovalConfig) -> CalibrationData:
+        calibration = prepare_calibration_data(calibration_dataset, self.tokenizer, config)
+        logger.info(
+            "Calibration: %d samples, %d tokens from %s.",
+            calibration.num_samples,
+            calibration.num_tokens,
+            calibration.source,
+        )
+        return calibration
+
+    def _calibration_split(
+        self, calibration_dataset: Any, config: BlockRemovalConfig
+    ) -> tuple[CalibrationData, CalibrationData | None]:
+        """The scoring samples and, for `selection='auto'`, the held-out samples that follow them.
+
+        The scoring part is exactly what `config` alone would prepare (same shuffle, same first samples), so a
+        Fisher estimated here matches one estimated without selection.
+        """
+        if config.selection != "auto":
+            return self._prepare(calibration_dataset, config), None
+        wanted = config.num_calibration_samples + config.num_selection_samples
+        prepared = self._prepare(calibration_dataset, replace(config, num_calibration_samples=wanted))
+        total = prepared.num_samples
+        held = (
+            config.num_selection_samples if total >= wanted else min(config.num_selection_samples, total // 2)
+        )
+        if held < 1:
+            raise ConfigurationError(
+                f"`selection='auto'` holds calibration samples out for measuring states, but the data gave only "
+                f"{total} sample(s). Provide more calibration data or use `selection='ground'`."
+            )
+        if total < wanted:
+            logger.warning(
+                "Only %d calibration samples: %d score the blocks and %d are held out for `selection='auto'`.",
+                total,
+                total - held,
+                held,
+            )
+        source = prepared.source
+        return (
+            CalibrationData(prepared.samples[: total - held], source),
+            CalibrationData(prepared.samples[total - held :], f"{source} (held out)"),
+        )
+
+    def _measure_states(
+        self, ranking: Ranking, config: BlockRemovalConfig, held_out: CalibrationData
+    ) -> Ranking:
+        """The ranking with every state's held-out `config.selection_metric` recorded in `RankedState.score`."""
+        from .evaluation import evaluate_removals
+
+        scores = evaluate_removals(
+            self.model,
+            held_out,
+            [state.removed_blocks for state in ranking],
+            metric=config.selection_metric,
+            adapter=self.adapter,
+            granularity=ranking.granularity,
+            batch_size=config.batch_size,
+            pad_token_id=self.pad_token_id,
+            show_progress=config.show_progress,
+        )
+        states = tuple(replace(state, score=float(score)) for state, score in zip(ranking, scores))
+        return replace(
+            ranking,
+            states=states,
+            selection_metric=config.selection_metric,
+            stats={
+                **ranking.stats,
+                "selection_samples": held_out.num_samples,
+                "selection_tokens": held_out.num_tokens,
+            },
+        )
 
     def _refuse_if_pruned(self, action: str) -> None:
         if self.result is not None:

@@ -9,12 +9,17 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RankedState:
-    """One feasible configuration: the 0-based blocks it removes and its energy (rank 0 = ground state)."""
+    """One feasible configuration: the 0-based blocks it removes and its energy (rank 0 = ground state).
+
+    `energy` is the ranking method's objective (the QUBO energy for CBO, a baseline's own score otherwise);
+    `score` is what `selection="auto"` measured for the state on held-out data (None when not evaluated).
+    """
 
     rank: int
     removed_blocks: tuple[int, ...]
     energy: float
     proven: bool
+    score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -23,8 +28,13 @@ class RankedState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RankedState:
+        score = data.get("score")
         return cls(
-            int(data["rank"]), tuple(data["removed_blocks"]), float(data["energy"]), bool(data["proven"])
+            int(data["rank"]),
+            tuple(data["removed_blocks"]),
+            float(data["energy"]),
+            bool(data["proven"]),
+            None if score is None else float(score),
         )
 
 
@@ -46,6 +56,9 @@ class Ranking:
     stats: dict[str, Any] = field(default_factory=dict)
     granularity: str = "block"
     kinds: tuple[str, ...] = ()  # the kind of every variable (block or sublayer), when known
+    method: str = "cbo"  # "cbo" or a baseline (see `optimum_blockprune.baselines.METHODS`)
+    objective: str = "energy"  # what `RankedState.energy` holds for this method
+    selection_metric: str | None = None  # "kl" or "loss" when states were scored by `selection="auto"`
 
     def __len__(self) -> int:
         return len(self.states)
@@ -60,6 +73,18 @@ class Ranking:
     def ground_state(self) -> RankedState:
         return self.states[0]
 
+    @property
+    def label(self) -> str:
+        """How states are named in tables: "CBO" (the paper's CBO:k) or the baseline's name."""
+        return "CBO" if self.method == "cbo" else self.method
+
+    def best_scored(self) -> RankedState:
+        """The evaluated state with the lowest measured score (ties: the lower rank)."""
+        scored = [s for s in self.states if s.score is not None]
+        if not scored:
+            raise ValueError("No state of this ranking has a measured score; rank with `selection='auto'`.")
+        return min(scored, key=lambda s: (s.score, s.rank))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "states": [s.to_dict() for s in self.states],
@@ -73,6 +98,9 @@ class Ranking:
             "stats": dict(self.stats),
             "granularity": self.granularity,
             "kinds": list(self.kinds),
+            "method": self.method,
+            "objective": self.objective,
+            "selection_metric": self.selection_metric,
         }
 
     @classmethod
@@ -89,32 +117,40 @@ class Ranking:
             stats=dict(data.get("stats", {})),
             granularity=data.get("granularity", "block"),
             kinds=tuple(data.get("kinds", ())),
+            method=data.get("method", "cbo"),
+            objective=data.get("objective", "energy"),
+            selection_metric=data.get("selection_metric"),
         )
 
     def to_markdown(self, max_rows: int | None = None, selected_rank: int | None = None) -> str:
-        """A markdown table: rank, removed blocks (0-based, with their kind when blocks differ), energy, energy
-        above the ground state."""
+        """A markdown table: rank, removed blocks (0-based, with their kind when blocks differ), energy (or the
+        baseline's objective), difference to the best state, and the held-out score where one was measured."""
         ground = self.states[0].energy if self.states else 0.0
         unit = "sublayers" if self.granularity == "sublayer" else "blocks"
+        scored = self.selection_metric is not None and any(s.score is not None for s in self.states)
+        score_header = f" held-out {'KL' if self.selection_metric == 'kl' else 'loss'} |" if scored else ""
         lines = [
-            f"| state | removed {unit} (0-based) | energy | ΔE vs ground | proven |",
-            "|---|---|---|---|---|",
+            f"| state | removed {unit} (0-based) | {self.objective} | Δ vs rank 0 | proven |{score_header}",
+            "|---|---|---|---|---|" + ("---|" if scored else ""),
         ]
         show_kinds = len(set(self.kinds)) > 1
         for state in self.states[:max_rows]:
-            label = f"CBO:{state.rank}" + (" (applied)" if state.rank == selected_rank else "")
+            label = f"{self.label}:{state.rank}" + (" (applied)" if state.rank == selected_rank else "")
             blocks = ", ".join(
                 f"{i} ({self.kinds[i]})" if show_kinds else str(i) for i in state.removed_blocks
             )
+            score = ""
+            if scored:
+                score = " – |" if state.score is None else f" {state.score:.5g} |"
             lines.append(
                 f"| {label} | {blocks} | {state.energy:.6g} | {state.energy - ground:+.4g} | "
-                f"{'yes' if state.proven else 'no'} |"
+                f"{'yes' if state.proven else 'no'} |{score}"
             )
         return "\n".join(lines)
 
     def __str__(self) -> str:
         header = (
-            f"{len(self)} lowest-energy states removing {self.num_blocks_to_remove} of {self.num_blocks} "
+            f"{len(self)} {'lowest-energy' if self.method == 'cbo' else self.method} states removing {self.num_blocks_to_remove} of {self.num_blocks} "
             f"{'sublayers' if self.granularity == 'sublayer' else 'blocks'} "
             f"(solver: {self.solver}, {'proven' if self.proven else 'not proven'}, {self.solve_time_s:.3f} s)"
         )

@@ -174,6 +174,30 @@ def test_errors_are_one_clear_line_and_happen_before_work(tiny_model_dir, calibr
         main(["prune", str(tiny_model_dir), "--output-dir", str(tmp_path / "o"), "--fisher", "exact"])
 
 
+def test_baselines_and_auto_selection_from_the_command_line(
+    tiny_model_dir, calibration_file, fisher_file, tmp_path, capsys
+):
+    out = tmp_path / "last"
+    assert main(["prune", str(tiny_model_dir), "--method", "last_blocks", "--num-blocks-to-remove", "2",
+                 "--output-dir", str(out), "--no-show-progress"]) == 0  # fmt: skip
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 4
+    assert json.loads((out / "blockprune_config.json").read_text())["result"]["removed_blocks"] == [4, 5]
+    capsys.readouterr()
+    json_path = tmp_path / "auto.json"
+    code = main(
+        ["rank", str(tiny_model_dir), "--dataset", str(calibration_file), "--fisher-file", str(fisher_file),
+         "--selection", "auto", "--num-selection-samples", "3", "--num-blocks-to-remove", "2", "--num-states", "4",
+         "--json", str(json_path), *FAST]
+    )  # fmt: skip
+    ranking = json.loads(json_path.read_text())
+    assert code == 0 and ranking["selection_metric"] == "kl" and len(ranking["states"]) == 4
+    assert all(s["score"] is not None for s in ranking["states"]) and "held-out KL" in capsys.readouterr().out
+    assert main(["rank", "--fisher-file", str(fisher_file), "--method", "sleb"]) == 2
+    assert "--dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["rank", "--fisher-file", str(fisher_file), "--method", "shortgpt"])
+
+
 @pytest.mark.skipif(shutil.which("optimum-cli") is None, reason="optimum-cli is not on PATH")
 def test_optimum_cli_plugin_is_registered(tiny_model_dir, calibration_file, tmp_path):
     listed = subprocess.run(

@@ -1,0 +1,173 @@
+"""Held-out evaluation: perplexity masking, removals through gates against real surgery, lm-eval on a local task."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TEXTS, build_tiny_model
+
+from optimum_blockprune import (
+    BlockRemovalConfig,
+    evaluate_perplexity,
+    prepare_calibration_data,
+    remove_blocks,
+)
+from optimum_blockprune.evaluation import evaluate_lm_eval, evaluate_removals
+
+
+def _data(tokenizer, texts=TEXTS, max_length=32):
+    config = BlockRemovalConfig(num_calibration_samples=len(texts), max_length=max_length, shuffle=False)
+    return prepare_calibration_data(list(texts), tokenizer, config)
+
+
+def _per_sample_nll(model, data):
+    """Sum of next-token NLL and token count, one unpadded sample at a time (no masking to get wrong)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for sample in data.samples:
+            ids = torch.tensor([sample])
+            logits = model(input_ids=ids).logits[0, :-1]
+            total += float(F.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+            count += len(sample) - 1
+    return total, count
+
+
+def test_perplexity_matches_unpadded_samples_and_ignores_batching(llama, tokenizer):
+    data = _data(tokenizer)
+    total, count = _per_sample_nll(llama, data)
+    expected = math.exp(total / count)
+    assert len({len(s) for s in data.samples}) > 1  # batches really are padded
+    for batch_size in (1, 3, 12):
+        assert evaluate_perplexity(llama, data, batch_size=batch_size) == pytest.approx(expected, rel=1e-5)
+    # texts in, same answer: tokenised in order with the same truncation
+    assert evaluate_perplexity(llama, list(TEXTS), tokenizer=tokenizer, max_length=32) == pytest.approx(
+        expected
+    )
+    with pytest.raises(TypeError, match="list of texts"):
+        evaluate_perplexity(llama, "one text", tokenizer=tokenizer)
+
+
+def test_removals_through_gates_equal_real_surgery(llama, tokenizer):
+    data = _data(tokenizer)
+    removals = [(), (1,), (2, 4), (0, 3, 5)]
+    losses = evaluate_removals(llama, data, removals, metric="loss", batch_size=5)
+    kls = evaluate_removals(llama, data, removals, metric="kl", batch_size=5)
+    reference = [
+        F.log_softmax(llama(input_ids=torch.tensor([s])).logits[0, :-1], -1).detach() for s in data.samples
+    ]
+    assert kls[0] == pytest.approx(0.0, abs=1e-7)
+    for removal, loss, kl in zip(removals, losses, kls):
+        pruned = copy.deepcopy(llama)
+        if removal:
+            remove_blocks(pruned, removal)
+        total, count = _per_sample_nll(pruned, data)
+        assert loss == pytest.approx(total / count, rel=1e-5)
+        expected_kl = 0.0
+        with torch.no_grad():
+            for sample, log_p in zip(data.samples, reference):
+                log_q = F.log_softmax(pruned(input_ids=torch.tensor([sample])).logits[0, :-1], -1)
+                expected_kl += float((log_p.exp() * (log_p - log_q)).sum())
+        assert kl == pytest.approx(expected_kl / count, rel=1e-4, abs=1e-8)
+    assert all(k > 0 for k in kls[1:])
+    # the model is untouched afterwards
+    assert evaluate_removals(llama, data, [()])[0] == pytest.approx(losses[0])
+
+
+def test_kl_reuses_the_unpruned_logits(llama, tokenizer):
+    data = _data(tokenizer)
+    calls = []
+    llama.register_forward_pre_hook(lambda module, args: calls.append(1))
+    evaluate_removals(llama, data, [(1,), (2,), (3,)], metric="kl", batch_size=4)
+    assert len(calls) == 3 * (3 + 1)  # 3 batches x (one unpruned pass + one per removal)
+
+
+def test_evaluate_removals_refuses_what_it_cannot_measure(llama, tokenizer):
+    data = _data(tokenizer)
+    with pytest.raises(ValueError, match="`metric`"):
+        evaluate_removals(llama, data, [(1,)], metric="accuracy")
+    bert = build_tiny_model("bert")
+    with pytest.raises(ValueError, match="next-token logits"):
+        evaluate_removals(bert, data, [(1,)])
+
+
+# -- lm-evaluation-harness ------------------------------------------------------------------------------------
+CHOICE_DOCS = [
+    {"context": "the quick brown", "choices": ["fox", "dog", "cat"], "label": 0},
+    {"context": "to be, or not to", "choices": ["be", "go", "see"], "label": 0},
+    {"context": "all that glitters is not", "choices": ["gold", "lead", "tin"], "label": 0},
+    {"context": "brevity is the soul of", "choices": ["wit", "fun", "art"], "label": 0},
+    {"context": "love all, trust a", "choices": ["few", "lot", "man"], "label": 0},
+    {"context": "a stitch in time saves", "choices": ["nine", "ten", "one"], "label": 0},
+]
+
+
+@pytest.fixture
+def local_task(tmp_path):
+    """A multiple-choice lm-eval task over a local json file: runs with no Hub access."""
+    pytest.importorskip("lm_eval")
+    data = tmp_path / "docs.jsonl"
+    data.write_text("\n".join(json.dumps(d) for d in CHOICE_DOCS))
+    (tmp_path / "blockprune_toy.yaml").write_text(
+        "task: blockprune_toy\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        "doc_to_text: '{{context}}'\n"
+        "doc_to_choice: '{{choices}}'\n"
+        "doc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n"
+    )
+    return tmp_path
+
+
+def _choice_log_likelihoods(model, tokenizer):
+    """By hand: log p(" " + choice | context) summed over the choice's tokens (lm-eval's default delimiter, and
+    the tokenizer's own special tokens, here a BOS)."""
+    scores = []
+    with torch.no_grad():
+        for doc in CHOICE_DOCS:
+            for choice in doc["choices"]:
+                whole = tokenizer(doc["context"] + " " + choice)["input_ids"]
+                continuation = whole[len(tokenizer(doc["context"])["input_ids"]) :]
+                ids = torch.tensor([whole])
+                log_probs = F.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+                targets = ids[0, 1:]
+                token_scores = log_probs[torch.arange(len(targets)), targets]
+                scores.append(float(token_scores[-len(continuation) :].sum()))
+    return scores
+
+
+def _lm_eval_log_likelihoods(output):
+    samples = sorted(output["samples"]["blockprune_toy"], key=lambda s: s["doc_id"])
+    return [float(response[0]) for sample in samples for response in sample["filtered_resps"]]
+
+
+def test_lm_eval_evaluates_the_in_memory_pruned_model(llama, tokenizer, local_task):
+    kwargs = dict(include_path=str(local_task), batch_size=2, log_samples=True)
+    output = evaluate_lm_eval(llama, tokenizer, ["blockprune_toy"], **kwargs)
+    expected = _choice_log_likelihoods(llama, tokenizer)
+    assert _lm_eval_log_likelihoods(output) == pytest.approx(expected, rel=1e-4)
+    accuracy = sum(
+        max(range(3), key=lambda c: expected[3 * d + c]) == doc["label"] for d, doc in enumerate(CHOICE_DOCS)
+    ) / len(CHOICE_DOCS)
+    assert output["results"]["blockprune_toy"]["acc,none"] == pytest.approx(accuracy)
+    remove_blocks(llama, [0, 1, 2, 3])  # the same object, pruned in memory: lm-eval must see the change
+    pruned = evaluate_lm_eval(llama, tokenizer, ["blockprune_toy"], **kwargs)
+    pruned_expected = _choice_log_likelihoods(llama, tokenizer)
+    assert _lm_eval_log_likelihoods(pruned) == pytest.approx(pruned_expected, rel=1e-4)
+    assert pruned_expected != pytest.approx(expected, rel=1e-3)
+
+
+def test_lm_eval_errors_are_clear(llama, tokenizer):
+    with pytest.raises(ValueError, match="at least one"):
+        evaluate_lm_eval(llama, tokenizer, [])
+    no_bos = copy.deepcopy(tokenizer)
+    no_bos.bos_token = None
+    with pytest.raises(ValueError, match="bos_token"):
+        evaluate_lm_eval(llama, no_bos, ["anything"])
