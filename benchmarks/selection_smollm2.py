@@ -306,7 +306,8 @@ def markdown_table(payload: dict) -> str:
             if r is None:
                 cells.append("–")
                 continue
-            value = f"{r['held_out_perplexity']:.1f}"
+            ppl = r["held_out_perplexity"]
+            value = f"{ppl:.1f}" if ppl < 1e5 else f"{ppl:.2g}"
             if r["held_out_perplexity"] == best[m]:
                 value = f"**{value}**"
             cells.append(f"{value} ({r['seconds']:.0f} s)")
