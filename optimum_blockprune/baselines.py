@@ -98,6 +98,13 @@ METHOD_INFO: dict[str, MethodInfo] = {
 assert tuple(METHOD_INFO) == METHODS, "config.METHODS and baselines.METHOD_INFO must list the same methods"
 
 
+def needs_calibration_data(config: BlockRemovalConfig, *, has_fisher: bool) -> bool:
+    """Whether ranking and choosing with `config` reads calibration data (a given Fisher spares CBO/Taylor/H_ii
+    the estimate, but not `selection='auto'`, which measures states on held-out samples)."""
+    info = METHOD_INFO[config.method]
+    return (info.needs_fisher and not has_fisher) or info.needs_data or config.selection == "auto"
+
+
 # -- pure ranking rules ------------------------------------------------------------------------------------------
 def rank_by_importance(
     problem: CardinalityProblem,

@@ -194,20 +194,20 @@ def _load_pruner(args: argparse.Namespace):
 
 def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalConfig) -> None:
     """Fail before loading the model when the method or the selection needs data that was not given."""
-    from .baselines import METHOD_INFO
+    from .baselines import needs_calibration_data
 
-    info = METHOD_INFO[config.method]
-    if args.dataset is not None:
+    if args.dataset is not None or not needs_calibration_data(
+        config, has_fisher=args.fisher_file is not None
+    ):
         return
-    if info.needs_data or config.selection == "auto":
+    if needs_calibration_data(config, has_fisher=True):  # a Fisher file would not be enough
         raise BlockPruneError(
             f"`{command}` with --method {config.method} --selection {config.selection} needs calibration data: "
             "pass `--dataset PATH_OR_NAME`."
         )
-    if info.needs_fisher and args.fisher_file is None:
-        raise BlockPruneError(
-            f"`{command}` needs calibration data: pass `--dataset PATH_OR_NAME` or `--fisher-file FILE`."
-        )
+    raise BlockPruneError(
+        f"`{command}` needs calibration data: pass `--dataset PATH_OR_NAME` or `--fisher-file FILE`."
+    )
 
 
 def run_prune(args: argparse.Namespace) -> int:

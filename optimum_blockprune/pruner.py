@@ -161,6 +161,15 @@ def removal_problem(
     )
 
 
+def _require_states(ranking: Ranking) -> Ranking:
+    if not ranking.states:
+        raise ConfigurationError(
+            "No way to remove the requested blocks satisfies every constraint (count, protected/forced blocks, "
+            "kinds, parameter budget, contiguity). Relax one of them."
+        )
+    return ranking
+
+
 def rank_from_fisher(
     fisher: FisherEstimate, config: BlockRemovalConfig, *, unremovable_kinds: Sequence[str] = ()
 ) -> Ranking:
@@ -191,13 +200,8 @@ def rank_from_fisher(
         seed=config.seed,
         show_progress=config.show_progress,
     )
-    if not ranking.states:
-        raise ConfigurationError(
-            "No way to remove the requested blocks satisfies every constraint (count, protected/forced blocks, "
-            "kinds, parameter budget, contiguity). Relax one of them."
-        )
     return replace(
-        ranking,
+        _require_states(ranking),
         first_order=config.first_order,
         granularity=granularity,
         kinds=tuple(u["kind"] for u in units),
@@ -423,22 +427,19 @@ class Pruner:
         Raises:
             ConfigurationError: the config does not fit the model or lacks data (checked before any work).
         """
-        from .baselines import METHOD_INFO, rank_baseline
+        from .baselines import METHOD_INFO, needs_calibration_data, rank_baseline
 
         self._refuse_if_pruned("select")
         self.check_config(config, applying=False)
         info = METHOD_INFO[config.method]
-        needs_fisher = info.needs_fisher and fisher is None
-        if calibration_dataset is None and (needs_fisher or info.needs_data or config.selection == "auto"):
-            raise ConfigurationError(
-                f"`method`={config.method!r} with `selection`={config.selection!r} needs calibration data: pass "
-                "`calibration_dataset=` (texts, a dataset, a file or a Hub name)"
-                + (" or `fisher=`." if info.needs_fisher and config.selection != "auto" else ".")
-            )
         scoring, held_out = None, None
-        if calibration_dataset is not None and (
-            needs_fisher or info.needs_data or config.selection == "auto"
-        ):
+        if needs_calibration_data(config, has_fisher=fisher is not None):
+            if calibration_dataset is None:
+                raise ConfigurationError(
+                    f"`method`={config.method!r} with `selection`={config.selection!r} needs calibration data: pass "
+                    "`calibration_dataset=` (texts, a dataset, a file or a Hub name)"
+                    + (" or `fisher=`." if info.needs_fisher and config.selection != "auto" else ".")
+                )
             scoring, held_out = self._calibration_split(calibration_dataset, config)
         if info.needs_fisher:
             fisher = fisher if fisher is not None else self.estimate(scoring, config)
@@ -461,12 +462,9 @@ class Pruner:
                 pad_token_id=self.pad_token_id,
             )
             ranking = replace(
-                ranking, granularity=config.granularity, kinds=tuple(u.kind for u in self.units())
-            )
-        if not ranking.states:
-            raise ConfigurationError(
-                "No way to remove the requested blocks satisfies every constraint (count, protected/forced blocks, "
-                "kinds, parameter budget, contiguity). Relax one of them."
+                _require_states(ranking),
+                granularity=config.granularity,
+                kinds=tuple(u.kind for u in self.units(config.granularity)),
             )
         if config.selection == "auto":
             ranking = self._measure_states(ranking, config, held_out)
