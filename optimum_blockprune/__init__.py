@@ -29,6 +29,10 @@ _EXPORTS = {
     "register_architecture": "architectures",
     "get_adapter": "architectures",
     "supported_model_types": "architectures",
+    "DistillationConfig": "distillation.config",
+    "DistillationTrainer": "distillation.trainer",
+    "BlockPruningCallback": "distillation.callback",
+    "distillation_loss": "distillation.loss",
     "BlockPruneError": "errors",
     "ConfigurationError": "errors",
     "UnsupportedArchitectureError": "errors",
@@ -56,6 +60,10 @@ def __dir__():
 if TYPE_CHECKING:
     from .architectures import ArchitectureAdapter, get_adapter, register_architecture, supported_model_types
     from .config import BlockRemovalConfig
+    from .distillation.callback import BlockPruningCallback
+    from .distillation.config import DistillationConfig
+    from .distillation.loss import distillation_loss
+    from .distillation.trainer import DistillationTrainer
     from .errors import (
         BlockPruneError,
         BlockPruneWarning,

@@ -77,6 +77,7 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         ranking=ranking,
         ranking_table=ranking.to_markdown(selected_rank=result.get("selected_rank")) if ranking else "",
         fisher=provenance.get("fisher"),
+        distillation=provenance.get("distillation"),
         first_order=(provenance.get("config") or {}).get("first_order", False),
         library_version=__version__,
         auto_class=provenance.get("auto_class") or "AutoModelForCausalLM",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -26,6 +27,8 @@ from .solvers import solve_ranking
 
 if TYPE_CHECKING:
     import torch.nn as nn
+
+    from .distillation import DistillationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,18 @@ def _without_gguf_quantizer(model: nn.Module) -> nn.Module:
     plain.load_state_dict(model.state_dict(), strict=True)
     plain.tie_weights()
     return plain.eval()
+
+
+def _lora_summary(lora_config: Any) -> dict[str, Any] | None:
+    if lora_config is None:
+        return None
+    targets = getattr(lora_config, "target_modules", None)
+    return {
+        "r": getattr(lora_config, "r", None),
+        "lora_alpha": getattr(lora_config, "lora_alpha", None),
+        "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+        "merged": True,
+    }
 
 
 def removal_problem(
@@ -251,6 +266,7 @@ class Pruner:
         self.ranking: Ranking | None = None
         self.config: BlockRemovalConfig | None = None
         self.result: PruningResult | None = None
+        self.distillation: dict[str, Any] | None = None
 
     # -- loading --------------------------------------------------------------------------------------------
     @classmethod
@@ -502,6 +518,154 @@ class Pruner:
         self.check_config(config, applying=True)
         return self.apply(self.select(config, calibration_dataset, fisher=fisher))
 
+    # -- healing ---------------------------------------------------------------------------------------------------
+    def distill(
+        self,
+        train_dataset: Any,
+        args: DistillationConfig,
+        *,
+        teacher: nn.Module | str | None = None,
+        eval_dataset: Any = None,
+        lora_config: Any = None,
+        num_train_samples: int | None = None,
+        callbacks: Sequence[Any] | None = None,
+    ) -> dict[str, Any]:
+        """Heal the pruned model by KL distillation from `teacher` (`DistillationTrainer`); record the settings.
+
+        Args:
+            train_dataset: texts, a dataset, a file or a Hub name (tokenised like calibration data, with this
+                pruning's `max_length`/packing), or a `datasets.Dataset` that already has `input_ids`.
+            args: a `DistillationConfig` (`TrainingArguments` + temperature, alpha, teacher placement).
+            teacher: the unpruned model, or its name/path (loaded with `args.teacher_model_init_kwargs`).
+                Default: this pruner's `model_id`.
+            eval_dataset: held-out data like `train_dataset`; its KL to the teacher is measured before and after.
+            lora_config: a `peft.LoraConfig`: train LoRA adapters on the pruned model, then merge them, so the model
+                stays a plain `transformers` model.
+            num_train_samples: cap on the training samples taken from `train_dataset`.
+            callbacks: extra `TrainerCallback`s.
+
+        Returns:
+            The record kept in `self.distillation` (settings, steps, losses) and saved in `blockprune_config.json`
+            and the model card.
+        """
+        from .distillation import DistillationConfig, DistillationTrainer, PaddingCollator, merge_lora
+        from .distillation.data import tokenized_training_dataset
+
+        if self.result is None:
+            raise SurgeryError("Nothing has been pruned yet; call `prune` or `apply` before `distill`.")
+        if not isinstance(args, DistillationConfig):
+            raise ConfigurationError(
+                f"`args` must be a `DistillationConfig`, got {type(args).__name__}; build one with "
+                "`DistillationConfig(output_dir=..., learning_rate=..., max_steps=...)`."
+            )
+        if teacher is None:
+            if not self.model_id:
+                raise ConfigurationError(
+                    "No `teacher` given and this pruner has no `model_id` to load the unpruned model from; pass "
+                    "`teacher=` (the original model, or its name or path)."
+                )
+            teacher = self.model_id
+        data_config = self.config or BlockRemovalConfig()
+        train = tokenized_training_dataset(
+            train_dataset, self.tokenizer, data_config, num_samples=num_train_samples
+        )
+        held_out = (
+            tokenized_training_dataset(eval_dataset, self.tokenizer, data_config)
+            if eval_dataset is not None
+            else None
+        )
+        student = self.model
+        if lora_config is not None:
+            from peft import get_peft_model
+
+            student = get_peft_model(self.model, lora_config)
+        trainer = DistillationTrainer(
+            model=student,
+            teacher=teacher,
+            args=args,
+            train_dataset=train,
+            eval_dataset=held_out,
+            data_collator=PaddingCollator(self.pad_token_id),
+            processing_class=self.tokenizer,
+            callbacks=list(callbacks or []),
+        )
+        before = trainer.evaluate()["eval_loss"] if held_out is not None else None
+        output = trainer.train()
+        after = trainer.evaluate()["eval_loss"] if held_out is not None else None
+        self.model = merge_lora(trainer.model).eval()
+        del trainer
+        self.distillation = {
+            **args.distillation_settings(),
+            "teacher": teacher if isinstance(teacher, str) else (self.model_id or type(teacher).__name__),
+            "lora": _lora_summary(lora_config),
+            "train_samples": len(train),
+            "train_tokens": int(sum(len(ids) for ids in train["input_ids"])),
+            "steps": int(output.global_step),
+            "train_loss": float(output.training_loss),
+            "eval_kl_before": before,
+            "eval_kl_after": after,
+        }
+        logger.info(
+            "Distilled for %d steps (train loss %.4f%s).",
+            output.global_step,
+            output.training_loss,
+            f"; held-out KL {before:.4f} -> {after:.4f}" if held_out is not None else "",
+        )
+        return self.distillation
+
+    def prune_and_distill(
+        self,
+        config: BlockRemovalConfig,
+        calibration_dataset: Any,
+        train_dataset: Any,
+        args: DistillationConfig,
+        *,
+        fisher: FisherEstimate | None = None,
+        teacher: nn.Module | str | None = None,
+        eval_dataset: Any = None,
+        lora_config: Any = None,
+        num_train_samples: int | None = None,
+        save_directory: str | os.PathLike | None = None,
+        overwrite: bool = False,
+        repo_id: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+    ) -> PruningResult:
+        """The one-call path: `prune`, then `distill` from the unpruned model, then save and/or push.
+
+        Without `teacher`, a copy of the model is taken before pruning and used as the teacher (no reload).
+        Everything that can be checked up front (the config against the model, the output directory, the
+        training arguments) is checked before calibration.
+        """
+        from .distillation import DistillationConfig
+        from .hub import ensure_writable_directory
+
+        self._refuse_if_pruned("prune_and_distill")
+        self.check_config(config, applying=True)
+        if not isinstance(args, DistillationConfig):
+            raise ConfigurationError(
+                f"`args` must be a `DistillationConfig`, got {type(args).__name__}; build one with "
+                "`DistillationConfig(output_dir=..., learning_rate=..., max_steps=...)`."
+            )
+        if save_directory is not None:
+            ensure_writable_directory(save_directory, overwrite)
+        if teacher is None:
+            teacher = copy.deepcopy(self.model)
+        result = self.prune(config, calibration_dataset, fisher=fisher)
+        self.distill(
+            train_dataset,
+            args,
+            teacher=teacher,
+            eval_dataset=eval_dataset,
+            lora_config=lora_config,
+            num_train_samples=num_train_samples,
+        )
+        if save_directory is not None:
+            self.save_pretrained(save_directory, overwrite=overwrite, repo_id=repo_id)
+        if repo_id is not None:
+            self.push_to_hub(repo_id, private=private, token=token)
+        return result
+
     # -- output ---------------------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
         """Everything `blockprune_config.json` and the model card record about how the model was pruned."""
@@ -519,6 +683,7 @@ class Pruner:
             "result": self.result.to_dict(),
             "blocks": [b.to_dict() for b in self.original_blocks],
             "fisher": fisher_info,
+            "distillation": self.distillation,
         }
 
     def save_pretrained(

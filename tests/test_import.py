@@ -14,6 +14,10 @@ def test_import_is_lean():
         "heavy = [m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert ob.Pruner.__name__ == 'Pruner' and 'torch' not in sys.modules\n"
+        "import optimum_blockprune.distillation as d\n"
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "d.distillation_loss\n"
+        "assert 'transformers' not in sys.modules  # the pure loss needs torch only\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True)
 

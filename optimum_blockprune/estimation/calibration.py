@@ -47,18 +47,23 @@ class CalibrationData:
 
     def batches(self, batch_size: int, pad_token_id: int) -> Iterator[dict[str, torch.Tensor]]:
         """Right-padded batches with `attention_mask`, and `labels` set to -100 on padding."""
-        import torch
-
         for start in range(0, len(self.samples), batch_size):
-            chunk = self.samples[start : start + batch_size]
-            width = max(len(s) for s in chunk)
-            input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, sample in enumerate(chunk):
-                input_ids[row, : len(sample)] = torch.tensor(sample, dtype=torch.long)
-                attention_mask[row, : len(sample)] = 1
-            labels = input_ids.masked_fill(attention_mask == 0, -100)
-            yield {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            yield pad_token_batch(self.samples[start : start + batch_size], pad_token_id)
+
+
+def pad_token_batch(samples: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad token lists into `input_ids`, `attention_mask` and `labels` (-100 on padding only, so a real
+    token equal to the pad id, such as an EOS used as padding, keeps its label)."""
+    import torch
+
+    width = max(len(s) for s in samples)
+    input_ids = torch.full((len(samples), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, sample in enumerate(samples):
+        input_ids[row, : len(sample)] = torch.as_tensor(sample, dtype=torch.long)
+        attention_mask[row, : len(sample)] = 1
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def _load_records(data: Any, config: BlockRemovalConfig) -> tuple[list[Any], str]:
@@ -145,11 +150,13 @@ def _render(record: Any, tokenizer, use_chat: bool | None) -> str:
     )
 
 
-def prepare_calibration_data(data: Any, tokenizer, config: BlockRemovalConfig) -> CalibrationData:
+def prepare_calibration_data(
+    data: Any, tokenizer, config: BlockRemovalConfig, *, num_samples: int | None = None
+) -> CalibrationData:
     """Load, render (chat template where asked), shuffle with `config.seed`, tokenise and truncate or pack.
 
-    Returns `config.num_calibration_samples` samples of at most `config.max_length` tokens each (fewer
-    samples if the data is smaller, with a warning).
+    Returns `config.num_calibration_samples` samples (or `num_samples`; `-1` for all the data gives) of at most
+    `config.max_length` tokens each (fewer samples if the data is smaller, with a warning).
 
     Raises:
         CalibrationDataError: the data cannot be read, has no usable column, or yields no tokens.
@@ -158,6 +165,9 @@ def prepare_calibration_data(data: Any, tokenizer, config: BlockRemovalConfig) -
         raise CalibrationDataError(
             "A tokenizer is needed to prepare text calibration data; pass `tokenizer=`."
         )
+    wanted = config.num_calibration_samples if num_samples is None else num_samples
+    if wanted < 0:
+        wanted = float("inf")
     records, source = _load_records(data, config)
     if config.shuffle:
         random.Random(config.seed).shuffle(records)
@@ -170,12 +180,12 @@ def prepare_calibration_data(data: Any, tokenizer, config: BlockRemovalConfig) -
         stream: list[int] = []
         for text in texts:
             stream.extend(tokenizer(text, add_special_tokens=add_special)["input_ids"] + separator)
-            while len(stream) >= config.max_length and len(samples) < config.num_calibration_samples:
+            while len(stream) >= config.max_length and len(samples) < wanted:
                 samples.append(stream[: config.max_length])
                 stream = stream[config.max_length :]
-            if len(samples) >= config.num_calibration_samples:
+            if len(samples) >= wanted:
                 break
-        if len(samples) < config.num_calibration_samples and len(stream) > 1:
+        if len(samples) < wanted and len(stream) > 1:
             samples.append(stream)
     else:
         for text in texts:
@@ -184,16 +194,12 @@ def prepare_calibration_data(data: Any, tokenizer, config: BlockRemovalConfig) -
             )["input_ids"]
             if len(ids) >= 2:  # one token has no next-token target
                 samples.append(ids)
-            if len(samples) >= config.num_calibration_samples:
+            if len(samples) >= wanted:
                 break
     if not samples:
         raise CalibrationDataError(
             f"The calibration data from {source} produced no sample with at least 2 tokens."
         )
-    if len(samples) < config.num_calibration_samples:
-        logger.warning(
-            "Only %d calibration samples are available (asked for `num_calibration_samples`=%d).",
-            len(samples),
-            config.num_calibration_samples,
-        )
+    if len(samples) < wanted != float("inf"):
+        logger.warning("Only %d calibration samples are available (asked for %d).", len(samples), wanted)
     return CalibrationData(samples=samples, source=source)
