@@ -548,16 +548,13 @@ class Pruner:
             The record kept in `self.distillation` (settings, steps, losses) and saved in `blockprune_config.json`
             and the model card.
         """
-        from .distillation import DistillationConfig, DistillationTrainer, PaddingCollator, merge_lora
+        from .distillation import DistillationTrainer, PaddingCollator, merge_lora
+        from .distillation.config import require_distillation_config
         from .distillation.data import tokenized_training_dataset
 
         if self.result is None:
             raise SurgeryError("Nothing has been pruned yet; call `prune` or `apply` before `distill`.")
-        if not isinstance(args, DistillationConfig):
-            raise ConfigurationError(
-                f"`args` must be a `DistillationConfig`, got {type(args).__name__}; build one with "
-                "`DistillationConfig(output_dir=..., learning_rate=..., max_steps=...)`."
-            )
+        require_distillation_config(args)
         if teacher is None:
             if not self.model_id:
                 raise ConfigurationError(
@@ -637,16 +634,12 @@ class Pruner:
         Everything that can be checked up front (the config against the model, the output directory, the
         training arguments) is checked before calibration.
         """
-        from .distillation import DistillationConfig
+        from .distillation.config import require_distillation_config
         from .hub import ensure_writable_directory
 
         self._refuse_if_pruned("prune_and_distill")
         self.check_config(config, applying=True)
-        if not isinstance(args, DistillationConfig):
-            raise ConfigurationError(
-                f"`args` must be a `DistillationConfig`, got {type(args).__name__}; build one with "
-                "`DistillationConfig(output_dir=..., learning_rate=..., max_steps=...)`."
-            )
+        require_distillation_config(args)
         if save_directory is not None:
             ensure_writable_directory(save_directory, overwrite)
         if teacher is None:

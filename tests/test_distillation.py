@@ -243,7 +243,7 @@ def test_trainer_refuses_bad_teachers_and_arguments(tmp_path, tokenizer):
 
     student, teacher = _pair()
     data = _dataset(tokenizer, TEXTS[:4])
-    with pytest.raises(TypeError, match="DistillationConfig"):
+    with pytest.raises(ConfigurationError, match="DistillationConfig"):
         DistillationTrainer(
             model=student, teacher=teacher, args=TrainingArguments(str(tmp_path)), train_dataset=data
         )

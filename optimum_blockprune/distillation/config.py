@@ -7,6 +7,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from ..errors import ConfigurationError
+
 
 @dataclass
 class DistillationConfig(TrainingArguments):
@@ -86,3 +88,13 @@ class DistillationConfig(TrainingArguments):
             "bf16": self.bf16,
             "seed": self.seed,
         }
+
+
+def require_distillation_config(args: Any) -> DistillationConfig:
+    """Refuse plain `TrainingArguments` (or anything else) where the distillation fields are needed."""
+    if not isinstance(args, DistillationConfig):
+        raise ConfigurationError(
+            f"`args` must be a `DistillationConfig` (TrainingArguments plus the distillation fields), got "
+            f"{type(args).__name__}. Build one with `DistillationConfig(output_dir=..., temperature=..., alpha=...)`."
+        )
+    return args

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 from transformers import Trainer
 
-from .config import DistillationConfig
+from .config import DistillationConfig, require_distillation_config
 from .loss import distillation_loss
 
 if TYPE_CHECKING:
@@ -72,11 +72,7 @@ class DistillationTrainer(Trainer):
         args: DistillationConfig | None = None,
         **kwargs: Any,
     ):
-        if not isinstance(args, DistillationConfig):
-            raise TypeError(
-                f"`args` must be a `DistillationConfig` (TrainingArguments plus the distillation fields), got "
-                f"{type(args).__name__}. Build one with `DistillationConfig(output_dir=..., temperature=..., alpha=...)`."
-            )
+        require_distillation_config(args)
         if teacher is None:
             raise ValueError(
                 "`teacher` is required: pass the unpruned model (or any model with the student's vocabulary), or its "
