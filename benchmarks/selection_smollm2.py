@@ -79,10 +79,10 @@ def main() -> None:
     import torch
     from scipy.stats import spearmanr
 
-    from optimum_blockprune import BlockRemovalConfig, prepare_calibration_data
+    from optimum_blockprune import BlockRemovalConfig
     from optimum_blockprune.demo import (
         CALIBRATION_PLAYS,
-        HELD_OUT_PLAYS,
+        held_out_data,
         load_smollm2_pruner,
         shakespeare_passages,
     )
@@ -95,10 +95,11 @@ def main() -> None:
     print(f"Loaded SmolLM2-135M-Instruct in {time.perf_counter() - start:.0f} s; device {args.device}")
     n = pruner.num_blocks
     calibration = shakespeare_passages(CALIBRATION_PLAYS, min_chars=4 * args.max_length)
-    held_out = prepare_calibration_data(
-        shakespeare_passages(HELD_OUT_PLAYS, min_chars=4 * args.max_length),
+    held_out = held_out_data(
         pruner.tokenizer,
-        BlockRemovalConfig(num_calibration_samples=args.eval_samples, max_length=args.max_length),
+        num_samples=args.eval_samples,
+        max_length=args.max_length,
+        min_chars=4 * args.max_length,
     )
     base = dict(
         num_calibration_samples=args.samples,

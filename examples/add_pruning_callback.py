@@ -17,10 +17,10 @@ import logging
 
 from transformers import Trainer, TrainingArguments
 
-from optimum_blockprune import BlockRemovalConfig, evaluate_perplexity, prepare_calibration_data
+from optimum_blockprune import BlockRemovalConfig, evaluate_perplexity
 from optimum_blockprune.demo import (
     CALIBRATION_PLAYS,
-    HELD_OUT_PLAYS,
+    held_out_data,
     load_smollm2_pruner,
     shakespeare_passages,
 )
@@ -49,11 +49,7 @@ def main(argv=None) -> dict:
     model, tokenizer = loaded.model, loaded.tokenizer
     data_config = BlockRemovalConfig(max_length=args.max_length, pack_samples=True)
     train = tokenized_training_dataset(shakespeare_passages(CALIBRATION_PLAYS), tokenizer, data_config)
-    held_out = prepare_calibration_data(
-        shakespeare_passages(HELD_OUT_PLAYS),
-        tokenizer,
-        BlockRemovalConfig(num_calibration_samples=32, max_length=args.max_length),
-    )
+    held_out = held_out_data(tokenizer, num_samples=32, max_length=args.max_length)
     training_args = TrainingArguments(
         output_dir=args.output_dir,
         max_steps=args.max_steps,

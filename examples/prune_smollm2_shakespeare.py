@@ -14,10 +14,11 @@ import argparse
 import logging
 import time
 
-from optimum_blockprune import BlockRemovalConfig, evaluate_perplexity, prepare_calibration_data
+from optimum_blockprune import BlockRemovalConfig, evaluate_perplexity
 from optimum_blockprune.demo import (
     CALIBRATION_PLAYS,
     HELD_OUT_PLAYS,
+    held_out_data,
     load_smollm2_pruner,
     shakespeare_passages,
 )
@@ -49,11 +50,7 @@ def main(argv=None) -> dict:
         max_length=args.max_length,
         batch_size=args.batch_size,
     )
-    held_out = prepare_calibration_data(
-        shakespeare_passages(HELD_OUT_PLAYS),
-        pruner.tokenizer,
-        BlockRemovalConfig(num_calibration_samples=args.num_eval_samples, max_length=args.max_length),
-    )
+    held_out = held_out_data(pruner.tokenizer, num_samples=args.num_eval_samples, max_length=args.max_length)
     pad = pruner.tokenizer.pad_token_id or 0
     before = evaluate_perplexity(pruner.model, held_out, batch_size=args.batch_size, pad_token_id=pad)
 

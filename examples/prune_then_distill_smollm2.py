@@ -19,10 +19,11 @@ import json
 import logging
 import time
 
-from optimum_blockprune import BlockRemovalConfig, evaluate_perplexity, prepare_calibration_data
+from optimum_blockprune import BlockRemovalConfig, evaluate_perplexity
 from optimum_blockprune.demo import (
     CALIBRATION_PLAYS,
     HELD_OUT_PLAYS,
+    held_out_data,
     load_smollm2_pruner,
     shakespeare_passages,
 )
@@ -59,11 +60,7 @@ def main(argv=None) -> dict:
         num_calibration_samples=args.num_calibration_samples,
         max_length=args.max_length,
     )
-    held_out = prepare_calibration_data(
-        shakespeare_passages(HELD_OUT_PLAYS),
-        pruner.tokenizer,
-        BlockRemovalConfig(num_calibration_samples=args.num_eval_samples, max_length=args.max_length),
-    )
+    held_out = held_out_data(pruner.tokenizer, num_samples=args.num_eval_samples, max_length=args.max_length)
     pad = pruner.pad_token_id
     perplexity = {"unpruned": evaluate_perplexity(pruner.model, held_out, pad_token_id=pad)}
 

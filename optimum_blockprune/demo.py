@@ -69,6 +69,19 @@ def shakespeare_passages(plays: tuple[str, ...], *, min_chars: int = 400, seed: 
     return passages
 
 
+def held_out_data(tokenizer, *, num_samples: int, max_length: int, min_chars: int = 400):
+    """The held-out evaluation set: `num_samples` tokenised passages (at most `max_length` tokens) from
+    `HELD_OUT_PLAYS`, which no calibration or training text comes from."""
+    from .config import BlockRemovalConfig
+    from .estimation.calibration import prepare_calibration_data
+
+    return prepare_calibration_data(
+        shakespeare_passages(HELD_OUT_PLAYS, min_chars=min_chars),
+        tokenizer,
+        BlockRemovalConfig(num_calibration_samples=num_samples, max_length=max_length),
+    )
+
+
 def load_smollm2_pruner(**kwargs):
     """A `Pruner` over SmolLM2-135M-Instruct in float32 (de-quantised from GGUF; saves as a plain checkpoint)."""
     import torch
