@@ -159,8 +159,14 @@ class BlockPruningCallback(TrainerCallback):
                 )
             return
         if record["removed_blocks"] is not None:
-            if not self.is_pruned:  # the weights were loaded some other way: check the structure at least
-                self._apply_record(record)
+            if not self.is_pruned:
+                # The pre-load hook did not see this checkpoint's weights, so they went into the unpruned
+                # structure; removing blocks now would keep the wrong ones.
+                raise SurgeryError(
+                    f"{checkpoint} holds a model pruned to blocks removed {record['removed_blocks']}, but its weights "
+                    "were not loaded through this callback. Resume with `trainer.train(resume_from_checkpoint=...)` "
+                    "on a Trainer built with this callback."
+                )
             return
         path = os.path.join(checkpoint, PARTIAL_FISHER_NAME.format(rank=args.process_index))
         if os.path.isfile(path):

@@ -162,13 +162,14 @@ class DistillationTrainer(Trainer):
                 break
         if not batches:
             return batches, None
+        # Summed as tensors on their device: `float(...)` per micro-batch would stall the GPU every time.
         counts = torch.zeros(2, dtype=torch.float64, device=device)
         for batch in batches:
             mask = batch.get("attention_mask")
-            counts[0] += float(mask.sum()) if mask is not None else float(batch["input_ids"].numel())
+            counts[0] += mask.sum().to(counts) if mask is not None else batch["input_ids"].numel()
             labels = batch.get("labels")
             if labels is not None:
-                counts[1] += float((labels[..., 1:] != -100).sum())
+                counts[1] += (labels[..., 1:] != -100).sum().to(counts)
         gathered = bool(self.args.average_tokens_across_devices and self.args.world_size > 1)
         if gathered:
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(dim=0)
