@@ -247,6 +247,18 @@ TEXTS = [
     "better three hours too soon than a minute too late.",
 ]
 
+# Trainer settings shared by the distillation and callback tests: tiny runs on the CPU, nothing reported.
+TINY_TRAINING = dict(
+    per_device_train_batch_size=4,
+    learning_rate=3e-3,
+    report_to="none",
+    use_cpu=True,
+    disable_tqdm=True,
+    save_strategy="no",
+    logging_steps=1,
+    seed=0,
+)
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<1>{{ message['role'] }}: {{ message['content'] }}<2>{% endfor %}"
 )

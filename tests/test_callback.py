@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TEXTS, build_tiny_model
+from conftest import TEXTS, TINY_TRAINING, build_tiny_model
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from optimum_blockprune import BlockRemovalConfig, estimate_fisher
@@ -27,19 +27,7 @@ def _data(tokenizer, pack=False):
 
 
 def _args(path, **overrides):
-    settings = dict(
-        output_dir=str(path),
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        max_steps=6,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-        data_seed=0,
-    )
+    settings = dict(TINY_TRAINING, output_dir=str(path), max_steps=6, data_seed=0)
     return TrainingArguments(**{**settings, **overrides})
 
 

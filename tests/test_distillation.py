@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEXTS, build_tiny_model
+from conftest import TEXTS, TINY_TRAINING, build_tiny_model
 from transformers import AutoModelForCausalLM
 
 from optimum_blockprune import BlockRemovalConfig, Pruner, remove_blocks
@@ -152,18 +152,7 @@ def test_config_validates_distillation_fields(tmp_path):
 
 # -- the trainer ---------------------------------------------------------------------------------------------------
 def _args(tmp_path, **overrides):
-    settings = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        learning_rate=3e-3,
-        max_steps=4,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        save_strategy="no",
-        logging_steps=1,
-        seed=0,
-    )
+    settings = dict(TINY_TRAINING, output_dir=str(tmp_path / "run"), max_steps=4)
     return DistillationConfig(**{**settings, **overrides})
 
 
