@@ -43,7 +43,9 @@ def _build(args):
         data = prepare_calibration_data(
             texts,
             tokenizer,
-            BlockRemovalConfig(num_calibration_samples=args.samples, max_length=args.seq_len),
+            **BlockRemovalConfig(
+                num_calibration_samples=args.samples, max_length=args.seq_len
+            ).calibration_options(),
         )
     else:
         from transformers import LlamaConfig, LlamaForCausalLM

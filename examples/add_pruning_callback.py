@@ -48,7 +48,9 @@ def main(argv=None) -> dict:
     loaded = load_smollm2_pruner()  # SmolLM2 from pip (GGUF, de-quantised); any AutoModelForCausalLM works
     model, tokenizer = loaded.model, loaded.tokenizer
     data_config = BlockRemovalConfig(max_length=args.max_length, pack_samples=True)
-    train = tokenized_training_dataset(shakespeare_passages(CALIBRATION_PLAYS), tokenizer, data_config)
+    train = tokenized_training_dataset(
+        shakespeare_passages(CALIBRATION_PLAYS), tokenizer, **data_config.calibration_options(num_samples=-1)
+    )
     held_out = held_out_data(tokenizer, num_samples=32, max_length=args.max_length)
     training_args = TrainingArguments(
         output_dir=args.output_dir,

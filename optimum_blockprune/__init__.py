@@ -20,6 +20,17 @@ _EXPORTS = {
     "CouplingGates": "estimation.gates",
     "estimate_fisher": "estimation.fisher",
     "prepare_calibration_data": "estimation.calibration",
+    "Selection": "selection",
+    "RankingMethod": "methods",
+    "RankingContext": "methods",
+    "register_method": "methods",
+    "available_methods": "methods",
+    "Energy": "energies",
+    "register_energy": "energies",
+    "available_energies": "energies",
+    "Solver": "solvers",
+    "register_solver": "solvers",
+    "available_solvers": "solvers",
     "QUBO": "qubo",
     "CardinalityProblem": "qubo",
     "solve_ranking": "solvers",
@@ -64,6 +75,7 @@ if TYPE_CHECKING:
     from .distillation.config import DistillationConfig
     from .distillation.loss import distillation_loss
     from .distillation.trainer import DistillationTrainer
+    from .energies import Energy, available_energies, register_energy
     from .errors import (
         BlockPruneError,
         BlockPruneWarning,
@@ -77,8 +89,10 @@ if TYPE_CHECKING:
     from .estimation.fisher import FisherEstimate, estimate_fisher
     from .estimation.gates import CouplingGates
     from .evaluation import evaluate_perplexity
+    from .methods import RankingContext, RankingMethod, available_methods, register_method
     from .pruner import Pruner
     from .qubo import QUBO, CardinalityProblem
     from .result import PruningResult, RankedState, Ranking
-    from .solvers import solve_ranking
+    from .selection import Selection
+    from .solvers import Solver, available_solvers, register_solver, solve_ranking
     from .surgery import remove_blocks

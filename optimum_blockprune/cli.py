@@ -25,6 +25,12 @@ _CHOICES = {
     for name, hint in get_type_hints(BlockRemovalConfig).items()
     if get_origin(hint) is Literal
 }
+# Fields whose choices are a registry's names (read when the parser is built, so a newly registered entry is there).
+_REGISTRY_CHOICES = {
+    "method": ("optimum_blockprune.methods", "available_methods", "get_method"),
+    "energy": ("optimum_blockprune.energies", "available_energies", "get_energy"),
+    "solver": ("optimum_blockprune.solvers", "available_solvers", None),
+}
 # Fields whose default (None) does not reveal their type.
 _TYPES = {"min_parameters_removed": float, "max_parameters_removed": float, "dataset_config_name": str}
 
@@ -77,11 +83,27 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Sequence[s
             kwargs["action"] = argparse.BooleanOptionalAction
         elif field.name in _CHOICES:
             kwargs["choices"] = _CHOICES[field.name]
+        elif field.name in _REGISTRY_CHOICES:
+            kwargs["choices"], described = _registry_choices(field.name)
+            kwargs["help"] = f"{kwargs['help']} Registered: {described}."
         elif field.name in _TYPES:
             kwargs["type"] = _TYPES[field.name]
         elif isinstance(default, (int, float)):
             kwargs["type"] = type(default)
         group.add_argument(option, **kwargs)
+
+
+def _registry_choices(name: str) -> tuple[list[str], str]:
+    """The registered names for a field, and their one-line descriptions for the help text."""
+    import importlib
+
+    module_name, list_names, get_entry = _REGISTRY_CHOICES[name]
+    module = importlib.import_module(module_name)
+    names = getattr(module, list_names)()
+    if get_entry is None:
+        return names, ", ".join(names)
+    entries = [getattr(module, get_entry)(n) for n in names]
+    return names, "; ".join(f"{e.name}: {e.description}" for e in entries)
 
 
 def config_from_args(args: argparse.Namespace) -> BlockRemovalConfig:
@@ -105,8 +127,9 @@ def _add_dataset_argument(parser: argparse.ArgumentParser, required: bool) -> No
     parser.add_argument(
         "--dataset",
         required=required,
-        help="Calibration data: a local file (.txt/.json/.jsonl/.csv/.parquet), a dataset directory, or a Hub "
-        "dataset name (see --dataset-split, --dataset-config-name, --text-column).",
+        help="Calibration data: a local file (.txt/.json/.jsonl/.csv/.parquet; .jsonl/.json records may hold "
+        "`input_ids` token ids, which need no tokenizer), a dataset directory, or a Hub dataset name (see "
+        "--dataset-split, --dataset-config-name, --text-column).",
     )
 
 
@@ -152,7 +175,7 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
             "contiguous",
             "num_states",
             "selected_state",
-            "first_order",
+            "energy",
             "solver",
             "solver_time_limit_s",
             "method",
@@ -194,7 +217,7 @@ def _load_pruner(args: argparse.Namespace):
 
 def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalConfig) -> None:
     """Fail before loading the model when the method or the selection needs data that was not given."""
-    from .baselines import needs_calibration_data
+    from .selection import needs_calibration_data
 
     if args.dataset is not None or not needs_calibration_data(
         config, has_fisher=args.fisher_file is not None
@@ -237,18 +260,19 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def run_rank(args: argparse.Namespace) -> int:
     from .estimation import FisherEstimate
-    from .pruner import rank_from_fisher
+    from .selection import needs_calibration_data, rank_from_fisher
 
     config = config_from_args(args)
     _require_data(args, "rank", config)
     fisher = FisherEstimate.load(args.fisher_file) if args.fisher_file else None
-    if fisher is not None and config.method == "cbo" and config.selection == "ground":
+    if fisher is not None and not needs_calibration_data(config, has_fisher=True):
         ranking = rank_from_fisher(fisher, config)  # no model needed
     else:
         if args.model is None:
             raise BlockPruneError(
-                f"`rank` needs a MODEL for --method {config.method} --selection {config.selection} (only the CBO "
-                "energy ranking can be read from `--fisher-file` alone)."
+                f"`rank` needs a MODEL for --method {config.method} --selection {config.selection} (only methods "
+                "that read nothing but the Fisher, such as 'cbo' with `selection='ground'`, rank from "
+                "`--fisher-file` alone)."
             )
         pruner = _load_pruner(args)
         pruner.select(config, args.dataset, fisher=fisher)

@@ -16,26 +16,11 @@ CONFIG_NAME = "blockprune_config.json"
 
 FisherType = Literal["auto", "empirical", "model", "output"]
 Granularity = Literal["block", "sublayer"]
-SolverName = Literal["auto", "exact", "enumerate", "anneal", "local_search"]
-#: "cbo" is the paper's method; the others are the baselines of `optimum_blockprune.baselines`.
-Method = Literal[
-    "cbo",
-    "block_influence",
-    "block_influence_iterative",
-    "angular_distance",
-    "sleb",
-    "taylor",
-    "fisher_diagonal",
-    "norm_ratio",
-    "last_blocks",
-]
 Selection = Literal["ground", "auto"]
 SelectionMetric = Literal["kl", "loss"]
 
 FISHER_TYPES = get_args(FisherType)
 GRANULARITIES = get_args(Granularity)
-SOLVERS = get_args(SolverName)
-METHODS = get_args(Method)
 SELECTIONS = get_args(Selection)
 SELECTION_METRICS = get_args(SelectionMetric)
 
@@ -81,14 +66,21 @@ class BlockRemovalConfig:
         default=0,
         metadata={"help": "Which ranked state `prune` applies: 0 is the ground state (the paper's CBO:0)."},
     )
-    method: Method = field(
+    method: str = field(
         default="cbo",
         metadata={
-            "help": "How blocks are ranked. 'cbo': the QUBO energy (this library). Baselines: "
-            "'block_influence' (ShortGPT, 1 - cos(h_in, h_out)), 'block_influence_iterative' (recomputed after "
-            "each removal), 'angular_distance' (Gromov et al.: one contiguous window), 'sleb' (greedy: remove "
-            "the block whose removal raises calibration loss least, repeat), 'taylor' (|g_i|), "
-            "'fisher_diagonal' (H_ii), 'norm_ratio' (||h_out|| / ||h_in||), 'last_blocks' (drop the last blocks)."
+            "help": "How blocks are ranked: a registered method (`optimum_blockprune.methods`). 'cbo' minimises "
+            "the QUBO `energy` (this library); the baselines are 'block_influence' (ShortGPT), "
+            "'block_influence_iterative', 'angular_distance' (Gromov et al.), 'sleb', 'taylor', "
+            "'fisher_diagonal', 'norm_ratio', 'last_blocks'. `available_methods()` lists them all."
+        },
+    )
+    energy: str = field(
+        default="paper",
+        metadata={
+            "help": "What `method='cbo'` minimises: a registered energy (`optimum_blockprune.energies`). 'paper': "
+            "xᵀHx with H the Fisher of per-sample gate gradients; 'first_order': xᵀHx − 2gᵀx (adds the "
+            "first-order term the paper drops). `available_energies()` lists them all."
         },
     )
     selection: Selection = field(
@@ -157,12 +149,6 @@ class BlockRemovalConfig:
         default_factory=dict,
         metadata={"help": "Remove at least this many blocks of a kind, e.g. {'moe': 2}."},
     )
-    first_order: bool = field(
-        default=False,
-        metadata={
-            "help": "Add the first-order term -2 g^T x to the energy (the paper assumes g = 0 and drops it)."
-        },
-    )
     text_column: str = field(
         default="text",
         metadata={"help": "Column holding raw text when calibration data is a dataset or data file."},
@@ -218,12 +204,13 @@ class BlockRemovalConfig:
             "help": "Remove one contiguous run of blocks (to compare with contiguous-window baselines)."
         },
     )
-    solver: SolverName = field(
+    solver: str = field(
         default="auto",
         metadata={
-            "help": "'exact': branch and bound, certified k lowest states; 'enumerate': all C(N, M) states; "
-            "'anneal': swap-move simulated annealing; 'local_search': swap descent; 'auto': exact under "
-            "`solver_time_limit_s`, falling back to anneal (then marked not proven)."
+            "help": "A registered solver (`optimum_blockprune.solvers`). 'exact': branch and bound, certified k "
+            "lowest states; 'enumerate': all C(N, M) states; 'anneal': swap-move simulated annealing; "
+            "'local_search': swap descent; 'tabu', 'dimod_sa' (extra [dimod]), 'gurobi' (extra [gurobi]); "
+            "'auto': exact under `solver_time_limit_s`, falling back to anneal (then marked not proven)."
         },
     )
     solver_time_limit_s: float = field(
@@ -316,8 +303,13 @@ class BlockRemovalConfig:
             self.granularity in GRANULARITIES,
             f"`granularity` must be one of {list(GRANULARITIES)}, got {self.granularity!r}.",
         )
-        _check(self.solver in SOLVERS, f"`solver` must be one of {list(SOLVERS)}, got {self.solver!r}.")
-        _check(self.method in METHODS, f"`method` must be one of {list(METHODS)}, got {self.method!r}.")
+        from .energies import get_energy
+        from .methods import get_method
+        from .solvers import solver_class
+
+        method = get_method(self.method)
+        get_energy(self.energy)
+        solver_class(self.solver).check_available()
         _check(
             self.selection in SELECTIONS,
             f"`selection` must be one of {list(SELECTIONS)}, got {self.selection!r}.",
@@ -332,8 +324,9 @@ class BlockRemovalConfig:
             "measured one; set `selection='ground'` to apply a chosen state, or leave `selected_state` at 0.",
         )
         _check(
-            self.method == "cbo" or self.granularity == "block",
-            f"`method`={self.method!r} ranks whole blocks; use `granularity='block'` (sublayer scores are CBO only).",
+            method.sublayers or self.granularity == "block",
+            f"`method`={self.method!r} ranks whole blocks; use `granularity='block'` (sublayer scores need a "
+            "method that ranks sublayers, such as 'cbo').",
         )
         _check(
             self.apply_chat_template in (None, True, False),
@@ -366,6 +359,21 @@ class BlockRemovalConfig:
             "or remove fewer.",
         )
 
+    def calibration_options(self, num_samples: int | None = None) -> dict[str, Any]:
+        """The keyword arguments of `prepare_calibration_data` this config sets (`num_samples` overrides
+        `num_calibration_samples`)."""
+        return {
+            "num_samples": self.num_calibration_samples if num_samples is None else num_samples,
+            "max_length": self.max_length,
+            "text_column": self.text_column,
+            "apply_chat_template": self.apply_chat_template,
+            "pack_samples": self.pack_samples,
+            "shuffle": self.shuffle,
+            "seed": self.seed,
+            "dataset_split": self.dataset_split,
+            "dataset_config_name": self.dataset_config_name,
+        }
+
     # -- serialisation -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -377,6 +385,9 @@ class BlockRemovalConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BlockRemovalConfig:
         known = {f.name for f in fields(cls)}
+        data = dict(data)
+        if "first_order" in data:  # configs saved before energies were registered: a flag for the energy
+            data.setdefault("energy", "first_order" if data.pop("first_order") else "paper")
         unknown = sorted(set(data) - known - {"library_version"})
         if unknown:
             raise ConfigurationError(

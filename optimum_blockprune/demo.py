@@ -72,13 +72,13 @@ def shakespeare_passages(plays: tuple[str, ...], *, min_chars: int = 400, seed: 
 def held_out_data(tokenizer, *, num_samples: int, max_length: int, min_chars: int = 400):
     """The held-out evaluation set: `num_samples` tokenised passages (at most `max_length` tokens) from
     `HELD_OUT_PLAYS`, which no calibration or training text comes from."""
-    from .config import BlockRemovalConfig
     from .estimation.calibration import prepare_calibration_data
 
     return prepare_calibration_data(
         shakespeare_passages(HELD_OUT_PLAYS, min_chars=min_chars),
         tokenizer,
-        BlockRemovalConfig(num_calibration_samples=num_samples, max_length=max_length),
+        num_samples=num_samples,
+        max_length=max_length,
     )
 
 

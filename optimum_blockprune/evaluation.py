@@ -6,7 +6,6 @@ token t + 1 is real, so padding, batch size and sample order never change a valu
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,20 +22,18 @@ if TYPE_CHECKING:
 
 
 def _as_calibration_data(data: Any, tokenizer, max_length: int) -> CalibrationData:
-    from .config import BlockRemovalConfig
     from .estimation.calibration import CalibrationData, prepare_calibration_data
 
     if isinstance(data, CalibrationData):
         return data
     if isinstance(data, str) or not isinstance(data, Sequence):
         raise TypeError(
-            f"`data` must be a list of texts or `CalibrationData`, got {type(data).__name__}. Wrap a single text "
-            "in a list."
+            f"`data` must be a list of texts or token ids, or `CalibrationData`, got {type(data).__name__}. Wrap a "
+            "single text in a list."
         )
-    config = BlockRemovalConfig(
-        num_calibration_samples=len(data), max_length=max_length, shuffle=False, show_progress=False
+    return prepare_calibration_data(
+        list(data), tokenizer, num_samples=len(data), max_length=max_length, shuffle=False
     )
-    return prepare_calibration_data(list(data), tokenizer, config)
 
 
 def evaluate_removals(
@@ -63,19 +60,15 @@ def evaluate_removals(
     Raises:
         ValueError: unknown `metric`, a model without next-token logits, or gates that do not remove blocks.
     """
-    import torch
     import torch.nn.functional as F
 
     from .architectures import get_adapter
-    from .estimation.fisher import next_token_targets
-    from .estimation.gates import CouplingGates
-    from .utils import progress_bar
+    from .estimation.forward import GatedForward, next_token_targets
 
     if metric not in SELECTION_METRICS:
         raise ValueError(f"`metric` must be one of {list(SELECTION_METRICS)}, got {metric!r}.")
     removals = [tuple(int(i) for i in removal) for removal in removals]
     needs_gates = metric == "kl" or any(removals)
-    gates = None
     if needs_gates:
         adapter = adapter or get_adapter(model)
         if adapter.task != "causal-lm":
@@ -88,43 +81,36 @@ def evaluate_removals(
                 f"A gate at 0 is not the block removed in `{adapter.model_type}` models, so removals cannot be "
                 "evaluated through gates; apply them to a copy instead."
             )
-        gates = CouplingGates(model, adapter, granularity=granularity)
-    device = next(model.parameters()).device
     totals = np.zeros(len(removals), dtype=np.float64)
     num_tokens = 0
-    was_training = model.training
-    model.eval()
-    try:
-        with (
-            torch.no_grad(),
-            gates if gates is not None else contextlib.nullcontext(),
-            progress_bar(
-                total=data.num_samples, desc="Evaluating", enabled=show_progress, unit="sample"
-            ) as bar,
-        ):
-            for batch in data.batches(batch_size, pad_token_id):
-                targets = next_token_targets(batch.pop("labels")).to(device)
-                inputs = {k: v.to(device) for k, v in batch.items()}
-                real = targets != -100
-                reference = None
-                if metric == "kl":
-                    gates.alpha = None
-                    reference = F.log_softmax(model(**inputs, use_cache=False).logits[real].float(), dim=-1)
-                for k, removal in enumerate(removals):
-                    if gates is not None:
-                        alpha = torch.ones(gates.num_gates, device=device)
-                        alpha[list(removal)] = 0.0
-                        gates.alpha = alpha
-                    logits = model(**inputs, use_cache=False).logits[real].float()
-                    if metric == "loss":
-                        totals[k] += float(F.cross_entropy(logits, targets[real], reduction="sum"))
-                    else:
-                        log_q = F.log_softmax(logits, dim=-1)
-                        totals[k] += float(F.kl_div(log_q, reference, log_target=True, reduction="sum"))
-                num_tokens += int(real.sum())
-                bar.update(targets.shape[0])
-    finally:
-        model.train(was_training)
+    with GatedForward(
+        model,
+        data,
+        adapter=adapter,
+        granularity=granularity,
+        gates=needs_gates,
+        batch_size=batch_size,
+        pad_token_id=pad_token_id,
+        show_progress=show_progress,
+        desc="Evaluating",
+    ) as run:
+        for batch in run:
+            targets = next_token_targets(batch["labels"])
+            real = targets != -100
+            reference = None
+            if metric == "kl":
+                run.gates.alpha = None
+                reference = F.log_softmax(run.logits(batch)[real].float(), dim=-1)
+            for k, removal in enumerate(removals):
+                if run.gates is not None:
+                    run.set_removed(removal)
+                logits = run.logits(batch)[real].float()
+                if metric == "loss":
+                    totals[k] += float(F.cross_entropy(logits, targets[real], reduction="sum"))
+                else:
+                    log_q = F.log_softmax(logits, dim=-1)
+                    totals[k] += float(F.kl_div(log_q, reference, log_target=True, reduction="sum"))
+            num_tokens += int(real.sum())
     if num_tokens == 0:
         raise ValueError("The evaluation data has no sample with at least 2 tokens.")
     return totals / num_tokens

@@ -39,6 +39,43 @@ def ensure_writable_directory(path: str | os.PathLike, overwrite: bool) -> None:
         )
 
 
+def pruning_provenance(
+    *,
+    model_id: str | None,
+    adapter: Any,
+    config: Any,
+    result: Any,
+    blocks: list[Any],
+    fisher: Any = None,
+    distillation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything `blockprune_config.json` and the model card record about how a model was pruned: the model,
+    the config, the method's and energy's names and one-line descriptions (from their registries), the result
+    with its ranking, the blocks, the Fisher's settings (when one was used) and any retraining."""
+    from .energies import get_energy
+    from .methods import get_method
+
+    method = get_method(config.method) if config is not None else None
+    ranked = result.ranking is not None
+    return {
+        "base_model": model_id,
+        "model_type": adapter.model_type,
+        "pipeline_tag": adapter.task_info.pipeline_tag,
+        "auto_class": adapter.task_info.auto_class,
+        "config": config.to_dict() if config is not None else None,
+        "method": method.info(config) if method is not None and ranked else None,
+        "energy": get_energy(config.energy).info()
+        if method is not None and ranked and method.uses_energy
+        else None,
+        "result": result.to_dict(),
+        "blocks": [b.to_dict() for b in blocks],
+        "fisher": {k: v for k, v in fisher.metadata.items() if k != "blocks"}
+        if fisher is not None and ranked
+        else None,
+        "distillation": distillation,
+    }
+
+
 def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) -> str:
     """Render the package's model-card template (YAML metadata + energy-ranking table) from provenance."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -77,8 +114,9 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         ranking=ranking,
         ranking_table=ranking.to_markdown(selected_rank=result.get("selected_rank")) if ranking else "",
         fisher=provenance.get("fisher"),
+        method=provenance.get("method"),
+        energy=provenance.get("energy"),
         distillation=provenance.get("distillation"),
-        first_order=(provenance.get("config") or {}).get("first_order", False),
         library_version=__version__,
         auto_class=provenance.get("auto_class") or "AutoModelForCausalLM",
     )

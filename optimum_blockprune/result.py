@@ -52,12 +52,13 @@ class Ranking:
     solver: str
     proven: bool
     solve_time_s: float
-    first_order: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     granularity: str = "block"
     kinds: tuple[str, ...] = ()  # the kind of every variable (block or sublayer), when known
-    method: str = "cbo"  # "cbo" or a baseline (see `optimum_blockprune.baselines.METHODS`)
+    method: str = "cbo"  # the registered method that ranked (`optimum_blockprune.methods`)
+    label: str = "CBO"  # how states are named in tables: label:rank (the paper's CBO:k)
     objective: str = "energy"  # what `RankedState.energy` holds for this method
+    energy_name: str | None = None  # the registered energy minimised, for methods that minimise one
     selection_metric: str | None = None  # "kl" or "loss" when states were scored by `selection="auto"`
 
     def __len__(self) -> int:
@@ -72,11 +73,6 @@ class Ranking:
     @property
     def ground_state(self) -> RankedState:
         return self.states[0]
-
-    @property
-    def label(self) -> str:
-        """How states are named in tables: "CBO" (the paper's CBO:k) or the baseline's name."""
-        return "CBO" if self.method == "cbo" else self.method
 
     def best_scored(self) -> RankedState:
         """The evaluated state with the lowest measured score (ties: the lower rank)."""
@@ -94,12 +90,13 @@ class Ranking:
             "solver": self.solver,
             "proven": self.proven,
             "solve_time_s": self.solve_time_s,
-            "first_order": self.first_order,
             "stats": dict(self.stats),
             "granularity": self.granularity,
             "kinds": list(self.kinds),
             "method": self.method,
+            "label": self.label,
             "objective": self.objective,
+            "energy_name": self.energy_name,
             "selection_metric": self.selection_metric,
         }
 
@@ -113,12 +110,13 @@ class Ranking:
             solver=data["solver"],
             proven=bool(data["proven"]),
             solve_time_s=float(data["solve_time_s"]),
-            first_order=bool(data.get("first_order", False)),
             stats=dict(data.get("stats", {})),
             granularity=data.get("granularity", "block"),
             kinds=tuple(data.get("kinds", ())),
             method=data.get("method", "cbo"),
+            label=data.get("label") or data.get("method", "CBO"),
             objective=data.get("objective", "energy"),
+            energy_name=data.get("energy_name"),
             selection_metric=data.get("selection_metric"),
         )
 
@@ -150,7 +148,8 @@ class Ranking:
 
     def __str__(self) -> str:
         header = (
-            f"{len(self)} {'lowest-energy' if self.method == 'cbo' else self.method} states removing {self.num_blocks_to_remove} of {self.num_blocks} "
+            f"{len(self)} {self.label} states (lowest {self.objective} first) removing {self.num_blocks_to_remove} "
+            f"of {self.num_blocks} "
             f"{'sublayers' if self.granularity == 'sublayer' else 'blocks'} "
             f"(solver: {self.solver}, {'proven' if self.proven else 'not proven'}, {self.solve_time_s:.3f} s)"
         )

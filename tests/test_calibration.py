@@ -14,7 +14,7 @@ from optimum_blockprune import BlockRemovalConfig, CalibrationDataError, prepare
 def _config(**overrides):
     return BlockRemovalConfig(
         **{"num_calibration_samples": 4, "max_length": 32, "shuffle": False, **overrides}
-    )
+    ).calibration_options()
 
 
 def _decoded(tokenizer, data):
@@ -22,7 +22,7 @@ def _decoded(tokenizer, data):
 
 
 def test_list_of_strings_truncated_to_max_length(tokenizer):
-    data = prepare_calibration_data(TEXTS, tokenizer, _config(max_length=10))
+    data = prepare_calibration_data(TEXTS, tokenizer, **_config(max_length=10))
     assert data.num_samples == 4 and all(len(s) == 10 for s in data.samples)
     assert data.samples[0][0] == tokenizer.bos_token_id
     assert data.source == "list"
@@ -30,46 +30,46 @@ def test_list_of_strings_truncated_to_max_length(tokenizer):
 
 def test_dataset_text_column_and_messages_with_chat_template(tokenizer):
     texts = prepare_calibration_data(
-        datasets.Dataset.from_dict({"body": TEXTS}), tokenizer, _config(text_column="body")
+        datasets.Dataset.from_dict({"body": TEXTS}), tokenizer, **_config(text_column="body")
     )
     assert _decoded(tokenizer, texts)[0].startswith("<1>the quick")
     messages = [[{"role": "user", "content": t}, {"role": "assistant", "content": "ok"}] for t in TEXTS]
     chat = prepare_calibration_data(
-        datasets.Dataset.from_dict({"messages": messages}), tokenizer, _config(max_length=200)
+        datasets.Dataset.from_dict({"messages": messages}), tokenizer, **_config(max_length=200)
     )
     first = _decoded(tokenizer, chat)[0]
     assert first.startswith("<1>user: the quick") and "<1>assistant: ok<2>" in first
     assert not first.startswith("<1><1>"), "special tokens must not be added twice to a rendered template"
-    as_list = prepare_calibration_data(messages, tokenizer, _config(max_length=200))
+    as_list = prepare_calibration_data(messages, tokenizer, **_config(max_length=200))
     assert as_list.samples == chat.samples
 
 
 def test_missing_column_and_missing_chat_template_are_explained(tokenizer):
     with pytest.raises(CalibrationDataError, match="no `text` column .*columns: \\['body'\\]"):
-        prepare_calibration_data(datasets.Dataset.from_dict({"body": TEXTS}), tokenizer, _config())
+        prepare_calibration_data(datasets.Dataset.from_dict({"body": TEXTS}), tokenizer, **_config())
     plain = tokenizer.__class__(
         tokenizer_object=tokenizer.backend_tokenizer, bos_token="<1>", eos_token="<2>"
     )
     with pytest.raises(CalibrationDataError, match="no `chat_template`"):
-        prepare_calibration_data([[{"role": "user", "content": "hi"}]], plain, _config())
+        prepare_calibration_data([[{"role": "user", "content": "hi"}]], plain, **_config())
     with pytest.raises(CalibrationDataError, match="empty list"):
-        prepare_calibration_data([], tokenizer, _config())
+        prepare_calibration_data([], tokenizer, **_config())
     with pytest.raises(CalibrationDataError, match="not supported"):
-        prepare_calibration_data(42, tokenizer, _config())
+        prepare_calibration_data(42, tokenizer, **_config())
 
 
 def test_local_files(tokenizer, tmp_path):
     txt = tmp_path / "play.txt"
     txt.write_text("\n\n".join(TEXTS))
-    document = prepare_calibration_data(str(txt), tokenizer, _config(max_length=400))
+    document = prepare_calibration_data(str(txt), tokenizer, **_config(max_length=400))
     assert document.num_samples == 1 and document.source == "file:play.txt"  # a .txt file is one document
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
-    records = prepare_calibration_data(jsonl, tokenizer, _config())
-    assert records.samples == prepare_calibration_data(TEXTS, tokenizer, _config()).samples
+    records = prepare_calibration_data(jsonl, tokenizer, **_config())
+    assert records.samples == prepare_calibration_data(TEXTS, tokenizer, **_config()).samples
     with pytest.raises(CalibrationDataError, match="unsupported extension"):
         (tmp_path / "data.xml").write_text("<a/>")
-        prepare_calibration_data(str(tmp_path / "data.xml"), tokenizer, _config())
+        prepare_calibration_data(str(tmp_path / "data.xml"), tokenizer, **_config())
 
 
 def test_dataset_repository_layout_uses_the_hub_loader(tokenizer, tmp_path):
@@ -78,7 +78,7 @@ def test_dataset_repository_layout_uses_the_hub_loader(tokenizer, tmp_path):
     (repo / "data").mkdir(parents=True)
     (repo / "data" / "train.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS[:6]))
     (repo / "data" / "validation.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS[6:]))
-    data = prepare_calibration_data(str(repo), tokenizer, _config(dataset_split="validation"))
+    data = prepare_calibration_data(str(repo), tokenizer, **_config(dataset_split="validation"))
     assert _decoded(tokenizer, data)[0].startswith("<1>" + TEXTS[6][:20])
     assert data.source == "local:user__calibration"
 
@@ -87,25 +87,25 @@ def test_unreachable_hub_name_fails_clearly(tokenizer):
     with pytest.raises(
         CalibrationDataError, match="Could not load calibration dataset 'nobody/nothing-here'"
     ):
-        prepare_calibration_data("nobody/nothing-here", tokenizer, _config())
+        prepare_calibration_data("nobody/nothing-here", tokenizer, **_config())
 
 
 def test_shuffle_is_seeded(tokenizer):
-    a = prepare_calibration_data(TEXTS, tokenizer, _config(shuffle=True, seed=1))
-    b = prepare_calibration_data(TEXTS, tokenizer, _config(shuffle=True, seed=1))
-    c = prepare_calibration_data(TEXTS, tokenizer, _config(shuffle=True, seed=2))
+    a = prepare_calibration_data(TEXTS, tokenizer, **_config(shuffle=True, seed=1))
+    b = prepare_calibration_data(TEXTS, tokenizer, **_config(shuffle=True, seed=1))
+    c = prepare_calibration_data(TEXTS, tokenizer, **_config(shuffle=True, seed=2))
     assert a.fingerprint == b.fingerprint != c.fingerprint
     every = _config(shuffle=False, num_calibration_samples=len(TEXTS))
-    unshuffled = prepare_calibration_data(TEXTS, tokenizer, every).samples
+    unshuffled = prepare_calibration_data(TEXTS, tokenizer, **every).samples
     shuffled = prepare_calibration_data(
-        TEXTS, tokenizer, _config(shuffle=True, seed=1, num_calibration_samples=len(TEXTS))
+        TEXTS, tokenizer, **_config(shuffle=True, seed=1, num_calibration_samples=len(TEXTS))
     ).samples
     assert shuffled != unshuffled and sorted(shuffled) == sorted(unshuffled)
 
 
 def test_packing_cuts_full_windows(tokenizer):
     data = prepare_calibration_data(
-        TEXTS, tokenizer, _config(pack_samples=True, max_length=16, num_calibration_samples=10)
+        TEXTS, tokenizer, **_config(pack_samples=True, max_length=16, num_calibration_samples=10)
     )
     assert data.num_samples == 10 and all(len(s) == 16 for s in data.samples)
     flat = [t for s in data.samples for t in s]
@@ -113,7 +113,7 @@ def test_packing_cuts_full_windows(tokenizer):
 
 
 def test_batches_pad_and_mask(tokenizer):
-    data = prepare_calibration_data(["ab", "abcdef"], tokenizer, _config())
+    data = prepare_calibration_data(["ab", "abcdef"], tokenizer, **_config())
     batch = next(data.batches(2, pad_token_id=0))
     assert batch["input_ids"].shape == (2, 7)
     assert batch["attention_mask"].sum(1).tolist() == [3, 7]

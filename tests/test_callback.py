@@ -23,7 +23,9 @@ CONFIG = BlockRemovalConfig(num_blocks_to_remove=2, show_progress=False)
 
 def _data(tokenizer, pack=False):
     config = BlockRemovalConfig(max_length=16 if pack else 32, pack_samples=pack, shuffle=False)
-    return tokenized_training_dataset(TEXTS, tokenizer, config, num_samples=8 if pack else None)
+    return tokenized_training_dataset(
+        TEXTS, tokenizer, **config.calibration_options(num_samples=8 if pack else -1)
+    )
 
 
 def _args(path, **overrides):

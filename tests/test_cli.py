@@ -87,7 +87,9 @@ def test_rank_prints_and_leaves_the_model_alone(tiny_model_dir, calibration_file
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "5 lowest-energy states removing 3 of 6 blocks" in printed and "CBO:4" in printed
+    assert (
+        "5 CBO states (lowest energy (paper) first) removing 3 of 6 blocks" in printed and "CBO:4" in printed
+    )
     ranking = json.loads((tmp_path / "ranking.json").read_text())
     assert len(ranking["states"]) == 5 and ranking["proven"]
     assert _digest(tiny_model_dir) == before

@@ -28,7 +28,12 @@ from optimum_blockprune.version import __version__
             {"min_removed_per_kind": {"moe": 3}, "max_removed_per_kind": {"moe": 1}},
             "`min_removed_per_kind` exceeds `max_removed_per_kind` for {'moe': (3, 1)}",
         ),
-        ({"solver": "gurobi"}, "`solver` must be one of"),
+        ({"solver": "quantum"}, "`solver`='quantum' is not registered; choose one of"),
+        ({"method": "shortgpt"}, "`method`='shortgpt' is not a registered method; choose one of"),
+        (
+            {"energy": "exact_loss"},
+            "`energy`='exact_loss' is not a registered energy; choose one of ['first_order'",
+        ),
         ({"protected_blocks": 3}, "`protected_blocks` must be a sequence"),
         ({"protected_blocks": [-1]}, "non-negative"),
         ({"selected_state": 20}, "`selected_state` must be an integer in [0, num_states=20)"),
@@ -63,7 +68,7 @@ def test_model_dependent_checks():
 
 def test_round_trip(tmp_path):
     config = BlockRemovalConfig(
-        num_blocks_to_remove=3, protected_blocks=[5, 0, 0], fisher="model", first_order=True
+        num_blocks_to_remove=3, protected_blocks=[5, 0, 0], fisher="model", energy="first_order"
     )
     assert config.protected_blocks == (0, 5)
     assert BlockRemovalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -71,6 +76,31 @@ def test_round_trip(tmp_path):
     with open(path) as handle:
         assert json.load(handle)["library_version"] == __version__
     assert BlockRemovalConfig.from_pretrained(tmp_path) == config
+
+
+def test_configs_saved_with_the_first_order_flag_load_as_its_energy():
+    legacy = {k: v for k, v in BlockRemovalConfig().to_dict().items() if k != "energy"}
+    assert BlockRemovalConfig.from_dict({**legacy, "first_order": True}).energy == "first_order"
+    assert BlockRemovalConfig.from_dict({**legacy, "first_order": False}).energy == "paper"
+
+
+def test_every_registered_solver_is_accepted():
+    from optimum_blockprune.solvers import available_solvers
+
+    assert {"gurobi", "tabu", "dimod_sa", "exact", "auto"} <= set(available_solvers())
+    for name in available_solvers():
+        assert BlockRemovalConfig(solver=name).solver == name
+
+
+def test_a_solver_whose_package_is_missing_fails_with_the_pip_line(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gurobipy" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"pip install 'optimum-blockprune\[gurobi\]'"):
+        BlockRemovalConfig(solver="gurobi")
 
 
 def test_unknown_keys_are_refused():

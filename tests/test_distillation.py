@@ -157,7 +157,9 @@ def _args(tmp_path, **overrides):
 
 
 def _dataset(tokenizer, texts, **config):
-    return tokenized_training_dataset(texts, tokenizer, BlockRemovalConfig(max_length=32, **config))
+    return tokenized_training_dataset(
+        texts, tokenizer, **BlockRemovalConfig(max_length=32, **config).calibration_options(num_samples=-1)
+    )
 
 
 def _pair():

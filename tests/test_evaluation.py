@@ -22,7 +22,7 @@ from optimum_blockprune.evaluation import evaluate_lm_eval, evaluate_removals
 
 def _data(tokenizer, texts=TEXTS, max_length=32):
     config = BlockRemovalConfig(num_calibration_samples=len(texts), max_length=max_length, shuffle=False)
-    return prepare_calibration_data(list(texts), tokenizer, config)
+    return prepare_calibration_data(list(texts), tokenizer, **config.calibration_options())
 
 
 def _per_sample_nll(model, data):

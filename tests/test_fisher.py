@@ -19,7 +19,7 @@ from optimum_blockprune.estimation.fisher import loss_and_logit_gradient, next_t
 
 def _calibration(tokenizer, **overrides):
     config = BlockRemovalConfig(num_calibration_samples=10, max_length=48, shuffle=False, **overrides)
-    return prepare_calibration_data(TEXTS, tokenizer, config)
+    return prepare_calibration_data(TEXTS, tokenizer, **config.calibration_options())
 
 
 def test_gates_are_identity_at_one_and_always_removed(llama, tokenizer):

@@ -25,7 +25,7 @@ from optimum_blockprune.errors import (
     SurgeryError,
     UnsupportedArchitectureError,
 )
-from optimum_blockprune.pruner import rank_from_fisher
+from optimum_blockprune.selection import rank_from_fisher
 
 ARCHITECTURES = supported_model_types()
 FAST = dict(num_calibration_samples=4, max_length=24, batch_size=2, show_progress=False)

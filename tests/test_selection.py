@@ -20,17 +20,11 @@ from optimum_blockprune import (
     prepare_calibration_data,
     remove_blocks,
 )
-from optimum_blockprune.baselines import (
-    METHOD_INFO,
-    completable,
-    greedy_ranking,
-    rank_by_importance,
-    rank_windows,
-)
-from optimum_blockprune.config import METHODS
 from optimum_blockprune.constraints import kind_limit
 from optimum_blockprune.estimation.statistics import collect_residual_statistics
 from optimum_blockprune.evaluation import evaluate_removals
+from optimum_blockprune.methods import available_methods, get_method
+from optimum_blockprune.methods.rules import completable, greedy_ranking, rank_by_importance, rank_windows
 from optimum_blockprune.qubo import QUBO, CardinalityProblem
 
 FAST = dict(
@@ -40,7 +34,7 @@ FAST = dict(
 
 def _data(tokenizer, n=8, texts=TEXTS):
     config = BlockRemovalConfig(num_calibration_samples=n, max_length=32)
-    return prepare_calibration_data(list(texts), tokenizer, config)
+    return prepare_calibration_data(list(texts), tokenizer, **config.calibration_options())
 
 
 def _constrained_problem(n=7, m=3):
@@ -63,20 +57,19 @@ def _feasible(problem):
 def test_importance_ranking_is_the_brute_force_order_under_constraints():
     problem = _constrained_problem()
     importance = np.array([0.3, 0.1, 0.05, 0.7, 0.2, 0.4, 0.15])
-    ranking = rank_by_importance(problem, importance, 50, method="block_influence", objective="sum of BI")
+    ranking = rank_by_importance(problem, importance, 50)
     brute = sorted(_feasible(problem), key=lambda s: (importance[list(s)].sum(), s))
     assert [s.removed_blocks for s in ranking] == brute
     assert [s.energy for s in ranking] == pytest.approx([importance[list(s)].sum() for s in brute])
-    assert ranking.method == "block_influence" and ranking.objective == "sum of BI"
     # no constraints: the M least important blocks
     plain = CardinalityProblem.from_matrix(np.zeros((7, 7)), 3)
-    assert rank_by_importance(plain, importance, 1, method="x", objective="y")[0].removed_blocks == (1, 2, 6)
+    assert rank_by_importance(plain, importance, 1)[0].removed_blocks == (1, 2, 6)
 
 
 def test_window_ranking_is_every_feasible_run_by_cost():
     problem = _constrained_problem(m=2)
     cost = np.random.default_rng(0).random((8, 8))
-    ranking = rank_windows(problem, cost, 10, method="angular_distance", objective="angular distance")
+    ranking = rank_windows(problem, cost, 10)
     runs = [s for s in _feasible(problem) if s[-1] - s[0] == 1]
     assert sorted(s.removed_blocks for s in ranking) == sorted(runs)
     assert [s.energy for s in ranking] == sorted(cost[s[0], s[0] + 2] for s in runs)
@@ -99,7 +92,7 @@ def test_greedy_picks_the_cheapest_feasible_block_each_step():
         # an interaction: once block 0 is gone, block 6 becomes expensive
         return [base[b] + (5.0 if b == 6 and 0 in removed else 0.0) + 0.01 * len(removed) for b in options]
 
-    ranking = greedy_ranking(problem, costs, method="sleb", objective="loss", accumulate=False)
+    ranking = greedy_ranking(problem, costs, accumulate=False)
     # 0 (an attention block) first; then only MLP blocks may go (one attention at most): 3, then 5
     assert ranking.stats["removal_order"] == [0, 3, 5]
     (state,) = ranking.states
@@ -108,7 +101,7 @@ def test_greedy_picks_the_cheapest_feasible_block_each_step():
         and problem.is_feasible(problem.to_binary([state.removed_blocks]))[0]
     )
     assert state.energy == pytest.approx(0.4 + 0.02)
-    shorter = greedy_ranking(replace_m(problem, 2), costs, method="sleb", objective="loss", accumulate=True)
+    shorter = greedy_ranking(replace_m(problem, 2), costs, accumulate=True)
     assert shorter.stats["removal_order"] == [0, 3]  # a prefix of the longer run
     assert shorter[0].energy == pytest.approx(0.0 + 0.2 + 0.01)
 
@@ -161,8 +154,22 @@ def test_statistics_after_gated_removal_match_statistics_after_surgery(llama, to
 
 
 # -- the methods through Pruner -----------------------------------------------------------------------------------
-def test_method_names_agree():
-    assert tuple(METHOD_INFO) == METHODS
+def test_every_method_is_registered_with_its_metadata():
+    assert set(available_methods()) == {
+        "cbo",
+        "block_influence",
+        "block_influence_iterative",
+        "angular_distance",
+        "sleb",
+        "taylor",
+        "fisher_diagonal",
+        "norm_ratio",
+        "last_blocks",
+    }
+    for name in available_methods():
+        method = get_method(name)
+        assert method.name == name and method.description and method.cost and method.reference
+        assert method.objective_for(BlockRemovalConfig(method=name))
 
 
 @pytest.mark.parametrize(
@@ -178,7 +185,7 @@ def test_method_names_agree():
 def test_one_shot_baselines_remove_the_least_important_blocks(llama, tokenizer, method, importance):
     pruner = Pruner(llama, tokenizer)
     config = BlockRemovalConfig(num_blocks_to_remove=2, method=method, protected_blocks=[0], **FAST)
-    state = pruner.select(config, TEXTS)
+    state = pruner.select(config, TEXTS).state
     scores = importance(pruner, _data(tokenizer))
     order = [i for i in np.argsort(scores, kind="stable") if i != 0]
     assert state.removed_blocks == tuple(sorted(order[:2]))
@@ -190,7 +197,7 @@ def test_angular_distance_removes_the_closest_window(llama, tokenizer):
     pruner = Pruner(llama, tokenizer)
     state = pruner.select(
         BlockRemovalConfig(num_blocks_to_remove=3, method="angular_distance", **FAST), TEXTS
-    )
+    ).state
     angular = collect_residual_statistics(llama, _data(tokenizer)).angular
     best = min(range(4), key=lambda start: angular[start, start + 3])
     assert state.removed_blocks == (best, best + 1, best + 2)
@@ -259,7 +266,9 @@ def test_auto_selection_applies_the_best_measured_state(llama, tokenizer, tmp_pa
     assert result.selected_rank == best.rank and result.removed_blocks == best.removed_blocks
     # scores are the KL on the held-out slice: the 4 samples after the 8 that scored the blocks
     everything = prepare_calibration_data(
-        list(TEXTS), tokenizer, BlockRemovalConfig(num_calibration_samples=12, max_length=32)
+        list(TEXTS),
+        tokenizer,
+        **BlockRemovalConfig(num_calibration_samples=12, max_length=32).calibration_options(),
     )
     held_out = type(everything)(everything.samples[8:], "held out")
     expected = evaluate_removals(original, held_out, [s.removed_blocks for s in ranking], metric="kl")
@@ -298,7 +307,7 @@ def test_auto_selection_by_loss(llama, tokenizer):
     pruner = Pruner(llama, tokenizer)
     state = pruner.select(
         BlockRemovalConfig(num_blocks_to_remove=1, selection="auto", selection_metric="loss", **FAST), TEXTS
-    )
+    ).state
     assert state.score == min(s.score for s in pruner.ranking)
     assert "held-out loss" in pruner.ranking.to_markdown()
 

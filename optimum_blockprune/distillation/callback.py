@@ -12,17 +12,22 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from ..architectures import get_adapter
 from ..config import BlockRemovalConfig
 from ..errors import ConfigurationError, SurgeryError
 from ..estimation.fisher import FisherEstimate, hessian_from_gradients
+from ..estimation.forward import next_token_targets
 from ..estimation.gates import CouplingGates
+from ..problem import check_request
 from ..result import Ranking
+from ..selection import rank_from_fisher
+from ..surgery import remove_blocks
 from ..utils import atomic_write_text
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from ..pruner import Pruner
+    from ..architectures import ArchitectureAdapter, BlockInfo
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +115,10 @@ class BlockPruningCallback(TrainerCallback):
         self.config = config
         self.prune_at_step = prune_at_step
         self.fisher_steps = fisher_steps
-        self.pruner: Pruner | None = None
+        self.model: nn.Module | None = None
+        self.adapter: ArchitectureAdapter | None = None
+        self.units: list[BlockInfo] = []
+        self.num_blocks: int | None = None
         self.fisher: FisherEstimate | None = None
         self.ranking: Ranking | None = None
         self.removed_blocks: tuple[int, ...] | None = None
@@ -125,8 +133,6 @@ class BlockPruningCallback(TrainerCallback):
 
     # -- Trainer events -------------------------------------------------------------------------------------------
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        from ..pruner import Pruner
-
         reason = unsupported_parallelism(args)
         if reason:
             raise ConfigurationError(
@@ -141,10 +147,19 @@ class BlockPruningCallback(TrainerCallback):
                 "receive gradients again."
             )
         self._args = args
-        base = _base_model(model)
-        self.pruner = Pruner(base)
-        self.pruner.check_config(self.config)  # before any training step
-        base.register_load_state_dict_pre_hook(self._restore_structure_before_load)
+        self.model = _base_model(model)
+        self.adapter = get_adapter(self.model)
+        self.units = self.adapter.units(self.model, self.config.granularity)
+        self.num_blocks = len(self.adapter.block_list(self.model))
+        # every check before any training step
+        check_request(
+            self.adapter,
+            self.units,
+            self.config,
+            model_config=self.adapter.text_config(self.model),
+            applying=True,
+        )
+        self.model.register_load_state_dict_pre_hook(self._restore_structure_before_load)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:
@@ -183,11 +198,14 @@ class BlockPruningCallback(TrainerCallback):
             return
         self._remove_gates()
         self.fisher = self._gathered_fisher()
-        self.ranking = self.pruner.solve(self.fisher, self.config)
+        self.ranking = rank_from_fisher(
+            self.fisher, self.config, unremovable_kinds=self.adapter.unremovable_kinds
+        )
         state_to_apply = self.ranking[self.config.selected_state]
         parameters_before = {id(p) for p in model.parameters()}
-        result = self.pruner.apply(state_to_apply)
-        self.removed_blocks = result.removed_blocks
+        num_before = sum(p.numel() for p in self.model.parameters())
+        self._remove(state_to_apply.removed_blocks)
+        reduction = 1 - sum(p.numel() for p in self.model.parameters()) / num_before
         alive = {id(p) for p in model.parameters()}
         removed = parameters_before - alive
         if optimizer is not None:
@@ -198,7 +216,7 @@ class BlockPruningCallback(TrainerCallback):
                 "Step %d: removed blocks %s (%.1f%% of parameters); energy ranking:\n%s",
                 state.global_step,
                 list(self.removed_blocks),
-                100 * result.parameter_reduction,
+                100 * reduction,
                 self.ranking.to_markdown(selected_rank=state_to_apply.rank),
             )
 
@@ -225,7 +243,7 @@ class BlockPruningCallback(TrainerCallback):
             "config": self.config.to_dict(),
             "prune_at_step": self.prune_at_step,
             "fisher_steps": self.fisher_steps,
-            "num_blocks_before": self.pruner.num_blocks if self.pruner is not None else None,
+            "num_blocks_before": self.num_blocks,
             "removed_blocks": list(self.removed_blocks) if self.removed_blocks is not None else None,
             "ranking": self.ranking.to_dict() if self.ranking is not None else None,
         }
@@ -240,25 +258,27 @@ class BlockPruningCallback(TrainerCallback):
 
     def _apply_record(self, record: dict[str, Any]) -> None:
         removed = tuple(record["removed_blocks"])
-        if record.get("num_blocks_before") not in (None, self.pruner.num_blocks):
+        if record.get("num_blocks_before") not in (None, self.num_blocks):
             raise SurgeryError(
                 f"The checkpoint was pruned from a {record['num_blocks_before']}-block model, but this model has "
-                f"{self.pruner.num_blocks} blocks; resume with the model the run started from."
+                f"{self.num_blocks} blocks; resume with the model the run started from."
             )
         self.ranking = Ranking.from_dict(record["ranking"]) if record.get("ranking") else None
-        self.pruner.ranking = self.ranking
-        self.pruner.config = self.config
-        self.pruner.apply(removed)
-        self.removed_blocks = removed
+        self._remove(removed)
+
+    def _remove(self, removed: tuple[int, ...]) -> None:
+        """Remove the blocks (the library's surgery, the one place that changes structure) and remember them."""
+        remove_blocks(self.model, removed, self.adapter)
+        self.removed_blocks = tuple(sorted(removed))
 
     def _restore_structure_before_load(self, module, state_dict, prefix, *args) -> None:
         """`Trainer` loads a checkpoint with `load_state_dict(strict=False)`; a pruned checkpoint would fill the
         first blocks of the full model and silently leave the rest. Remove the same blocks first."""
         if self.is_pruned or self._args is None:
             return
-        pattern = re.compile(re.escape(prefix + self.pruner.adapter.block_list_path(module)) + r"\.(\d+)\.")
+        pattern = re.compile(re.escape(prefix + self.adapter.block_list_path(module)) + r"\.(\d+)\.")
         indices = {int(m.group(1)) for key in state_dict if (m := pattern.match(key))}
-        if not indices or len(indices) == self.pruner.num_blocks:
+        if not indices or len(indices) == self.num_blocks:
             return
         records = []
         root = self._args.output_dir
@@ -269,7 +289,7 @@ class BlockPruningCallback(TrainerCallback):
         matching = [r for r in records if r["num_blocks_before"] - len(r["removed_blocks"]) == len(indices)]
         if not matching:
             raise SurgeryError(
-                f"The checkpoint being loaded has {len(indices)} blocks but the model has {self.pruner.num_blocks}, and "
+                f"The checkpoint being loaded has {len(indices)} blocks but the model has {self.num_blocks}, and "
                 f"no {RECORD_NAME} under {root!r} says which blocks were removed. Resume from a checkpoint this "
                 "callback wrote, in the run's `output_dir`."
             )
@@ -278,12 +298,11 @@ class BlockPruningCallback(TrainerCallback):
 
     # -- Fisher accumulation ---------------------------------------------------------------------------------------
     def _install_gates(self) -> None:
-        model = self.pruner.model
         self._gates = CouplingGates(
-            model, self.pruner.adapter, granularity=self.config.granularity, freeze_weights=False
+            self.model, self.adapter, granularity=self.config.granularity, freeze_weights=False
         )
         self._gates.__enter__()
-        self._forward_hook = model.register_forward_pre_hook(self._new_alpha, with_kwargs=True)
+        self._forward_hook = self.model.register_forward_pre_hook(self._new_alpha, with_kwargs=True)
 
     def _remove_gates(self) -> None:
         if self._forward_hook is not None:
@@ -303,7 +322,7 @@ class BlockPruningCallback(TrainerCallback):
         batch = reference.shape[0]
         labels, mask = kwargs.get("labels"), kwargs.get("attention_mask")
         if labels is not None:
-            tokens = (labels[:, 1:] != -100).sum(dim=1)
+            tokens = (next_token_targets(labels) != -100).sum(dim=1)
         elif mask is not None:
             tokens = mask.sum(dim=1)
         else:
@@ -331,8 +350,8 @@ class BlockPruningCallback(TrainerCallback):
             metadata={
                 "fisher": "empirical (training batches)",
                 "granularity": self.config.granularity,
-                "blocks": [u.to_dict() for u in self.pruner.units(self.config.granularity)],
-                "model_type": self.pruner.adapter.model_type,
+                "blocks": [u.to_dict() for u in self.units],
+                "model_type": self.adapter.model_type,
                 "num_samples": int(rows.shape[0]),
             },
         )

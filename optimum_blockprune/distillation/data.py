@@ -11,8 +11,6 @@ if TYPE_CHECKING:
     import datasets
     import torch
 
-    from ..config import BlockRemovalConfig
-
 
 @dataclass
 class PaddingCollator:
@@ -28,19 +26,19 @@ class PaddingCollator:
         return pad_token_batch([feature["input_ids"] for feature in features], self.pad_token_id)
 
 
-def tokenized_training_dataset(
-    data: Any, tokenizer: Any, config: BlockRemovalConfig, *, num_samples: int | None = None
-) -> datasets.Dataset:
-    """A `datasets.Dataset` with an `input_ids` column, prepared like calibration data (`config`'s text column,
-    chat template, `max_length`, packing, shuffle seed); `num_samples` caps it (default: all the data gives).
+def tokenized_training_dataset(data: Any, tokenizer: Any = None, **options: Any) -> datasets.Dataset:
+    """A `datasets.Dataset` with an `input_ids` column, prepared like calibration data (`options`: those of
+    `prepare_calibration_data`, e.g. `**config.calibration_options(num_samples=-1)`); `num_samples` caps it
+    (default, or None: all the data gives). Token-id data (an `input_ids` column, id lists, records) needs no
+    tokenizer.
 
-    A dataset that already has `input_ids` is returned unchanged.
+    A `datasets.Dataset` that already has `input_ids` is returned unchanged.
     """
     import datasets
 
     if isinstance(data, datasets.Dataset) and "input_ids" in data.column_names:
         return data
-    prepared = prepare_calibration_data(
-        data, tokenizer, config, num_samples=-1 if num_samples is None else num_samples
-    )
+    if options.get("num_samples") is None:
+        options["num_samples"] = -1
+    prepared = prepare_calibration_data(data, tokenizer, **options)
     return datasets.Dataset.from_dict({"input_ids": prepared.samples})

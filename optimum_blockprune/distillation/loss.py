@@ -58,10 +58,11 @@ def next_token_ce_sum(
     """Sum of next-token cross-entropy (position t predicts labels[t + 1]; -100 ignored) and the target count."""
     import torch.nn.functional as F
 
-    targets = labels[:, 1:].to(student_logits.device)
-    logits = student_logits[:, :-1]
+    from ..estimation.forward import next_token_targets
+
+    targets = next_token_targets(labels).to(student_logits.device)
     real = targets != -100
-    ce = F.cross_entropy(logits[real].float(), targets[real], reduction="sum")
+    ce = F.cross_entropy(student_logits[real].float(), targets[real], reduction="sum")
     return ce, ce.new_tensor(float(real.sum()))
 
 

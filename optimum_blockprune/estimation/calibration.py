@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,11 +15,10 @@ from ..errors import CalibrationDataError
 if TYPE_CHECKING:
     import torch
 
-    from ..config import BlockRemovalConfig
-
 logger = logging.getLogger(__name__)
 
 _FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+_STREAM_SHUFFLE_BUFFER = 1000  # records an `IterableDataset` is shuffled within (it cannot be shuffled whole)
 
 
 @dataclass
@@ -45,6 +44,22 @@ class CalibrationData:
             digest.update(b"".join(int(t).to_bytes(4, "little", signed=True) for t in sample))
         return digest.hexdigest()
 
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Refuse token ids outside `0..vocab_size - 1` (they would index past the embedding) before any forward.
+
+        Raises:
+            CalibrationDataError: naming the sample, the id and the vocabulary size.
+        """
+        for index, sample in enumerate(self.samples):
+            low, high = min(sample), max(sample)
+            if low < 0 or high >= vocab_size:
+                bad = low if low < 0 else high
+                raise CalibrationDataError(
+                    f"Calibration sample {index} holds token id {bad}, outside the model's vocabulary (0.."
+                    f"{vocab_size - 1}). Token ids must come from this model's tokenizer; re-tokenise the data "
+                    "or pass texts with the model's tokenizer."
+                )
+
     def batches(self, batch_size: int, pad_token_id: int) -> Iterator[dict[str, torch.Tensor]]:
         """Right-padded batches with `attention_mask`, and `labels` set to -100 on padding."""
         for start in range(0, len(self.samples), batch_size):
@@ -66,47 +81,76 @@ def pad_token_batch(samples: Sequence[Sequence[int]], pad_token_id: int) -> dict
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def _load_records(data: Any, config: BlockRemovalConfig) -> tuple[list[Any], str]:
-    """Turn any supported input into a list of records (str, list of messages, or dict) and a description."""
-    if isinstance(data, (str, os.PathLike)):
-        path = os.fspath(data)
-        if os.path.isfile(path):
-            return _load_file(path, config), f"file:{os.path.basename(path)}"
-        # A dataset repository: a Hub name, or a local directory laid out like one (same loader either way).
-        label = f"local:{os.path.basename(os.path.normpath(path))}" if os.path.isdir(path) else f"hub:{path}"
-        return _load_dataset_repository(path, config), label
-    if isinstance(data, Sequence) and not isinstance(data, (bytes, bytearray)):
-        if len(data) == 0:
-            raise CalibrationDataError("`calibration_dataset` is an empty list; pass at least one text.")
-        return list(data), "list"
-    try:
-        import datasets
-    except ImportError:  # pragma: no cover - datasets is a core dependency
-        datasets = None
-    if datasets is not None and isinstance(data, datasets.Dataset):
-        return _records_from_dataset(data, config), f"dataset:{data.info.dataset_name or 'in-memory'}"
-    raise CalibrationDataError(
-        f"`calibration_dataset` of type {type(data).__name__} is not supported. Pass a `datasets.Dataset` (with a "
-        f"`{config.text_column}` or `messages` column), a list of strings or chat message lists, a local file "
-        "(.txt, .json, .jsonl, .csv, .parquet), a dataset directory, or a Hub dataset name."
-    )
+# -- reading every supported input into records ------------------------------------------------------------------
+# A record is a text (str), a chat (a list of {"role", "content"} dicts), or token ids (a list of ints).
 
 
-def _records_from_dataset(dataset, config: BlockRemovalConfig) -> list[Any]:
-    columns = dataset.column_names
-    use_chat = config.apply_chat_template
+def _is_token_ids(value: Any) -> bool:
+    if hasattr(value, "ndim") and hasattr(value, "tolist"):  # a tensor or an array
+        return value.ndim == 1
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(_is_int(v) for v in value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) or type(value).__name__.startswith("int")
+
+
+def _rows_from_encoding(encoding: Mapping[str, Any]) -> list[list[int]]:
+    """The samples of a tokenizer's output (`{"input_ids": [[...], ...], "attention_mask": ...}`), padding cut."""
+    ids = encoding["input_ids"]
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    if ids and not isinstance(ids[0], (list, tuple)):
+        ids = [ids]
+    mask = encoding.get("attention_mask")
+    if mask is None:
+        return [list(row) for row in ids]
+    mask = mask.tolist() if hasattr(mask, "tolist") else list(mask)
+    if mask and not isinstance(mask[0], (list, tuple)):
+        mask = [mask]
+    return [[t for t, keep in zip(row, keep_row) if keep] for row, keep_row in zip(ids, mask)]
+
+
+def _record(item: Any, options: dict[str, Any]) -> Any:
+    """One input item as a record: a {"input_ids"} / text-column / "messages" dict is unwrapped."""
+    if isinstance(item, Mapping):
+        if "input_ids" in item:
+            (row,) = _rows_from_encoding(item)
+            return row
+        use_chat = options["apply_chat_template"]
+        column = options["text_column"]
+        if "messages" in item and (use_chat or (use_chat is None and column not in item)):
+            return item["messages"]
+        if column in item:
+            return item[column]
+        raise CalibrationDataError(
+            f"A calibration record has keys {sorted(item)}; expected `input_ids`, the `text_column` "
+            f"{column!r}, or `messages`. Set `text_column` to the key holding raw text."
+        )
+    if _is_token_ids(item):
+        return item.tolist() if hasattr(item, "tolist") else list(item)
+    return item
+
+
+def _records_from_dataset(dataset, options: dict[str, Any]) -> list[Any]:
+    columns = dataset.column_names or []
+    if "input_ids" in columns:  # already tokenised (its text columns, if any, are ignored)
+        if "attention_mask" in columns:
+            return [_record(row, options) for row in dataset.select_columns(["input_ids", "attention_mask"])]
+        return list(dataset["input_ids"])
+    use_chat = options["apply_chat_template"]
     if use_chat is None:
-        use_chat = "messages" in columns and config.text_column not in columns
-    column = "messages" if use_chat else config.text_column
+        use_chat = "messages" in columns and options["text_column"] not in columns
+    column = "messages" if use_chat else options["text_column"]
     if column not in columns:
         raise CalibrationDataError(
             f"The calibration dataset has no `{column}` column (columns: {columns}). Set `text_column` to the "
-            "column holding raw text, or provide a `messages` column with `apply_chat_template=True`."
+            "column holding raw text, provide a `messages` column with `apply_chat_template=True`, or an "
+            "`input_ids` column of token ids."
         )
     return list(dataset[column])
 
 
-def _load_file(path: str, config: BlockRemovalConfig) -> list[Any]:
+def _load_file(path: str, options: dict[str, Any]) -> list[Any]:
     import datasets
 
     builder = _FILE_BUILDERS.get(os.path.splitext(path)[1])
@@ -116,84 +160,167 @@ def _load_file(path: str, config: BlockRemovalConfig) -> list[Any]:
         )
     kwargs = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document
     dataset = datasets.load_dataset(builder, data_files=[path], split="train", **kwargs)
-    return _records_from_dataset(dataset, config)
+    return _records_from_dataset(dataset, options)
 
 
-def _load_dataset_repository(name: str, config: BlockRemovalConfig) -> list[Any]:
+def _load_dataset_repository(name: str, options: dict[str, Any]) -> list[Any]:
     import datasets
 
-    logger.info("Loading calibration dataset %r (split %r).", name, config.dataset_split)
+    split, subset = options["dataset_split"], options["dataset_config_name"]
+    logger.info("Loading calibration dataset %r (split %r).", name, split)
     try:
-        dataset = datasets.load_dataset(name, config.dataset_config_name, split=config.dataset_split)
+        dataset = datasets.load_dataset(name, subset, split=split)
     except Exception as error:  # datasets raises many types; keep the cause attached
         raise CalibrationDataError(
-            f"Could not load calibration dataset {name!r} (split {config.dataset_split!r}): {error}. Pass a local "
-            "file or directory, a list of texts, a `datasets.Dataset`, or a Hub dataset name reachable from here."
+            f"Could not load calibration dataset {name!r} (split {split!r}): {error}. Pass a local "
+            "file or directory, a list of texts or token ids, a `datasets.Dataset`, or a Hub dataset name "
+            "reachable from here."
         ) from error
-    return _records_from_dataset(dataset, config)
+    return _records_from_dataset(dataset, options)
 
 
-def _render(record: Any, tokenizer, use_chat: bool | None) -> str:
-    is_chat = isinstance(record, list) and all(isinstance(m, dict) and "role" in m for m in record)
-    if isinstance(record, str) and not use_chat:
-        return record
-    if is_chat and use_chat is not False:
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise CalibrationDataError(
-                "The calibration data holds chat messages but the tokenizer has no `chat_template`. Pass plain texts "
-                "instead, or a tokenizer with a chat template."
-            )
-        return tokenizer.apply_chat_template(record, tokenize=False)
+def _records(data: Any, options: dict[str, Any]) -> tuple[Iterable[Any], str]:
+    """Any supported input as an iterable of records (shuffled with the seed where asked) and a description."""
+    shuffle, seed = options["shuffle"], options["seed"]
+
+    def shuffled(records: list[Any]) -> list[Any]:
+        if shuffle:
+            random.Random(seed).shuffle(records)
+        return records
+
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+        if os.path.isfile(path):
+            return shuffled(_load_file(path, options)), f"file:{os.path.basename(path)}"
+        # A dataset repository: a Hub name, or a local directory laid out like one (same loader either way).
+        label = f"local:{os.path.basename(os.path.normpath(path))}" if os.path.isdir(path) else f"hub:{path}"
+        return shuffled(_load_dataset_repository(path, options)), label
+    datasets = _datasets_module()
+    if datasets is not None and isinstance(data, datasets.Dataset):
+        label = f"dataset:{data.info.dataset_name or 'in-memory'}"
+        return shuffled(_records_from_dataset(data, options)), label
+    if datasets is not None and isinstance(data, datasets.IterableDataset):
+        stream = data.shuffle(seed=seed, buffer_size=_STREAM_SHUFFLE_BUFFER) if shuffle else data
+        return (_record(item, options) for item in stream), "iterable-dataset"
+    if isinstance(data, Mapping) and "input_ids" in data:  # a tokenizer's batch output
+        return shuffled(_rows_from_encoding(data)), "token ids"
+    if hasattr(data, "ndim") and hasattr(data, "tolist") and data.ndim == 2:  # a [samples, tokens] tensor
+        return shuffled(data.tolist()), "token ids"
+    if isinstance(data, Sequence) and not isinstance(data, (bytes, bytearray)):
+        if len(data) == 0:
+            raise CalibrationDataError("`calibration_dataset` is an empty list; pass at least one text.")
+        records = [_record(item, options) for item in data]
+        kind = "token ids" if all(_is_token_ids(r) for r in records) else "list"
+        return shuffled(records), kind
     raise CalibrationDataError(
-        f"Cannot use calibration record of type {type(record).__name__} with `apply_chat_template`={use_chat}: "
-        "records must be strings, or lists of {'role', 'content'} messages when the chat template is applied."
+        f"`calibration_dataset` of type {type(data).__name__} is not supported. Pass a `datasets.Dataset` or "
+        f"`IterableDataset` (with a `{options['text_column']}`, `messages` or `input_ids` column), a list of "
+        "strings, chat message lists, token-id lists/tensors or {'input_ids': ...} records, a tokenizer's output, "
+        "`CalibrationData`, a local file (.txt, .json, .jsonl, .csv, .parquet), a dataset directory, or a Hub "
+        "dataset name."
     )
 
 
-def prepare_calibration_data(
-    data: Any, tokenizer, config: BlockRemovalConfig, *, num_samples: int | None = None
-) -> CalibrationData:
-    """Load, render (chat template where asked), shuffle with `config.seed`, tokenise and truncate or pack.
+def _datasets_module():
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a core dependency
+        return None
+    return datasets
 
-    Returns `config.num_calibration_samples` samples (or `num_samples`; `-1` for all the data gives) of at most
-    `config.max_length` tokens each (fewer samples if the data is smaller, with a warning).
 
-    Raises:
-        CalibrationDataError: the data cannot be read, has no usable column, or yields no tokens.
-    """
+def _token_ids(record: Any, tokenizer, options: dict[str, Any]) -> list[int]:
+    """Token ids of one record: ids as they are, a text tokenised, a chat rendered with its template first."""
+    if _is_token_ids(record):
+        return list(record)
+    is_chat = isinstance(record, list) and all(isinstance(m, dict) and "role" in m for m in record)
+    use_chat = options["apply_chat_template"]
+    if not (isinstance(record, str) and not use_chat) and not (is_chat and use_chat is not False):
+        raise CalibrationDataError(
+            f"Cannot use calibration record of type {type(record).__name__} with `apply_chat_template`={use_chat}: "
+            "records must be strings, lists of {'role', 'content'} messages when the chat template is applied, "
+            "or token ids."
+        )
     if tokenizer is None:
         raise CalibrationDataError(
-            "A tokenizer is needed to prepare text calibration data; pass `tokenizer=`."
+            "A tokenizer is needed to prepare text calibration data; pass `tokenizer=` (or `Pruner(model, "
+            "tokenizer)`), or give the calibration data as token ids (`input_ids`)."
         )
-    wanted = config.num_calibration_samples if num_samples is None else num_samples
-    if wanted < 0:
-        wanted = float("inf")
-    records, source = _load_records(data, config)
-    if config.shuffle:
-        random.Random(config.seed).shuffle(records)
-    texts = [_render(r, tokenizer, config.apply_chat_template) for r in records]
-    # Chat templates already contain the BOS text; don't add special tokens twice.
-    add_special = not any(isinstance(r, list) for r in records)
+    if is_chat:
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise CalibrationDataError(
+                "The calibration data holds chat messages but the tokenizer has no `chat_template`. Pass plain "
+                "texts instead, or a tokenizer with a chat template."
+            )
+        # The rendered template already contains the BOS text; don't add special tokens twice.
+        text = tokenizer.apply_chat_template(record, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(record, add_special_tokens=True)["input_ids"]
+
+
+def prepare_calibration_data(
+    data: Any,
+    tokenizer: Any = None,
+    *,
+    num_samples: int = 128,
+    max_length: int = 512,
+    text_column: str = "text",
+    apply_chat_template: bool | None = None,
+    pack_samples: bool = False,
+    shuffle: bool = True,
+    seed: int = 42,
+    dataset_split: str = "train",
+    dataset_config_name: str | None = None,
+    vocab_size: int | None = None,
+) -> CalibrationData:
+    """Load, shuffle with `seed`, render (chat template where asked), tokenise and truncate (or pack) samples.
+
+    `data` may be texts, chat message lists, token-id lists or 1-D tensors, `{"input_ids": ...}` records, a
+    tokenizer's batch output, a `datasets.Dataset` / `IterableDataset` with a `text_column`, `messages` or
+    `input_ids` column, a local file (.txt, .json, .jsonl, .csv, .parquet; `.jsonl` records may hold
+    `input_ids`), a dataset directory, a Hub dataset name, or `CalibrationData` (returned as it is). Token ids
+    need no tokenizer. `BlockRemovalConfig.calibration_options()` gives these options from a config.
+
+    Returns `num_samples` samples (`-1`: all the data gives) of at most `max_length` tokens each (fewer samples
+    if the data is smaller, with a warning).
+
+    Raises:
+        CalibrationDataError: the data cannot be read, has no usable column, needs a tokenizer that is missing,
+            holds token ids outside `vocab_size`, or yields no sample.
+    """
+    if isinstance(data, CalibrationData):
+        if vocab_size is not None:
+            data.check_vocabulary(vocab_size)
+        return data
+    options = {
+        "text_column": text_column,
+        "apply_chat_template": apply_chat_template,
+        "shuffle": shuffle,
+        "seed": seed,
+        "dataset_split": dataset_split,
+        "dataset_config_name": dataset_config_name,
+    }
+    wanted = float("inf") if num_samples < 0 else num_samples
+    records, source = _records(data, options)
     samples: list[list[int]] = []
-    if config.pack_samples:
-        separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if pack_samples:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        separator = [eos] if eos is not None else []
         stream: list[int] = []
-        for text in texts:
-            stream.extend(tokenizer(text, add_special_tokens=add_special)["input_ids"] + separator)
-            while len(stream) >= config.max_length and len(samples) < wanted:
-                samples.append(stream[: config.max_length])
-                stream = stream[config.max_length :]
+        for record in records:
+            stream.extend(_token_ids(record, tokenizer, options) + separator)
+            while len(stream) >= max_length and len(samples) < wanted:
+                samples.append(stream[:max_length])
+                stream = stream[max_length:]
             if len(samples) >= wanted:
                 break
         if len(samples) < wanted and len(stream) > 1:
             samples.append(stream)
     else:
-        for text in texts:
-            ids = tokenizer(
-                text, add_special_tokens=add_special, truncation=True, max_length=config.max_length
-            )["input_ids"]
+        for record in records:
+            ids = _token_ids(record, tokenizer, options)[:max_length]
             if len(ids) >= 2:  # one token has no next-token target
-                samples.append(ids)
+                samples.append([int(t) for t in ids])
             if len(samples) >= wanted:
                 break
     if not samples:
@@ -202,4 +329,7 @@ def prepare_calibration_data(
         )
     if len(samples) < wanted != float("inf"):
         logger.warning("Only %d calibration samples are available (asked for %d).", len(samples), wanted)
-    return CalibrationData(samples=samples, source=source)
+    prepared = CalibrationData(samples=samples, source=source)
+    if vocab_size is not None:
+        prepared.check_vocabulary(vocab_size)
+    return prepared

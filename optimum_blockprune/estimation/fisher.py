@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..version import __version__
+from .forward import GatedForward, next_token_targets
 
 if TYPE_CHECKING:
     import torch
@@ -58,19 +59,12 @@ def per_sample_token_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> to
     # Shift the labels, not the logits: slicing [batch, seq, vocab] logits costs a copy forward and a zero-filled
     # copy backward, and a transposed cross-entropy runs its softmax over a strided dimension. Both dominated
     # the Fisher pass on large vocabularies.
-    targets = torch.cat([labels[:, 1:], labels.new_full((batch, 1), -100)], dim=1)
+    targets = next_token_targets(labels)
     flat_logits = logits.reshape(batch * length, vocab)
     flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))  # bf16/fp16 -> fp32
     token_loss = F.cross_entropy(flat_logits, targets.reshape(-1), ignore_index=-100, reduction="none")
     mask = (targets != -100).to(token_loss.dtype)
     return (token_loss.view(batch, length) * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-
-
-def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
-    """Targets aligned with the logits: position t predicts labels[t + 1]; the last position predicts nothing."""
-    import torch
-
-    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
 
 
 def loss_and_logit_gradient(
@@ -227,8 +221,6 @@ def estimate_fisher(
     import torch
 
     from ..architectures import get_adapter
-    from ..utils import progress_bar
-    from .gates import CouplingGates
 
     adapter = adapter or get_adapter(model)
     allowed = adapter.task_info.fisher_types
@@ -237,57 +229,53 @@ def estimate_fisher(
             f"`fisher`={fisher!r} does not suit a `{adapter.model_type}` model ({adapter.task}); use one of "
             f"{allowed} (or 'auto' in `BlockRemovalConfig`)."
         )
-    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
     rows: list[np.ndarray] = []
-    hessian_sum = None
     workspace = None  # one reusable buffer for the [batch, seq, vocab] logit gradient
     total_loss, total_tokens = 0.0, 0
-    try:
-        with (
-            CouplingGates(model, adapter, granularity=granularity) as gates,
-            progress_bar(
-                total=calibration.num_samples, desc="Fisher estimation", enabled=show_progress, unit="sample"
-            ) as bar,
-        ):
-            num_gates = gates.num_gates
-            units = gates.units
-            hessian_sum = np.zeros((num_gates, num_gates), dtype=np.float64)
-            for batch in calibration.batches(batch_size, pad_token_id):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                labels = batch.pop("labels")
-                alpha = torch.ones(labels.shape[0], num_gates, device=device, requires_grad=True)
-                gates.alpha = alpha
-                if fisher == "output":
-                    output = adapter.decoder(model)(**batch).last_hidden_state
-                    output_grad = output_probe_gradient(output, batch["attention_mask"], generator)
-                    losses = torch.zeros(labels.shape[0])  # the probe's distortion is 0 at alpha = 1
-                else:
-                    output = model(**batch, use_cache=False).logits
-                    if workspace is None or workspace.numel() < output.numel():
-                        workspace = torch.empty(
-                            output.numel(),
-                            dtype=torch.promote_types(output.dtype, torch.float32),
-                            device=output.device,
-                        )
-                    losses, output_grad = loss_and_logit_gradient(
-                        output,
-                        next_token_targets(labels),
-                        generator if fisher == "model" else None,
-                        workspace,
+    with GatedForward(
+        model,
+        calibration,
+        adapter=adapter,
+        granularity=granularity,
+        grad=True,
+        batch_size=batch_size,
+        pad_token_id=pad_token_id,
+        show_progress=show_progress,
+        desc="Fisher estimation",
+    ) as run:
+        gates = run.gates
+        num_gates, units = gates.num_gates, gates.units
+        hessian_sum = np.zeros((num_gates, num_gates), dtype=np.float64)
+        for batch in run:
+            labels = batch["labels"]
+            alpha = torch.ones(labels.shape[0], num_gates, device=run.device, requires_grad=True)
+            gates.alpha = alpha
+            if fisher == "output":
+                output = run.outputs(batch).last_hidden_state
+                output_grad = output_probe_gradient(output, batch["attention_mask"], generator)
+                losses = torch.zeros(labels.shape[0])  # the probe's distortion is 0 at alpha = 1
+            else:
+                output = run.logits(batch)
+                if workspace is None or workspace.numel() < output.numel():
+                    workspace = torch.empty(
+                        output.numel(),
+                        dtype=torch.promote_types(output.dtype, torch.float32),
+                        device=output.device,
                     )
-                output.backward(output_grad)
-                block_rows = alpha.grad.detach().to(torch.float32).cpu().numpy()
-                rows.append(block_rows)
-                hessian_sum += block_rows.astype(np.float64).T @ block_rows.astype(np.float64)
-                total_loss += float(losses.sum())
-                total_tokens += int(batch["attention_mask"].sum())
-                bar.update(labels.shape[0])
-                del output, output_grad, alpha
-    finally:
-        model.train(was_training)
+                losses, output_grad = loss_and_logit_gradient(
+                    output,
+                    next_token_targets(labels),
+                    generator if fisher == "model" else None,
+                    workspace,
+                )
+            output.backward(output_grad)
+            block_rows = alpha.grad.detach().to(torch.float32).cpu().numpy()
+            rows.append(block_rows)
+            hessian_sum += block_rows.astype(np.float64).T @ block_rows.astype(np.float64)
+            total_loss += float(losses.sum())
+            total_tokens += int(batch["attention_mask"].sum())
+            del output, output_grad, alpha
     gradients = np.concatenate(rows, axis=0)
     num_samples = gradients.shape[0]
     info = {

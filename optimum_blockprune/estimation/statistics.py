@@ -73,13 +73,11 @@ def collect_residual_statistics(
     import torch
 
     from ..architectures import get_adapter
-    from ..utils import progress_bar
-    from .gates import CouplingGates
+    from .forward import GatedForward
 
     adapter = adapter or get_adapter(model)
     blocks = adapter.block_list(model)
     num_boundaries = len(blocks) + 1
-    device = next(model.parameters()).device
     captured: list[torch.Tensor | None] = [None] * num_boundaries
 
     def capture_input(index):
@@ -99,28 +97,21 @@ def collect_residual_statistics(
         block.register_forward_pre_hook(capture_input(i), with_kwargs=True) for i, block in enumerate(blocks)
     ]
     handles.append(blocks[-1].register_forward_hook(capture_output))
-    was_training = model.training
-    model.eval()
     try:
-        with (
-            torch.no_grad(),
-            CouplingGates(model, adapter) as gates,
-            progress_bar(
-                total=data.num_samples, desc="Residual statistics", enabled=show_progress, unit="sample"
-            ) as bar,
-        ):
+        with GatedForward(
+            model,
+            data,
+            adapter=adapter,
+            batch_size=batch_size,
+            pad_token_id=pad_token_id,
+            show_progress=show_progress,
+            desc="Residual statistics",
+        ) as run:
             if removed:
-                alpha = torch.ones(gates.num_gates, device=device)
-                alpha[list(removed)] = 0.0
-                gates.alpha = alpha
-            for batch in data.batches(batch_size, pad_token_id):
-                batch.pop("labels")
-                inputs = {k: v.to(device) for k, v in batch.items()}
-                if adapter.task == "causal-lm":
-                    model(**inputs, use_cache=False)
-                else:
-                    adapter.decoder(model)(**inputs)
-                real = inputs["attention_mask"].bool()
+                run.set_removed(removed)
+            for batch in run:
+                run.outputs(batch)
+                real = batch["attention_mask"].bool()
                 # [tokens, boundaries, hidden] over real tokens only, in float32
                 stream = torch.stack([h[real].float() for h in captured], dim=1)
                 norms = stream.norm(dim=-1).clamp_min(1e-12)
@@ -133,11 +124,9 @@ def collect_residual_statistics(
                 norm_ratio += (norms[:, 1:] / norms[:, :-1]).sum(dim=0).double().cpu().numpy()
                 num_tokens += int(real.sum())
                 captured[:] = [None] * num_boundaries
-                bar.update(real.shape[0])
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if num_tokens == 0:
         raise ValueError("The calibration data has no real tokens.")
     return ResidualStatistics(

@@ -52,6 +52,8 @@ def qubo_from_bqm(bqm) -> QUBO:
 
 class _DimodSolver(Solver):
     sampler_name: str
+    requires = ("dimod", "dwave.samplers")
+    extra = "dimod"
 
     def __init__(self, penalty_scale: float, num_reads: int = 20, **sampler_kwargs):
         self.penalty_scale = penalty_scale
@@ -108,6 +110,8 @@ class GurobiSolver(Solver):
 
     name = "gurobi"
     time_limited = True
+    requires = ("gurobipy",)
+    extra = "gurobi"
 
     def __init__(self, time_limit_s: float = 60.0, threads: int = 1):
         self.time_limit_s = time_limit_s

@@ -37,11 +37,14 @@ def available_solvers() -> list[str]:
 
 
 def solver_class(name: str) -> type[Solver]:
+    from ..errors import ConfigurationError
+
     try:
         return _SOLVERS[name]
     except KeyError:
-        raise ValueError(
-            f"`solver`={name!r} is not registered; choose one of {available_solvers()}."
+        raise ConfigurationError(
+            f"`solver`={name!r} is not registered; choose one of {available_solvers()} (or register one: see "
+            "README, 'Extending')."
         ) from None
 
 
@@ -67,6 +70,21 @@ class Solver(ABC):
     name: ClassVar[str]
     #: True when the constructor takes `time_limit_s` (solve_ranking passes the configured limit).
     time_limited: ClassVar[bool] = False
+    #: Optional packages the solver imports, and the extra that installs them (checked before any work).
+    requires: ClassVar[tuple[str, ...]] = ()
+    extra: ClassVar[str | None] = None
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise an ImportError with the pip line when a package this solver needs is not installed."""
+        import importlib.util
+
+        missing = [name for name in cls.requires if importlib.util.find_spec(name.split(".")[0]) is None]
+        if missing:
+            raise ImportError(
+                f"`solver`={cls.name!r} needs {', '.join(missing)}, which is not installed. Install it with "
+                f"`pip install 'optimum-blockprune[{cls.extra}]'`, or choose another solver."
+            )
 
     @abstractmethod
     def _search(

@@ -28,7 +28,9 @@ def main(output_dir: str) -> None:
     student = copy.deepcopy(teacher)
     remove_blocks(student, [2, 3])
     data = tokenized_training_dataset(
-        TEXTS[:8], build_tokenizer(), BlockRemovalConfig(max_length=32, shuffle=False)
+        TEXTS[:8],
+        build_tokenizer(),
+        **BlockRemovalConfig(max_length=32, shuffle=False).calibration_options(num_samples=-1),
     )
     args = DistillationConfig(
         output_dir=os.path.join(output_dir, "run"),

@@ -1,0 +1,136 @@
+"""The one way the library runs calibration data through a gated model, and the one next-token shift.
+
+`GatedForward` puts the model in eval mode (restored after), installs the coupling gates (optional), turns
+gradients off unless asked for, shows a progress bar, and yields each batch on the model's device. The Fisher,
+the residual statistics and removal evaluation all run through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from ..architectures import ArchitectureAdapter
+    from .calibration import CalibrationData
+    from .gates import CouplingGates
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """Targets aligned with the logits: position t predicts labels[t + 1]; the last position predicts nothing."""
+    import torch
+
+    return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
+
+
+class GatedForward:
+    """Context manager over one pass of `data` through `model` with coupling gates.
+
+    Example:
+
+    ```python
+    >>> with GatedForward(model, data, desc="Scoring") as run:  # doctest: +SKIP
+    ...     for batch in run:
+    ...         run.gates.alpha = torch.zeros(run.gates.num_gates)
+    ...         logits = run.logits(batch)
+    ```
+
+    Args:
+        gates: install coupling gates (`run.gates`); False runs the plain model (`run.gates` is None).
+        granularity: one gate per block or per sublayer.
+        grad: keep autograd on (the Fisher's backward); otherwise everything runs under `no_grad`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: CalibrationData,
+        *,
+        adapter: ArchitectureAdapter | None = None,
+        granularity: str = "block",
+        gates: bool = True,
+        grad: bool = False,
+        batch_size: int = 8,
+        pad_token_id: int = 0,
+        show_progress: bool = False,
+        desc: str = "Forward",
+    ):
+        from ..architectures import get_adapter
+
+        self.model = model
+        self.data = data
+        # Without gates no adapter is needed (perplexity of any causal LM); with gates it says where they go.
+        self.adapter = adapter or (get_adapter(model) if gates else None)
+        self.granularity = granularity
+        self.use_gates = gates
+        self.grad = grad
+        self.batch_size = batch_size
+        self.pad_token_id = pad_token_id
+        self.show_progress = show_progress
+        self.desc = desc
+        self.device = next(model.parameters()).device
+        self.gates: CouplingGates | None = None
+        self._stack: contextlib.ExitStack | None = None
+        self._bar = None
+
+    def __enter__(self) -> GatedForward:
+        import torch
+
+        from ..utils import progress_bar
+        from .gates import CouplingGates
+
+        stack = contextlib.ExitStack()
+        was_training = self.model.training
+        self.model.eval()
+        stack.callback(self.model.train, was_training)
+        try:
+            stack.enter_context(torch.enable_grad() if self.grad else torch.no_grad())
+            if self.use_gates:
+                self.gates = stack.enter_context(
+                    CouplingGates(self.model, self.adapter, granularity=self.granularity)
+                )
+            self._bar = stack.enter_context(
+                progress_bar(
+                    total=self.data.num_samples, desc=self.desc, enabled=self.show_progress, unit="sample"
+                )
+            )
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        stack, self._stack, self.gates = self._stack, None, None
+        if stack is not None:
+            stack.__exit__(*exc_info)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Padded batches (`input_ids`, `attention_mask`, `labels`) on the model's device."""
+        if self._stack is None:
+            raise RuntimeError("Iterate a `GatedForward` inside its `with` block.")
+        for batch in self.data.batches(self.batch_size, self.pad_token_id):
+            yield {key: value.to(self.device) for key, value in batch.items()}
+            self._bar.update(batch["input_ids"].shape[0])
+
+    def set_removed(self, removed: tuple[int, ...] | list[int]) -> None:
+        """Gates at 1 except the given variables at 0 (the same for every sample); `()` is the unpruned model."""
+        import torch
+
+        alpha = torch.ones(self.gates.num_gates, device=self.device)
+        alpha[list(removed)] = 0.0
+        self.gates.alpha = alpha
+
+    def outputs(self, batch: dict[str, Any]):
+        """The model's outputs on a batch: the LM's (with logits) or, for encoders, the base model's."""
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        if self.adapter is None or self.adapter.task == "causal-lm":
+            return self.model(**inputs, use_cache=False)
+        return self.adapter.decoder(self.model)(**inputs)
+
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.outputs(batch).logits

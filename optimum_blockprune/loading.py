@@ -1,0 +1,81 @@
+"""Loading a model and its tokenizer for pruning: the architecture is checked before any weights are read."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from .architectures import get_adapter, model_type_of, supported_model_types
+from .architectures.base import TASKS
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+# `from_pretrained` kwargs that the config and tokenizer need as well as the model.
+_SHARED_LOAD_KWARGS = (
+    "revision",
+    "token",
+    "cache_dir",
+    "trust_remote_code",
+    "gguf_file",
+    "subfolder",
+    "local_files_only",
+)
+
+
+def _is_gguf_quantized(model: nn.Module) -> bool:
+    quantization_config = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    method = getattr(quantization_config, "quant_method", None)
+    return "gguf" in str(getattr(method, "value", method)).lower()
+
+
+def _without_gguf_quantizer(model: nn.Module) -> nn.Module:
+    """A GGUF-loaded model is already de-quantised in memory but refuses `save_pretrained`; rebuild it as a
+    plain model from its config (minus `quantization_config`) with the same weights."""
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(model.config).from_dict(config_dict)
+    plain = type(model)(config).to(dtype=next(model.parameters()).dtype)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.tie_weights()
+    return plain.eval()
+
+
+def load_pretrained(
+    model_id: str | os.PathLike,
+    *,
+    tokenizer: Any | None = None,
+    auto_class: Any | None = None,
+    allow_generic: bool = False,
+    **kwargs: Any,
+) -> tuple[nn.Module, Any | None]:
+    """The model (with the task's auto class unless `auto_class` is given) and its tokenizer (None if it has
+    none; token-id calibration data needs none). An unregistered architecture fails before loading weights.
+    `kwargs` go to `from_pretrained` (`dtype`, `device_map`, `revision`, `gguf_file`, ...)."""
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_id = os.fspath(model_id)
+    shared = {k: kwargs[k] for k in _SHARED_LOAD_KWARGS if k in kwargs}
+    model_config = AutoConfig.from_pretrained(model_id, **shared)
+    task = "causal-lm"
+    if not allow_generic or model_type_of(model_config) in supported_model_types():
+        task = get_adapter(model_config).task  # fails before loading any weights
+    if auto_class is None:
+        auto_class = getattr(transformers, TASKS[task].auto_class)
+    model = auto_class.from_pretrained(model_id, **kwargs)
+    if _is_gguf_quantized(model):
+        model = _without_gguf_quantizer(model)
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_id, **shared)
+        except (OSError, ValueError) as error:
+            logger.warning(
+                "No tokenizer could be loaded from %s (%s); pass `tokenizer=` for text data, or give token ids.",
+                model_id,
+                error,
+            )
+    return model, tokenizer

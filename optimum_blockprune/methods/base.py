@@ -1,0 +1,212 @@
+"""The ranking-method registry: every way of choosing blocks (CBO and each baseline) is one registered class.
+
+A method declares what it needs (`needs`: the Fisher, hidden-state statistics, measured removals, next-token
+predictions), what it costs, and the reference it implements, and implements one function,
+`rank(problem, context) -> Ranking`, over the same constrained problem for every method. The `RankingContext`
+computes estimates on demand (and keeps them, so a caller can report what was used); a method never loads
+data or touches model structure itself.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..registry import Registry
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch.nn as nn
+
+    from ..architectures import ArchitectureAdapter
+    from ..config import BlockRemovalConfig
+    from ..estimation.calibration import CalibrationData
+    from ..estimation.fisher import FisherEstimate
+    from ..estimation.statistics import ResidualStatistics
+    from ..qubo import CardinalityProblem
+    from ..result import Ranking
+
+#: What a method may need. "fisher": per-sample gate gradients (one forward + backward per batch);
+#: "statistics": residual-stream statistics (forwards); "removals": removals measured through gates at 0
+#: (needs gates that remove exactly); "next_token": next-token predictions (a language-model head).
+NEEDS = ("fisher", "statistics", "removals", "next_token")
+
+METHODS: Registry[RankingMethod] = Registry("method", "optimum_blockprune.methods", "method")
+
+
+def register_method(cls: type[RankingMethod]) -> type[RankingMethod]:
+    """Class decorator: register a `RankingMethod` under `cls.name` (duplicates are refused)."""
+    unknown = set(cls.needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(
+            f"Method {cls.name!r} declares unknown needs {sorted(unknown)}; allowed: {list(NEEDS)}."
+        )
+    return METHODS.register(cls)
+
+
+def available_methods() -> list[str]:
+    return METHODS.names()
+
+
+def get_method(name: str) -> RankingMethod:
+    """The registered method `name`; an unknown name raises `ConfigurationError` listing the choices."""
+    return METHODS.get(name)
+
+
+class RankingMethod(ABC):
+    """One way to rank removals. Subclass, set the class attributes, implement `rank`, decorate with
+    `@register_method`; the config, CLI, ranking tables and the model card pick it up by name.
+
+    Attributes:
+        name: the `method=` value.
+        label: how its states are named in tables (`label:rank`); default: the name.
+        description: one line, what it removes (README table, CLI help, card).
+        objective: what `RankedState.energy` holds for this method (table header).
+        needs: subset of `NEEDS`.
+        cost: forwards/backwards it spends, in words.
+        reference: the paper or idea it implements.
+        sublayers: it can rank sublayer variables (`granularity="sublayer"`).
+        uses_energy: it minimises a registered energy (`config.energy`), so the card shows the energy ranking.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    objective: ClassVar[str] = "score"
+    needs: ClassVar[tuple[str, ...]] = ()
+    cost: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    sublayers: ClassVar[bool] = False
+    uses_energy: ClassVar[bool] = False
+
+    @property
+    def display_label(self) -> str:
+        return self.label or self.name
+
+    def requirements(self, config: BlockRemovalConfig) -> tuple[str, ...]:
+        """What ranking with `config` needs (a method whose needs depend on the config overrides this)."""
+        return tuple(self.needs)
+
+    def objective_for(self, config: BlockRemovalConfig) -> str:
+        return self.objective
+
+    @abstractmethod
+    def rank(self, problem: CardinalityProblem, context: RankingContext) -> Ranking:
+        """The ranked feasible states of `problem` (best first), as a `Ranking`."""
+
+    def run(self, problem: CardinalityProblem, context: RankingContext) -> Ranking:
+        """`rank`, with the ranking stamped with this method's name, label, objective (and energy)."""
+        ranking = self.rank(problem, context)
+        return replace(
+            ranking,
+            method=self.name,
+            label=self.display_label,
+            objective=self.objective_for(context.config),
+            energy_name=context.config.energy if self.uses_energy else None,
+        )
+
+    def info(self, config: BlockRemovalConfig | None = None) -> dict[str, Any]:
+        """What provenance and the card record about the method."""
+        return {
+            "name": self.name,
+            "label": self.display_label,
+            "description": self.description,
+            "objective": self.objective_for(config) if config is not None else self.objective,
+            "reference": self.reference,
+            "cost": self.cost,
+            "uses_energy": self.uses_energy,
+        }
+
+
+@dataclass
+class RankingContext:
+    """What a method may read: the config, the model (read only) and calibration data, and estimates.
+
+    Estimates are computed on first use and kept in `estimates` ("fisher", "statistics"); an estimate given up
+    front (a saved Fisher) is used as is, so ranking from a `FisherEstimate` needs no model at all.
+    """
+
+    config: BlockRemovalConfig
+    model: nn.Module | None = None
+    adapter: ArchitectureAdapter | None = None
+    data: CalibrationData | None = None
+    pad_token_id: int = 0
+    fisher_type: str = "empirical"
+    estimates: dict[str, Any] = field(default_factory=dict)
+    fisher_metadata: dict[str, Any] = field(default_factory=dict)
+
+    def _require_model(self, what: str) -> None:
+        if self.model is None or self.data is None:
+            raise ValueError(
+                f"`method`={self.config.method!r} needs {what}, which needs a model and calibration data."
+            )
+
+    @property
+    def forward_options(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.config.batch_size,
+            "pad_token_id": self.pad_token_id,
+            "show_progress": self.config.show_progress,
+        }
+
+    def fisher(self) -> FisherEstimate:
+        """The block Fisher of the calibration data (estimated once, on first use)."""
+        if "fisher" not in self.estimates:
+            from ..estimation.fisher import estimate_fisher
+
+            self._require_model("a Fisher estimate")
+            self.estimates["fisher"] = estimate_fisher(
+                self.model,
+                self.data,
+                adapter=self.adapter,
+                fisher=self.fisher_type,
+                granularity=self.config.granularity,
+                seed=self.config.seed,
+                metadata=self.fisher_metadata,
+                **self.forward_options,
+            )
+        return self.estimates["fisher"]
+
+    def statistics(self, removed: tuple[int, ...] = ()) -> ResidualStatistics:
+        """Residual-stream statistics with the blocks in `removed` skipped (the unpruned ones are kept)."""
+        from ..estimation.statistics import collect_residual_statistics
+
+        if not removed and "statistics" in self.estimates:
+            return self.estimates["statistics"]
+        self._require_model("residual-stream statistics")
+        stats = collect_residual_statistics(
+            self.model, self.data, adapter=self.adapter, removed=removed, **self.forward_options
+        )
+        if not removed:
+            self.estimates["statistics"] = stats
+        return stats
+
+    def removal_costs(self, removals: list[tuple[int, ...]], metric: str = "loss") -> np.ndarray:
+        """The calibration `metric` of each removal, measured through gates at 0 (no model copy)."""
+        from ..evaluation import evaluate_removals
+
+        self._require_model("measured removals")
+        return evaluate_removals(
+            self.model, self.data, removals, metric=metric, adapter=self.adapter, **self.forward_options
+        )
+
+
+class ImportanceMethod(RankingMethod):
+    """A one-shot method: one importance score per block; ranks the feasible sets of smallest total score."""
+
+    @abstractmethod
+    def importance(self, problem: CardinalityProblem, context: RankingContext) -> np.ndarray:
+        """One score per variable (lower = removed first)."""
+
+    def rank(self, problem: CardinalityProblem, context: RankingContext) -> Ranking:
+        from .rules import rank_by_importance
+
+        config = context.config
+        return rank_by_importance(
+            problem,
+            self.importance(problem, context),
+            config.num_states,
+            solver=config.solver,
+            time_limit_s=config.solver_time_limit_s,
+        )

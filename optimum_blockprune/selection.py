@@ -1,0 +1,240 @@
+"""Selection: rank removals with the configured method, then choose one (`selection='ground'` or `'auto'`).
+
+`select_removal` is what `Pruner.select` runs; `rank_from_fisher` ranks from a saved Fisher with no model (the
+CLI's `rank --fisher-file`, the training callback). Both return value objects and never change the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError
+from .methods import RankingContext, get_method
+from .problem import check_fisher, fisher_type, removal_problem, require_states
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from .architectures import ArchitectureAdapter, BlockInfo
+    from .config import BlockRemovalConfig
+    from .estimation.calibration import CalibrationData
+    from .estimation.fisher import FisherEstimate
+    from .qubo import CardinalityProblem
+    from .result import RankedState, Ranking
+
+logger = logging.getLogger(__name__)
+
+#: Needs that read calibration data (a given Fisher spares the "fisher" one).
+_DATA_NEEDS = ("statistics", "removals")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What `select` decided: the ranking (with held-out scores under `selection='auto'`), the chosen state,
+    and the estimates the method used (`"fisher"`, `"statistics"`), keyed by name."""
+
+    ranking: Ranking
+    state: RankedState
+    config: BlockRemovalConfig
+    estimates: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def removed_blocks(self) -> tuple[int, ...]:
+        return self.state.removed_blocks
+
+    @property
+    def fisher(self) -> FisherEstimate | None:
+        return self.estimates.get("fisher")
+
+
+def needs_calibration_data(config: BlockRemovalConfig, *, has_fisher: bool) -> bool:
+    """Whether ranking and choosing with `config` reads calibration data (a given Fisher spares a Fisher-based
+    method the estimate, but not `selection='auto'`, which measures states on held-out samples)."""
+    needs = get_method(config.method).requirements(config)
+    return (
+        ("fisher" in needs and not has_fisher)
+        or any(need in needs for need in _DATA_NEEDS)
+        or config.selection == "auto"
+    )
+
+
+def finish_ranking(ranking: Ranking, units: Sequence[dict[str, Any]], config: BlockRemovalConfig) -> Ranking:
+    """A method's ranking with the variables' granularity and kinds; refuses an empty one."""
+    return replace(
+        require_states(ranking),
+        granularity=config.granularity,
+        kinds=tuple(unit["kind"] for unit in units),
+    )
+
+
+def rank_from_fisher(
+    fisher: FisherEstimate, config: BlockRemovalConfig, *, unremovable_kinds: Sequence[str] = ()
+) -> Ranking:
+    """Rank with `config.method` from a Fisher estimate alone (no model): CBO's energy, Taylor, H_ii."""
+    units = check_fisher(fisher, config)
+    problem = removal_problem(units, config, unremovable_kinds=unremovable_kinds)
+    context = RankingContext(config, estimates={"fisher": fisher})
+    return finish_ranking(get_method(config.method).run(problem, context), units, config)
+
+
+def calibration_split(
+    calibration_dataset: Any, tokenizer: Any, config: BlockRemovalConfig, *, model: nn.Module | None = None
+) -> tuple[CalibrationData, CalibrationData | None]:
+    """The scoring samples and, for `selection='auto'`, the held-out samples that follow them.
+
+    The scoring part is exactly what `config` alone would prepare (same shuffle, same first samples), so a
+    Fisher estimated here matches one estimated without selection.
+    """
+    from .estimation.calibration import CalibrationData
+
+    if config.selection != "auto":
+        return prepare_scoring_data(calibration_dataset, tokenizer, config, model=model), None
+    wanted = config.num_calibration_samples + config.num_selection_samples
+    prepared = prepare_scoring_data(calibration_dataset, tokenizer, config, model=model, num_samples=wanted)
+    total = prepared.num_samples
+    held = config.num_selection_samples if total >= wanted else min(config.num_selection_samples, total // 2)
+    if held < 1:
+        raise ConfigurationError(
+            f"`selection='auto'` holds calibration samples out for measuring states, but the data gave only "
+            f"{total} sample(s). Provide more calibration data or use `selection='ground'`."
+        )
+    if total < wanted:
+        logger.warning(
+            "Only %d calibration samples: %d score the blocks and %d are held out for `selection='auto'`.",
+            total,
+            total - held,
+            held,
+        )
+    source = prepared.source
+    return (
+        CalibrationData(prepared.samples[: total - held], source),
+        CalibrationData(prepared.samples[total - held :], f"{source} (held out)"),
+    )
+
+
+def prepare_scoring_data(
+    data: Any,
+    tokenizer: Any,
+    config: BlockRemovalConfig,
+    *,
+    model: nn.Module | None = None,
+    num_samples: int | None = None,
+) -> CalibrationData:
+    """`config`'s calibration samples from `data` (token ids checked against `model`'s vocabulary)."""
+    from .estimation.calibration import prepare_calibration_data
+
+    vocab_size = model.get_input_embeddings().num_embeddings if model is not None else None
+    prepared = prepare_calibration_data(
+        data, tokenizer, vocab_size=vocab_size, **config.calibration_options(num_samples)
+    )
+    logger.info(
+        "Calibration: %d samples, %d tokens from %s.",
+        prepared.num_samples,
+        prepared.num_tokens,
+        prepared.source,
+    )
+    return prepared
+
+
+def measure_states(
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    ranking: Ranking,
+    config: BlockRemovalConfig,
+    held_out: CalibrationData,
+    *,
+    pad_token_id: int = 0,
+) -> Ranking:
+    """The ranking with every state's held-out `config.selection_metric` recorded in `RankedState.score`."""
+    from .evaluation import evaluate_removals
+
+    scores = evaluate_removals(
+        model,
+        held_out,
+        [state.removed_blocks for state in ranking],
+        metric=config.selection_metric,
+        adapter=adapter,
+        granularity=ranking.granularity,
+        batch_size=config.batch_size,
+        pad_token_id=pad_token_id,
+        show_progress=config.show_progress,
+    )
+    states = tuple(replace(state, score=float(score)) for state, score in zip(ranking, scores))
+    stats = {
+        **ranking.stats,
+        "selection_samples": held_out.num_samples,
+        "selection_tokens": held_out.num_tokens,
+    }
+    return replace(ranking, states=states, selection_metric=config.selection_metric, stats=stats)
+
+
+def choose(ranking: Ranking, config: BlockRemovalConfig) -> RankedState:
+    """`ranking[config.selected_state]`, or the best measured state under `selection='auto'`."""
+    if config.selection == "auto":
+        state = ranking.best_scored()
+        logger.info(
+            "selection='auto' chose %s:%d (held-out %s %.5g; rank 0 had %.5g).",
+            ranking.label,
+            state.rank,
+            config.selection_metric,
+            state.score,
+            ranking[0].score,
+        )
+        return state
+    if config.selected_state >= len(ranking):
+        raise ConfigurationError(
+            f"`selected_state`={config.selected_state} but only {len(ranking)} feasible states exist."
+        )
+    return ranking[config.selected_state]
+
+
+def select_removal(
+    problem: CardinalityProblem,
+    config: BlockRemovalConfig,
+    *,
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    units: Sequence[BlockInfo],
+    calibration_dataset: Any = None,
+    tokenizer: Any = None,
+    fisher: FisherEstimate | None = None,
+    pad_token_id: int = 0,
+    fisher_metadata: dict[str, Any] | None = None,
+) -> Selection:
+    """Rank with `config.method` over `problem` (from `check_request`), choose with `config.selection`.
+
+    Raises:
+        ConfigurationError: the method needs calibration data that was not given, or a given Fisher does not
+            fit the model.
+    """
+    method = get_method(config.method)
+    needs = method.requirements(config)
+    unit_dicts = [unit.to_dict() for unit in units]
+    if fisher is not None:
+        check_fisher(fisher, config, len(units))
+    scoring = held_out = None
+    if needs_calibration_data(config, has_fisher=fisher is not None):
+        if calibration_dataset is None:
+            raise ConfigurationError(
+                f"`method`={config.method!r} with `selection`={config.selection!r} needs calibration data: pass "
+                "`calibration_dataset=` (texts, token ids, a dataset, a file or a Hub name)"
+                + (" or `fisher=`." if "fisher" in needs and config.selection != "auto" else ".")
+            )
+        scoring, held_out = calibration_split(calibration_dataset, tokenizer, config, model=model)
+    context = RankingContext(
+        config,
+        model=model,
+        adapter=adapter,
+        data=scoring,
+        pad_token_id=pad_token_id,
+        fisher_type=fisher_type(adapter, config) if "fisher" in needs else "empirical",
+        estimates={"fisher": fisher} if fisher is not None else {},
+        fisher_metadata={"max_length": config.max_length, **(fisher_metadata or {})},
+    )
+    ranking = finish_ranking(method.run(problem, context), unit_dicts, config)
+    if config.selection == "auto":
+        ranking = measure_states(model, adapter, ranking, config, held_out, pad_token_id=pad_token_id)
+    return Selection(ranking, choose(ranking, config), config, dict(context.estimates))
