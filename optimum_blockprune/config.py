@@ -222,6 +222,11 @@ class BlockRemovalConfig:
     )
 
     def __post_init__(self) -> None:
+        self._normalise_blocks_and_kinds()
+        self._check_counts()
+        self._check_choices()
+
+    def _normalise_blocks_and_kinds(self) -> None:
         if isinstance(self.protected_blocks, (int, str)) or not isinstance(self.protected_blocks, Sequence):
             raise ConfigurationError(
                 f"`protected_blocks` must be a sequence of 0-based block indices, got {self.protected_blocks!r}. "
@@ -254,6 +259,8 @@ class BlockRemovalConfig:
             if kind in self.max_removed_per_kind and low > self.max_removed_per_kind[kind]
         }
         _check(not clash, f"`min_removed_per_kind` exceeds `max_removed_per_kind` for {clash} (min, max).")
+
+    def _check_counts(self) -> None:
         for name in (
             "num_blocks_to_remove",
             "num_states",
@@ -296,6 +303,9 @@ class BlockRemovalConfig:
                 f"`min_parameters_removed`={self.min_parameters_removed} exceeds `max_parameters_removed`="
                 f"{self.max_parameters_removed}.",
             )
+
+    def _check_choices(self) -> None:
+        """Literal fields against their values; method, energy and solver against their registries."""
         _check(
             self.fisher in FISHER_TYPES, f"`fisher` must be one of {list(FISHER_TYPES)}, got {self.fisher!r}."
         )

@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 from .architectures import BlockInfo, get_adapter
 from .config import BlockRemovalConfig
 from .errors import ConfigurationError, SurgeryError
-from .hub import DEFAULT_COMMIT_MESSAGE
-from .problem import blocks_of_sublayers, check_request, fisher_type
+from .problem import check_request, fisher_type
 from .result import PruningResult, RankedState, Ranking
-from .selection import Selection, rank_from_fisher, select_removal
+from .selection import Selection, rank_from_fisher, resolve_state, select_removal
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from .distillation import DistillationConfig
     from .estimation import FisherEstimate
+    from .qubo import CardinalityProblem
 
 logger = logging.getLogger(__name__)
 
@@ -84,16 +84,8 @@ class Pruner:
         allow_generic: bool = False,
         **kwargs: Any,
     ) -> Pruner:
-        """Load a model (and its tokenizer) with `from_pretrained`, checking the architecture before the weights.
-
-        Args:
-            model_id: Hub id or local directory.
-            tokenizer: a tokenizer to use instead of loading one from `model_id`.
-            auto_class: the `transformers` auto class (default `AutoModelForCausalLM` for decoders, `AutoModel`
-                for encoders).
-            allow_generic: use a guessed adapter for an unregistered decoder (see `Pruner`).
-            kwargs: passed to `from_pretrained` (e.g. `dtype`, `device_map`, `revision`, `gguf_file`).
-        """
+        """Load a model (Hub id or directory) and its tokenizer, checking the architecture before the weights
+        (`loading.load_pretrained`: `auto_class` defaults to the task's, `kwargs` go to `from_pretrained`)."""
         from .loading import load_pretrained
 
         model, tokenizer = load_pretrained(
@@ -127,14 +119,21 @@ class Pruner:
         return 0
 
     # -- stages -------------------------------------------------------------------------------------------------
-    def check_config(self, config: BlockRemovalConfig, *, applying: bool = True) -> None:
-        """Every check that needs only the model's structure, so a bad request fails before calibration.
+    def check_config(self, config: BlockRemovalConfig, *, applying: bool = True) -> CardinalityProblem:
+        """Every check that needs only the model's structure (`problem.check_request`), so a bad request fails
+        before calibration; returns the constrained problem the method ranks over.
 
         Raises:
             ConfigurationError: the config cannot be met on this model, or (with `applying`) its result could not
                 be stored as a standard checkpoint.
         """
-        self._check(config, applying=applying)
+        return check_request(
+            self.adapter,
+            self.units(config.granularity),
+            config,
+            model_config=self.adapter.text_config(self.model),
+            applying=applying,
+        )
 
     def estimate(self, calibration_dataset: Any, config: BlockRemovalConfig | None = None) -> FisherEstimate:
         """Estimate the block Fisher (per-sample gradients A, Hessian H, mean gradient g) on calibration data.
@@ -175,8 +174,7 @@ class Pruner:
             raise ConfigurationError("No Fisher estimate: call `estimate(...)` first or pass `fisher=`.")
         config = config or BlockRemovalConfig()
         check_fisher(fisher, config, len(self.units(config.granularity)))
-        self._check(config, applying=False)
-        self.ranking = rank_from_fisher(fisher, config, unremovable_kinds=self.adapter.unremovable_kinds)
+        self.ranking = rank_from_fisher(fisher, config, problem=self.check_config(config, applying=False))
         self.fisher, self.config = fisher, config
         return self.ranking
 
@@ -202,19 +200,13 @@ class Pruner:
     def apply(self, state: Selection | RankedState | int | Sequence[int]) -> PruningResult:
         """Remove blocks from the model in place: a `Selection`, a `RankedState`, a rank into the last ranking,
         or 0-based block indices."""
-        from .surgery import remove_blocks
+        from .surgery import apply_removal
 
         self._refuse_if_pruned("apply")
-        removed, rank = self._resolve_state(state.state if isinstance(state, Selection) else state)
-        before = _count_parameters(self.model)
-        kept = remove_blocks(self.model, removed, self.adapter)
-        self.result = PruningResult(
-            ranking=self.ranking if rank is not None else None,
-            selected_rank=rank,
-            removed_blocks=tuple(sorted(set(removed))),
-            kept_blocks=tuple(kept),
-            num_parameters_before=before,
-            num_parameters_after=_count_parameters(self.model),
+        state = state.state if isinstance(state, Selection) else state
+        removed, rank = resolve_state(state, self.ranking, self.original_sublayers, self.adapter.model_type)
+        self.result = apply_removal(
+            self.model, removed, self.adapter, ranking=self.ranking, selected_rank=rank
         )
         logger.info(
             "Pruned %s: removed blocks %s, %.1f%% fewer parameters.",
@@ -251,23 +243,12 @@ class Pruner:
         num_train_samples: int | None = None,
         callbacks: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
-        """Heal the pruned model by KL distillation from `teacher` (`DistillationTrainer`); record the settings.
+        """Heal the pruned model by KL distillation from `teacher` (`DistillationTrainer`; see
+        `distillation.healing.heal` for every argument) and record the settings in provenance and the card.
 
-        Args:
-            train_dataset: texts, token ids, a dataset, a file or a Hub name (tokenised like calibration data,
-                with this pruning's `max_length`/packing), or a `datasets.Dataset` that already has `input_ids`.
-            args: a `DistillationConfig` (`TrainingArguments` + temperature, alpha, teacher placement).
-            teacher: the unpruned model, or its name/path (loaded with `args.teacher_model_init_kwargs`).
-                Default: this pruner's `model_id`.
-            eval_dataset: held-out data like `train_dataset`; its KL to the teacher is measured before and after.
-            lora_config: a `peft.LoraConfig`: train LoRA adapters on the pruned model, then merge them, so the model
-                stays a plain `transformers` model.
-            num_train_samples: cap on the training samples taken from `train_dataset`.
-            callbacks: extra `TrainerCallback`s.
-
-        Returns:
-            The record kept in `self.distillation` (settings, steps, losses) and saved in `blockprune_config.json`
-            and the model card.
+        `train_dataset` / `eval_dataset` are anything calibration accepts (tokenised with this pruning's
+        `max_length`/packing); `teacher` defaults to this pruner's `model_id`; `lora_config` trains merged LoRA
+        adapters. Returns the record kept in `self.distillation`.
         """
         from .distillation.config import require_distillation_config
         from .distillation.healing import heal
@@ -323,7 +304,7 @@ class Pruner:
         from .hub import ensure_writable_directory
 
         self._refuse_if_pruned("prune_and_distill")
-        self._check(config, applying=True)
+        self.check_config(config, applying=True)
         require_distillation_config(args)
         if save_directory is not None:
             ensure_writable_directory(save_directory, overwrite)
@@ -378,47 +359,22 @@ class Pruner:
             **kwargs,
         )
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        commit_message: str = DEFAULT_COMMIT_MESSAGE,
-        create_pr: bool = False,
-    ):
-        """Save into a temporary directory (card rendered for `repo_id`) and upload it in one commit."""
+    def push_to_hub(self, repo_id: str, **kwargs: Any):
+        """Save into a temporary directory (card rendered for `repo_id`) and upload it in one commit; `kwargs`
+        (`private`, `token`, `revision`, `commit_message`, `create_pr`) go to `hub.push_folder_to_hub`."""
         from .hub import push_folder_to_hub
 
         with tempfile.TemporaryDirectory() as staging:
             folder = self.save_pretrained(os.path.join(staging, "model"), repo_id=repo_id)
-            return push_folder_to_hub(
-                folder,
-                repo_id,
-                private=private,
-                token=token,
-                revision=revision,
-                commit_message=commit_message,
-                create_pr=create_pr,
-            )
+            return push_folder_to_hub(folder, repo_id, **kwargs)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
-    def _check(self, config: BlockRemovalConfig, *, applying: bool):
-        return check_request(
-            self.adapter,
-            self.units(config.granularity),
-            config,
-            model_config=self.adapter.text_config(self.model),
-            applying=applying,
-        )
-
     def _select(
         self, config: BlockRemovalConfig, data: Any, fisher: FisherEstimate | None, *, applying: bool
     ) -> Selection:
         self._refuse_if_pruned("prune" if applying else "select")
         selection = select_removal(
-            self._check(config, applying=applying),
+            self.check_config(config, applying=applying),
             config,
             model=self.model,
             adapter=self.adapter,
@@ -433,31 +389,9 @@ class Pruner:
         self.fisher = selection.fisher if selection.fisher is not None else self.fisher
         return selection
 
-    def _resolve_state(self, state: RankedState | int | Sequence[int]) -> tuple[tuple[int, ...], int | None]:
-        """The blocks a state removes (sublayer states mapped to whole blocks) and its rank, if it has one."""
-        if isinstance(state, RankedState):
-            removed, rank = state.removed_blocks, state.rank
-        elif isinstance(state, int):
-            if self.ranking is None or not 0 <= state < len(self.ranking):
-                available = len(self.ranking) if self.ranking is not None else 0
-                raise ConfigurationError(
-                    f"`state`={state} is not a rank of the current ranking ({available} states); call `solve` first "
-                    "or pass the block indices to remove."
-                )
-            removed, rank = self.ranking[state].removed_blocks, state
-        else:
-            return tuple(sorted(int(i) for i in state)), None
-        if self.ranking is not None and self.ranking.granularity == "sublayer":
-            removed = blocks_of_sublayers(self.original_sublayers, removed, self.adapter.model_type)
-        return removed, rank
-
     def _refuse_if_pruned(self, action: str) -> None:
         if self.result is not None:
             raise SurgeryError(
                 f"This pruner has already removed blocks {list(self.result.removed_blocks)}; `{action}` works on the "
                 "original model. Create a new `Pruner` from the original model to prune again."
             )
-
-
-def _count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -71,11 +71,18 @@ def finish_ranking(ranking: Ranking, units: Sequence[dict[str, Any]], config: Bl
 
 
 def rank_from_fisher(
-    fisher: FisherEstimate, config: BlockRemovalConfig, *, unremovable_kinds: Sequence[str] = ()
+    fisher: FisherEstimate,
+    config: BlockRemovalConfig,
+    *,
+    unremovable_kinds: Sequence[str] = (),
+    problem: CardinalityProblem | None = None,
 ) -> Ranking:
-    """Rank with `config.method` from a Fisher estimate alone (no model): CBO's energy, Taylor, H_ii."""
+    """Rank with `config.method` from a Fisher estimate alone (no model): CBO's energy, Taylor, H_ii.
+
+    `problem` (from `check_request`) spares rebuilding it from the estimate's unit metadata."""
     units = check_fisher(fisher, config)
-    problem = removal_problem(units, config, unremovable_kinds=unremovable_kinds)
+    if problem is None:
+        problem = removal_problem(units, config, unremovable_kinds=unremovable_kinds)
     context = RankingContext(config, estimates={"fisher": fisher})
     return finish_ranking(get_method(config.method).run(problem, context), units, config)
 
@@ -238,3 +245,34 @@ def select_removal(
     if config.selection == "auto":
         ranking = measure_states(model, adapter, ranking, config, held_out, pad_token_id=pad_token_id)
     return Selection(ranking, choose(ranking, config), config, dict(context.estimates))
+
+
+def resolve_state(
+    state: RankedState | int | Sequence[int],
+    ranking: Ranking | None,
+    sublayers: Sequence[BlockInfo],
+    model_type: str,
+) -> tuple[tuple[int, ...], int | None]:
+    """The blocks a state removes (a `RankedState`, a rank into `ranking`, or 0-based block indices; sublayer
+    states mapped to whole blocks) and its rank, if it has one.
+
+    Raises:
+        ConfigurationError: a rank that `ranking` does not have.
+        SurgeryError: a sublayer state that would leave part of a block.
+    """
+    from .problem import blocks_of_sublayers
+
+    if isinstance(state, int):
+        if ranking is None or not 0 <= state < len(ranking):
+            available = len(ranking) if ranking is not None else 0
+            raise ConfigurationError(
+                f"`state`={state} is not a rank of the current ranking ({available} states); call `solve` first "
+                "or pass the block indices to remove."
+            )
+        state = ranking[state]
+    elif not hasattr(state, "removed_blocks"):
+        return tuple(sorted(int(i) for i in state)), None
+    removed = state.removed_blocks
+    if ranking is not None and ranking.granularity == "sublayer":
+        removed = blocks_of_sublayers(sublayers, removed, model_type)
+    return removed, state.rank

@@ -17,6 +17,8 @@ from .errors import SurgeryError
 if TYPE_CHECKING:
     import torch.nn as nn
 
+    from .result import PruningResult, Ranking
+
 logger = logging.getLogger(__name__)
 
 
@@ -121,3 +123,28 @@ def remove_blocks(
         "Removed %d of %d blocks: %s.", num_old - len(kept), num_old, sorted(set(range(num_old)) - set(kept))
     )
     return kept
+
+
+def apply_removal(
+    model: nn.Module,
+    removed: Iterable[int],
+    adapter: ArchitectureAdapter | None = None,
+    *,
+    ranking: Ranking | None = None,
+    selected_rank: int | None = None,
+) -> PruningResult:
+    """`remove_blocks`, recorded: the removed and kept blocks, parameter counts before and after, and the
+    ranking the state came from (when it came from one)."""
+    from .result import PruningResult
+
+    removed = tuple(sorted(set(int(i) for i in removed)))
+    before = sum(p.numel() for p in model.parameters())
+    kept = remove_blocks(model, removed, adapter)
+    return PruningResult(
+        ranking=ranking if selected_rank is not None else None,
+        selected_rank=selected_rank,
+        removed_blocks=removed,
+        kept_blocks=tuple(kept),
+        num_parameters_before=before,
+        num_parameters_after=sum(p.numel() for p in model.parameters()),
+    )

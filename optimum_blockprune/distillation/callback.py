@@ -19,9 +19,9 @@ from ..estimation.fisher import FisherEstimate, hessian_from_gradients
 from ..estimation.forward import next_token_targets
 from ..estimation.gates import CouplingGates
 from ..problem import check_request
-from ..result import Ranking
+from ..result import PruningResult, Ranking
 from ..selection import rank_from_fisher
-from ..surgery import remove_blocks
+from ..surgery import apply_removal
 from ..utils import atomic_write_text
 
 if TYPE_CHECKING:
@@ -203,9 +203,7 @@ class BlockPruningCallback(TrainerCallback):
         )
         state_to_apply = self.ranking[self.config.selected_state]
         parameters_before = {id(p) for p in model.parameters()}
-        num_before = sum(p.numel() for p in self.model.parameters())
-        self._remove(state_to_apply.removed_blocks)
-        reduction = 1 - sum(p.numel() for p in self.model.parameters()) / num_before
+        reduction = self._remove(state_to_apply.removed_blocks).parameter_reduction
         alive = {id(p) for p in model.parameters()}
         removed = parameters_before - alive
         if optimizer is not None:
@@ -266,10 +264,11 @@ class BlockPruningCallback(TrainerCallback):
         self.ranking = Ranking.from_dict(record["ranking"]) if record.get("ranking") else None
         self._remove(removed)
 
-    def _remove(self, removed: tuple[int, ...]) -> None:
+    def _remove(self, removed: tuple[int, ...]) -> PruningResult:
         """Remove the blocks (the library's surgery, the one place that changes structure) and remember them."""
-        remove_blocks(self.model, removed, self.adapter)
-        self.removed_blocks = tuple(sorted(removed))
+        result = apply_removal(self.model, removed, self.adapter)
+        self.removed_blocks = result.removed_blocks
+        return result
 
     def _restore_structure_before_load(self, module, state_dict, prefix, *args) -> None:
         """`Trainer` loads a checkpoint with `load_state_dict(strict=False)`; a pruned checkpoint would fill the

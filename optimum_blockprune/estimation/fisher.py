@@ -194,6 +194,42 @@ class FisherEstimate:
         return cls(metadata=json.loads(header["blockprune"]), **arrays)
 
 
+class _GateGradients:
+    """One batch's per-sample gate gradients [batch, gates] (and per-sample losses) from one backward.
+
+    Keeps one reusable buffer for the [batch, seq, vocab] logit gradient across batches."""
+
+    def __init__(self, run: GatedForward, fisher: str, generator: torch.Generator):
+        self.run = run
+        self.fisher = fisher
+        self.generator = generator
+        self.workspace: torch.Tensor | None = None
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, torch.Tensor]:
+        import torch
+
+        run, labels = self.run, batch["labels"]
+        alpha = torch.ones(labels.shape[0], run.gates.num_gates, device=run.device, requires_grad=True)
+        run.gates.alpha = alpha
+        if self.fisher == "output":
+            output = run.outputs(batch).last_hidden_state
+            output_grad = output_probe_gradient(output, batch["attention_mask"], self.generator)
+            losses = torch.zeros(labels.shape[0])  # the probe's distortion is 0 at alpha = 1
+        else:
+            output = run.logits(batch)
+            if self.workspace is None or self.workspace.numel() < output.numel():
+                compute_dtype = torch.promote_types(output.dtype, torch.float32)
+                self.workspace = torch.empty(output.numel(), dtype=compute_dtype, device=output.device)
+            losses, output_grad = loss_and_logit_gradient(
+                output,
+                next_token_targets(labels),
+                self.generator if self.fisher == "model" else None,
+                self.workspace,
+            )
+        output.backward(output_grad)
+        return alpha.grad.detach().to(torch.float32).cpu().numpy(), losses
+
+
 # -- estimation on a model -----------------------------------------------------------------------------------
 def estimate_fisher(
     model: nn.Module,
@@ -231,7 +267,6 @@ def estimate_fisher(
         )
     generator = torch.Generator().manual_seed(seed)
     rows: list[np.ndarray] = []
-    workspace = None  # one reusable buffer for the [batch, seq, vocab] logit gradient
     total_loss, total_tokens = 0.0, 0
     with GatedForward(
         model,
@@ -244,38 +279,15 @@ def estimate_fisher(
         show_progress=show_progress,
         desc="Fisher estimation",
     ) as run:
-        gates = run.gates
-        num_gates, units = gates.num_gates, gates.units
+        num_gates, units = run.gates.num_gates, run.gates.units
         hessian_sum = np.zeros((num_gates, num_gates), dtype=np.float64)
+        backward = _GateGradients(run, fisher, generator)
         for batch in run:
-            labels = batch["labels"]
-            alpha = torch.ones(labels.shape[0], num_gates, device=run.device, requires_grad=True)
-            gates.alpha = alpha
-            if fisher == "output":
-                output = run.outputs(batch).last_hidden_state
-                output_grad = output_probe_gradient(output, batch["attention_mask"], generator)
-                losses = torch.zeros(labels.shape[0])  # the probe's distortion is 0 at alpha = 1
-            else:
-                output = run.logits(batch)
-                if workspace is None or workspace.numel() < output.numel():
-                    workspace = torch.empty(
-                        output.numel(),
-                        dtype=torch.promote_types(output.dtype, torch.float32),
-                        device=output.device,
-                    )
-                losses, output_grad = loss_and_logit_gradient(
-                    output,
-                    next_token_targets(labels),
-                    generator if fisher == "model" else None,
-                    workspace,
-                )
-            output.backward(output_grad)
-            block_rows = alpha.grad.detach().to(torch.float32).cpu().numpy()
+            block_rows, losses = backward(batch)
             rows.append(block_rows)
             hessian_sum += block_rows.astype(np.float64).T @ block_rows.astype(np.float64)
             total_loss += float(losses.sum())
             total_tokens += int(batch["attention_mask"].sum())
-            del output, output_grad, alpha
     gradients = np.concatenate(rows, axis=0)
     num_samples = gradients.shape[0]
     info = {
