@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from .errors import ConfigurationError
+from .evaluation import SELECTION_METRICS, SelectionMetric
 from .utils import atomic_write_text
 from .version import __version__
 
@@ -17,12 +18,10 @@ CONFIG_NAME = "blockprune_config.json"
 FisherType = Literal["auto", "empirical", "model", "output"]
 Granularity = Literal["block", "sublayer"]
 Selection = Literal["ground", "auto"]
-SelectionMetric = Literal["kl", "loss"]
 
 FISHER_TYPES = get_args(FisherType)
 GRANULARITIES = get_args(Granularity)
 SELECTIONS = get_args(Selection)
-SELECTION_METRICS = get_args(SelectionMetric)
 
 
 def _check(condition: bool, message: str) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
-from .config import SELECTION_METRICS
+#: What removal evaluation measures per real token: next-token cross-entropy, or KL from the unpruned model.
+SelectionMetric = Literal["kl", "loss"]
+SELECTION_METRICS = get_args(SelectionMetric)
 
 if TYPE_CHECKING:
     import torch.nn as nn

@@ -118,3 +118,71 @@ def test_batches_pad_and_mask(tokenizer):
     assert batch["input_ids"].shape == (2, 7)
     assert batch["attention_mask"].sum(1).tolist() == [3, 7]
     assert (batch["labels"][0, 3:] == -100).all() and (batch["labels"][1] != -100).all()
+
+
+# -- token ids: no tokenizer needed ---------------------------------------------------------------------------------
+def _ids(tokenizer):
+    return [tokenizer(t)["input_ids"] for t in TEXTS]
+
+
+def test_every_token_id_form_gives_the_same_samples(tokenizer):
+    import torch
+
+    ids = _ids(tokenizer)
+    expected = prepare_calibration_data(TEXTS, tokenizer, **_config()).samples
+    forms = {
+        "lists": ids,
+        "tensors": [torch.tensor(s) for s in ids],
+        "records": [{"input_ids": s} for s in ids],
+        "dataset": datasets.Dataset.from_dict({"input_ids": ids, "text": ["ignored"] * len(ids)}),
+        "iterable": datasets.Dataset.from_dict({"input_ids": ids}).to_iterable_dataset(),
+        "encoding": tokenizer(list(TEXTS), padding=True, return_tensors="pt"),
+    }
+    for name, data in forms.items():
+        prepared = prepare_calibration_data(data, None, **_config())
+        assert prepared.samples == expected, name
+    # a 2-D tensor is [samples, tokens] without padding information
+    square = torch.tensor([s[:5] for s in ids])
+    assert prepare_calibration_data(square, None, **_config()).samples == [s[:5] for s in ids[:4]]
+
+
+def test_jsonl_with_input_ids_and_a_streamed_text_dataset(tokenizer, tmp_path):
+    jsonl = tmp_path / "ids.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"input_ids": s}) for s in _ids(tokenizer)))
+    from_file = prepare_calibration_data(str(jsonl), None, **_config())
+    assert from_file.samples == prepare_calibration_data(TEXTS, tokenizer, **_config()).samples
+    streamed = datasets.Dataset.from_dict({"text": TEXTS}).to_iterable_dataset()
+    assert (
+        prepare_calibration_data(streamed, tokenizer, **_config()).samples
+        == prepare_calibration_data(TEXTS, tokenizer, **_config()).samples
+    )
+    shuffled = prepare_calibration_data(
+        datasets.Dataset.from_dict({"text": TEXTS}).to_iterable_dataset(), tokenizer, **_config(shuffle=True)
+    )
+    assert shuffled.num_samples == 4
+
+
+def test_token_ids_are_truncated_packed_and_checked_against_the_vocabulary(tokenizer):
+    ids = _ids(tokenizer)
+    short = prepare_calibration_data(ids, None, **_config(max_length=7))
+    assert all(len(s) == 7 for s in short.samples)
+    packed = prepare_calibration_data(ids, None, **_config(pack_samples=True, max_length=16))
+    assert all(len(s) == 16 for s in packed.samples)  # no EOS separator without a tokenizer
+    with pytest.raises(
+        CalibrationDataError, match=r"sample 1 holds token id 500, outside the model's vocabulary \(0..48\)"
+    ):
+        prepare_calibration_data([ids[0], [1, 500, 2]], None, shuffle=False, vocab_size=49)
+    with pytest.raises(CalibrationDataError, match="sample 0 holds token id -3"):
+        prepare_calibration_data([[1, -3, 2]], None, vocab_size=49)
+
+
+def test_text_without_a_tokenizer_and_odd_records_are_explained(tokenizer):
+    with pytest.raises(CalibrationDataError, match="A tokenizer is needed .* token ids"):
+        prepare_calibration_data(TEXTS, None, **_config())
+    with pytest.raises(CalibrationDataError, match="keys \\['body'\\]; expected `input_ids`"):
+        prepare_calibration_data([{"body": "hello"}], tokenizer, **_config())
+    records = [{"text": t} for t in TEXTS]
+    assert (
+        prepare_calibration_data(records, tokenizer, **_config()).samples
+        == prepare_calibration_data(TEXTS, tokenizer, **_config()).samples
+    )

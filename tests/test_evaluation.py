@@ -171,3 +171,22 @@ def test_lm_eval_errors_are_clear(llama, tokenizer):
     no_bos.bos_token = None
     with pytest.raises(ValueError, match="bos_token"):
         evaluate_lm_eval(llama, no_bos, ["anything"])
+
+
+def test_gated_forward_leaves_the_model_as_it_found_it(llama, tokenizer):
+    from optimum_blockprune.estimation.forward import GatedForward, next_token_targets
+
+    llama.train()
+    flags = [p.requires_grad for p in llama.parameters()]
+    data = _data(tokenizer)
+    with GatedForward(llama, data, batch_size=4) as run:
+        assert not llama.training and not torch.is_grad_enabled() and run.gates.num_gates == 6
+        batches = list(run)
+        assert sum(b["input_ids"].shape[0] for b in batches) == data.num_samples
+        run.set_removed((1, 3))
+        assert run.gates.alpha.tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0]
+        assert run.logits(batches[0]).shape[:2] == batches[0]["input_ids"].shape
+    assert llama.training and [p.requires_grad for p in llama.parameters()] == flags
+    assert all(not m._forward_hooks for m in llama.modules())
+    labels = torch.tensor([[5, 6, -100]])
+    assert next_token_targets(labels).tolist() == [[6, -100, -100]]

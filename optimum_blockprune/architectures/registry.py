@@ -101,9 +101,3 @@ def architecture_table() -> str:
             f"{adapter.notes or '–'} |"
         )
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m optimum_blockprune.architectures.registry
-    from . import decoders, encoders, hybrids, moe  # noqa: F401  (register the data entries)
-
-    print(architecture_table())
