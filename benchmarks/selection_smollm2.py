@@ -173,7 +173,7 @@ def main() -> None:
             start = time.perf_counter()
             ground = pruner.select(
                 BlockRemovalConfig(num_blocks_to_remove=m, **base), calibration, fisher=fisher
-            )
+            ).state
             record(
                 "cbo_ground",
                 m,
@@ -186,7 +186,7 @@ def main() -> None:
                 BlockRemovalConfig(num_blocks_to_remove=m, selection="auto", **base),
                 calibration,
                 fisher=fisher,
-            )
+            ).state
             ranking = pruner.ranking
             record(
                 "cbo_auto",
@@ -213,7 +213,7 @@ def main() -> None:
                 BlockRemovalConfig(num_blocks_to_remove=m, method=method, **base),
                 calibration,
                 fisher=fisher,
-            )
+            ).state
             spent = (
                 time.perf_counter() - start + (fisher_s if method in ("taylor", "fisher_diagonal") else 0.0)
             )

@@ -17,19 +17,21 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Named entries of one kind (`what`: "method", "energy") discovered from the modules of `package`."""
 
-    def __init__(self, what: str, package: str, config_field: str):
+    def __init__(self, what: str, package: str, config_field: str, *, instantiate: bool = True):
         self.what = what
+        self.instantiate = instantiate  # store an instance of each class (stateless entries) or the class
         self.package = package
         self.config_field = config_field
         self._entries: dict[str, T] = {}
         self._discovered = False
 
     def register(self, cls: type[T]) -> type[T]:
-        """Class decorator: add an instance of `cls` under `cls.name`; a second entry with that name is refused."""
+        """Class decorator: add `cls` (or an instance of it) under `cls.name`; a second entry with that name is
+        refused."""
         name = cls.name
         if name in self._entries:
             raise ValueError(f"A {self.what} named {name!r} is already registered.")
-        self._entries[name] = cls()
+        self._entries[name] = cls() if self.instantiate else cls
         return cls
 
     def unregister(self, name: str) -> None:

@@ -28,7 +28,7 @@ from optimum_blockprune.version import __version__
             {"min_removed_per_kind": {"moe": 3}, "max_removed_per_kind": {"moe": 1}},
             "`min_removed_per_kind` exceeds `max_removed_per_kind` for {'moe': (3, 1)}",
         ),
-        ({"solver": "quantum"}, "`solver`='quantum' is not registered; choose one of"),
+        ({"solver": "quantum"}, "`solver`='quantum' is not a registered solver; choose one of"),
         ({"method": "shortgpt"}, "`method`='shortgpt' is not a registered method; choose one of"),
         (
             {"energy": "exact_loss"},

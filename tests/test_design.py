@@ -17,7 +17,7 @@ from optimum_blockprune.cli import main
 from optimum_blockprune.energies import ENERGIES, Energy, available_energies, register_energy
 from optimum_blockprune.methods import METHODS, ImportanceMethod, available_methods, register_method
 from optimum_blockprune.solvers import SearchOutcome, Solver, available_solvers, register_solver
-from optimum_blockprune.solvers.base import _SOLVERS
+from optimum_blockprune.solvers.base import SOLVERS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "optimum_blockprune"
 FAST = dict(num_calibration_samples=6, max_length=24, batch_size=3, show_progress=False)
@@ -153,11 +153,15 @@ def toys():
     yield
     METHODS.unregister(FirstBlocks.name)
     ENERGIES.unregister(NegativeDiagonal.name)
-    _SOLVERS.pop(SmallestDiagonal.name)
+    SOLVERS.unregister(SmallestDiagonal.name)
 
 
 def test_registries_refuse_duplicates_and_name_the_choices(toys):
-    for register, cls in ((register_method, FirstBlocks), (register_energy, NegativeDiagonal)):
+    for register, cls in (
+        (register_method, FirstBlocks),
+        (register_energy, NegativeDiagonal),
+        (register_solver, SmallestDiagonal),
+    ):
         with pytest.raises(ValueError, match="already registered"):
             register(cls)
     with pytest.raises(

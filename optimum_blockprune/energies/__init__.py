@@ -4,6 +4,6 @@ Adding an energy is one new module here with a class decorated by `register_ener
 config, `--energy name` on the command line, the ranking and the card then know it.
 """
 
-from .base import ENERGIES, Energy, available_energies, get_energy, register_energy
+from .base import ENERGIES, Energy, available_energies, energy_table, get_energy, register_energy
 
-__all__ = ["ENERGIES", "Energy", "available_energies", "get_energy", "register_energy"]
+__all__ = ["ENERGIES", "Energy", "available_energies", "energy_table", "get_energy", "register_energy"]

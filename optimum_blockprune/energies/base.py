@@ -24,6 +24,15 @@ def available_energies() -> list[str]:
     return ENERGIES.names()
 
 
+def energy_table() -> str:
+    """The README's table of registered energies (name, formula, estimates it needs)."""
+    lines = ["| `energy` | E(x) | needs |", "|---|---|---|"]
+    for energy in ENERGIES.entries():
+        description = energy.description.replace("|", "\\|")
+        lines.append(f"| `{energy.name}` | {description} | {', '.join(energy.needs)} |")
+    return "\n".join(lines)
+
+
 def get_energy(name: str) -> Energy:
     """The registered energy `name`; an unknown name raises `ConfigurationError` listing the choices."""
     return ENERGIES.get(name)

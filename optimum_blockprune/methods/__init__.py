@@ -12,6 +12,7 @@ from .base import (
     RankingMethod,
     available_methods,
     get_method,
+    method_table,
     register_method,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "RankingMethod",
     "available_methods",
     "get_method",
+    "method_table",
     "register_method",
 ]

@@ -49,6 +49,15 @@ def available_methods() -> list[str]:
     return METHODS.names()
 
 
+def method_table() -> str:
+    """The README's table of registered methods (name, what it removes, what it needs, cost, reference)."""
+    lines = ["| `method` | what it removes | needs | cost | reference |", "|---|---|---|---|---|"]
+    for method in METHODS.entries():
+        cells = (method.description, ", ".join(method.needs) or "nothing", method.cost, method.reference)
+        lines.append(f"| `{method.name}` | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def get_method(name: str) -> RankingMethod:
     """The registered method `name`; an unknown name raises `ConfigurationError` listing the choices."""
     return METHODS.get(name)

@@ -18,7 +18,7 @@ class CBO(RankingMethod):
     objective = "energy"
     needs = ("fisher",)
     cost = "the energy's estimates (paper: one Fisher pass, one forward + one backward per batch) + solve"
-    reference = "Jansen et al. 2026, arXiv:2602.00161 (this library)"
+    reference = "Jansen et al. 2026, arXiv:2602.00161; this library"
     sublayers = True
     uses_energy = True
 

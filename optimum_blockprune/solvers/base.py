@@ -17,35 +17,30 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..qubo import CardinalityProblem
+from ..registry import Registry
 from ..result import RankedState, Ranking
 
 logger = logging.getLogger(__name__)
 
-_SOLVERS: dict[str, type[Solver]] = {}
+#: Solver classes by name (a solver takes options, so the class is stored); every module of this package is
+#: imported when the registry is first read, so a new solver is one new file.
+SOLVERS: Registry[type[Solver]] = Registry(
+    "solver", "optimum_blockprune.solvers", "solver", instantiate=False
+)
 
 
 def register_solver(cls: type[Solver]) -> type[Solver]:
     """Class decorator adding a solver under `cls.name`; refuses duplicates."""
-    if cls.name in _SOLVERS:
-        raise ValueError(f"A solver named {cls.name!r} is already registered.")
-    _SOLVERS[cls.name] = cls
-    return cls
+    return SOLVERS.register(cls)
 
 
 def available_solvers() -> list[str]:
-    return sorted(_SOLVERS)
+    return SOLVERS.names()
 
 
 def solver_class(name: str) -> type[Solver]:
-    from ..errors import ConfigurationError
-
-    try:
-        return _SOLVERS[name]
-    except KeyError:
-        raise ConfigurationError(
-            f"`solver`={name!r} is not registered; choose one of {available_solvers()} (or register one: see "
-            "README, 'Extending')."
-        ) from None
+    """The registered solver class `name`; an unknown name raises `ConfigurationError` listing the choices."""
+    return SOLVERS.get(name)
 
 
 def get_solver(name: str, **options: Any) -> Solver:
