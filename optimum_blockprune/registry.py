@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -60,6 +61,15 @@ class Registry(Generic[T]):
 
     def entries(self) -> list[T]:
         return [self._entries[name] for name in self.names()]
+
+    def table(self, columns: dict[str, Callable[[T], str]]) -> str:
+        """A markdown table with one row per entry: its name, then each column's text (pipes escaped)."""
+        header = f"| `{self.config_field}` | " + " | ".join(columns) + " |"
+        lines = [header, "|---" * (len(columns) + 1) + "|"]
+        for entry in self.entries():
+            cells = (cell(entry).replace("|", "\\|") for cell in columns.values())
+            lines.append(f"| `{entry.name}` | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
 
 
 def _unknown(registry: Registry, name: str) -> Exception:

@@ -15,27 +15,16 @@ if TYPE_CHECKING:
 ENERGIES: Registry[Energy] = Registry("energy", "optimum_blockprune.energies", "energy")
 
 
-def register_energy(cls: type[Energy]) -> type[Energy]:
-    """Class decorator: register an `Energy` under `cls.name` (duplicates are refused)."""
-    return ENERGIES.register(cls)
-
-
-def available_energies() -> list[str]:
-    return ENERGIES.names()
+#: `@register_energy` on an `Energy` subclass registers it (duplicates refused).
+register_energy = ENERGIES.register
+available_energies = ENERGIES.names
+#: The registered energy by name; an unknown name raises `ConfigurationError` listing the choices.
+get_energy = ENERGIES.get
 
 
 def energy_table() -> str:
-    """The README's table of registered energies (name, formula, estimates it needs)."""
-    lines = ["| `energy` | E(x) | needs |", "|---|---|---|"]
-    for energy in ENERGIES.entries():
-        description = energy.description.replace("|", "\\|")
-        lines.append(f"| `{energy.name}` | {description} | {', '.join(energy.needs)} |")
-    return "\n".join(lines)
-
-
-def get_energy(name: str) -> Energy:
-    """The registered energy `name`; an unknown name raises `ConfigurationError` listing the choices."""
-    return ENERGIES.get(name)
+    """The README's table of registered energies (formula, estimates it needs)."""
+    return ENERGIES.table({"E(x)": lambda e: e.description, "needs": lambda e: ", ".join(e.needs)})
 
 
 class Energy(ABC):

@@ -7,6 +7,7 @@ with a class decorated by `register_method`.
 from .base import (
     METHODS,
     NEEDS,
+    GreedyMethod,
     ImportanceMethod,
     RankingContext,
     RankingMethod,
@@ -19,6 +20,7 @@ from .base import (
 __all__ = [
     "METHODS",
     "NEEDS",
+    "GreedyMethod",
     "ImportanceMethod",
     "RankingContext",
     "RankingMethod",

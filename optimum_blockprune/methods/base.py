@@ -35,32 +35,23 @@ NEEDS = ("fisher", "statistics", "removals", "next_token")
 METHODS: Registry[RankingMethod] = Registry("method", "optimum_blockprune.methods", "method")
 
 
-def register_method(cls: type[RankingMethod]) -> type[RankingMethod]:
-    """Class decorator: register a `RankingMethod` under `cls.name` (duplicates are refused)."""
-    unknown = set(cls.needs) - set(NEEDS)
-    if unknown:
-        raise ValueError(
-            f"Method {cls.name!r} declares unknown needs {sorted(unknown)}; allowed: {list(NEEDS)}."
-        )
-    return METHODS.register(cls)
-
-
-def available_methods() -> list[str]:
-    return METHODS.names()
+#: `@register_method` on a `RankingMethod` subclass registers it (duplicates refused).
+register_method = METHODS.register
+available_methods = METHODS.names
+#: The registered method by name; an unknown name raises `ConfigurationError` listing the choices.
+get_method = METHODS.get
 
 
 def method_table() -> str:
-    """The README's table of registered methods (name, what it removes, what it needs, cost, reference)."""
-    lines = ["| `method` | what it removes | needs | cost | reference |", "|---|---|---|---|---|"]
-    for method in METHODS.entries():
-        cells = (method.description, ", ".join(method.needs) or "nothing", method.cost, method.reference)
-        lines.append(f"| `{method.name}` | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines)
-
-
-def get_method(name: str) -> RankingMethod:
-    """The registered method `name`; an unknown name raises `ConfigurationError` listing the choices."""
-    return METHODS.get(name)
+    """The README's table of registered methods (what each removes, needs, costs, and implements)."""
+    return METHODS.table(
+        {
+            "what it removes": lambda m: m.description,
+            "needs": lambda m: ", ".join(m.needs) or "nothing",
+            "cost": lambda m: m.cost,
+            "reference": lambda m: m.reference,
+        }
+    )
 
 
 class RankingMethod(ABC):
@@ -88,6 +79,14 @@ class RankingMethod(ABC):
     reference: ClassVar[str] = ""
     sublayers: ClassVar[bool] = False
     uses_energy: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.needs) - set(NEEDS)
+        if unknown:
+            raise ValueError(
+                f"Method {cls.__name__} declares unknown needs {sorted(unknown)}; allowed: {list(NEEDS)}."
+            )
 
     @property
     def display_label(self) -> str:
@@ -219,3 +218,22 @@ class ImportanceMethod(RankingMethod):
             solver=config.solver,
             time_limit_s=config.solver_time_limit_s,
         )
+
+
+class GreedyMethod(RankingMethod):
+    """An iterative method: remove the feasible block of lowest `step_costs` one at a time (one state; its
+    energy is the sum of the chosen costs with `accumulate`, else the last one; `stats["removal_order"]`)."""
+
+    accumulate: ClassVar[bool] = False
+
+    @abstractmethod
+    def step_costs(self, context: RankingContext, removed: tuple[int, ...], options: list[int]) -> np.ndarray:
+        """The cost of removing each of `options` next, with `removed` already gone."""
+
+    def rank(self, problem: CardinalityProblem, context: RankingContext) -> Ranking:
+        from .rules import greedy_ranking
+
+        def costs(removed, options):
+            return self.step_costs(context, removed, options)
+
+        return greedy_ranking(problem, costs, accumulate=self.accumulate, name=self.name)

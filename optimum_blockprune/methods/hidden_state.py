@@ -3,38 +3,54 @@ distance over a window, and the norm ratio. Statistics are taken where the gates
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ..qubo import CardinalityProblem
-from .base import ImportanceMethod, RankingContext, RankingMethod, register_method
-from .rules import greedy_ranking, rank_windows
+from .base import GreedyMethod, ImportanceMethod, RankingContext, RankingMethod, register_method
+from .rules import rank_windows
+
+
+class _StatisticMethod(ImportanceMethod):
+    """One-shot: the per-block `statistic` of `ResidualStatistics` is the importance."""
+
+    statistic: ClassVar[str]
+    needs = ("statistics",)
+    cost = "one forward"
+
+    def importance(self, problem: CardinalityProblem, context: RankingContext):
+        return getattr(context.statistics(), self.statistic)
 
 
 @register_method
-class BlockInfluence(ImportanceMethod):
+class BlockInfluence(_StatisticMethod):
     name = "block_influence"
     description = "ShortGPT: lowest BI = 1 - mean cos(h_in, h_out)"
     objective = "sum of BI"
-    needs = ("statistics",)
-    cost = "one forward"
     reference = "ShortGPT, Men et al. 2024, arXiv:2403.03853"
-
-    def importance(self, problem: CardinalityProblem, context: RankingContext):
-        return context.statistics().block_influence
+    statistic = "block_influence"
 
 
 @register_method
-class BlockInfluenceIterative(RankingMethod):
+class NormRatio(_StatisticMethod):
+    name = "norm_ratio"
+    description = "smallest mean ||h_out|| / ||h_in||"
+    objective = "sum of norm ratios"
+    reference = "||h_out|| / ||h_in||"
+    statistic = "norm_ratio"
+
+
+@register_method
+class BlockInfluenceIterative(GreedyMethod):
     name = "block_influence_iterative"
     description = "the same, recomputed after each removal (the paper's baseline)"
     objective = "sum of BI at removal"
     needs = ("statistics", "removals")
     cost = "M forwards"
     reference = "ShortGPT, recomputed after each removal (the paper's baseline)"
+    accumulate = True
 
-    def rank(self, problem, context):
-        def influence(removed, options):
-            return context.statistics(removed).block_influence[options]
-
-        return greedy_ranking(problem, influence, accumulate=True, name=self.name)
+    def step_costs(self, context, removed, options):
+        return context.statistics(removed).block_influence[options]
 
 
 @register_method
@@ -48,16 +64,3 @@ class AngularDistance(RankingMethod):
 
     def rank(self, problem, context):
         return rank_windows(problem, context.statistics().angular, context.config.num_states)
-
-
-@register_method
-class NormRatio(ImportanceMethod):
-    name = "norm_ratio"
-    description = "smallest mean ||h_out|| / ||h_in||"
-    objective = "sum of norm ratios"
-    needs = ("statistics",)
-    cost = "one forward"
-    reference = "||h_out|| / ||h_in||"
-
-    def importance(self, problem: CardinalityProblem, context: RankingContext):
-        return context.statistics().norm_ratio

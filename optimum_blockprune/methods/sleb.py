@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from .base import RankingMethod, register_method
-from .rules import greedy_ranking
+from .base import GreedyMethod, register_method
 
 
 @register_method
-class SLEB(RankingMethod):
+class SLEB(GreedyMethod):
     name = "sleb"
     description = "SLEB: the block whose removal raises calibration loss least, repeated M times"
     objective = "calibration loss"
@@ -15,8 +14,5 @@ class SLEB(RankingMethod):
     cost = "about N*M forwards"
     reference = "SLEB, Song et al. 2024, arXiv:2402.09025"
 
-    def rank(self, problem, context):
-        def loss_after(removed, options):
-            return context.removal_costs([(*removed, b) for b in options], metric="loss")
-
-        return greedy_ranking(problem, loss_after, accumulate=False, name=self.name)
+    def step_costs(self, context, removed, options):
+        return context.removal_costs([(*removed, b) for b in options], metric="loss")

@@ -29,18 +29,11 @@ SOLVERS: Registry[type[Solver]] = Registry(
 )
 
 
-def register_solver(cls: type[Solver]) -> type[Solver]:
-    """Class decorator adding a solver under `cls.name`; refuses duplicates."""
-    return SOLVERS.register(cls)
-
-
-def available_solvers() -> list[str]:
-    return SOLVERS.names()
-
-
-def solver_class(name: str) -> type[Solver]:
-    """The registered solver class `name`; an unknown name raises `ConfigurationError` listing the choices."""
-    return SOLVERS.get(name)
+#: `@register_solver` on a `Solver` subclass registers it (duplicates refused).
+register_solver = SOLVERS.register
+available_solvers = SOLVERS.names
+#: The registered solver class by name; an unknown name raises `ConfigurationError` listing the choices.
+solver_class = SOLVERS.get
 
 
 def get_solver(name: str, **options: Any) -> Solver:
