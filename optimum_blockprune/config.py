@@ -33,10 +33,11 @@ def _check(condition: bool, message: str) -> None:
 class BlockRemovalConfig:
     """How many blocks to remove from a model and how to choose them.
 
-    The blocks are chosen by minimising the energy ``E(x) = x^T H x`` (optionally ``- 2 g^T x``) over binary
-    ``x`` (``x_i = 1``: block ``i`` removed) with ``sum(x) = num_blocks_to_remove``, where ``H`` is a Fisher
-    estimate of the Hessian of the calibration loss with respect to per-block coupling gates
-    (Jansen et al., arXiv:2602.00161). Block indices are 0-based.
+    `method` ranks the feasible ways to remove exactly `num_blocks_to_remove` blocks under the constraints
+    (protected, forced, kinds, parameter budget, contiguity); the default, 'cbo', minimises a registered
+    `energy`, by default the paper's ``E(x) = x^T H x`` over binary ``x`` (``x_i = 1``: block ``i`` removed) with
+    ``H`` a Fisher estimate of the Hessian of the calibration loss with respect to per-block coupling gates
+    (Jansen et al., arXiv:2602.00161). `selection` then picks one ranked state. Block indices are 0-based.
 
     Example:
 
@@ -69,17 +70,16 @@ class BlockRemovalConfig:
         default="cbo",
         metadata={
             "help": "How blocks are ranked: a registered method (`optimum_blockprune.methods`). 'cbo' minimises "
-            "the QUBO `energy` (this library); the baselines are 'block_influence' (ShortGPT), "
-            "'block_influence_iterative', 'angular_distance' (Gromov et al.), 'sleb', 'taylor', "
-            "'fisher_diagonal', 'norm_ratio', 'last_blocks'. `available_methods()` lists them all."
+            "the QUBO `energy` (this library); the others are the published baselines (ShortGPT's Block "
+            "Influence, SLEB, ...). `available_methods()` lists them all."
         },
     )
     energy: str = field(
         default="paper",
         metadata={
-            "help": "What `method='cbo'` minimises: a registered energy (`optimum_blockprune.energies`). 'paper': "
-            "xᵀHx with H the Fisher of per-sample gate gradients; 'first_order': xᵀHx − 2gᵀx (adds the "
-            "first-order term the paper drops). `available_energies()` lists them all."
+            "help": "What `method='cbo'` minimises: a registered energy (`optimum_blockprune.energies`). 'paper' "
+            "(the default) is xᵀHx with H the Fisher of per-sample gate gradients. `available_energies()` lists "
+            "them all."
         },
     )
     selection: Selection = field(

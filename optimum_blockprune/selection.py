@@ -79,7 +79,16 @@ def rank_from_fisher(
 ) -> Ranking:
     """Rank with `config.method` from a Fisher estimate alone (no model): CBO's energy, Taylor, H_ii.
 
-    `problem` (from `check_request`) spares rebuilding it from the estimate's unit metadata."""
+    `problem` (from `check_request`) spares rebuilding it from the estimate's unit metadata.
+
+    Raises:
+        ConfigurationError: the method or the selection needs more than the Fisher (calibration data).
+    """
+    if needs_calibration_data(config, has_fisher=True):
+        raise ConfigurationError(
+            f"`method`={config.method!r} with `selection`={config.selection!r} needs calibration data, not only a "
+            "Fisher estimate; rank it with `Pruner.select(config, calibration_dataset)`."
+        )
     units = check_fisher(fisher, config)
     if problem is None:
         problem = removal_problem(units, config, unremovable_kinds=unremovable_kinds)

@@ -240,3 +240,17 @@ def test_a_prune_builds_its_problem_once_and_select_returns_what_it_used(llama, 
     )
     assert set(selection.estimates) == {"statistics"} and selection.fisher is None
     assert selection.state is selection.ranking[0]
+
+
+def test_ranking_from_a_fisher_alone_refuses_methods_that_need_data(llama, tokenizer):
+    pruner = Pruner(llama, tokenizer)
+    fisher = pruner.estimate(TEXTS, BlockRemovalConfig(**FAST))
+    for config in (
+        BlockRemovalConfig(num_blocks_to_remove=2, method="block_influence"),
+        BlockRemovalConfig(num_blocks_to_remove=2, selection="auto"),
+    ):
+        with pytest.raises(ConfigurationError, match="needs calibration data, not only a Fisher"):
+            pruner.solve(fisher, config)
+    assert pruner.solve(
+        fisher, BlockRemovalConfig(num_blocks_to_remove=2, method="fisher_diagonal")
+    ).method == ("fisher_diagonal")

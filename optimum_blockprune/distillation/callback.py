@@ -20,7 +20,7 @@ from ..estimation.forward import next_token_targets
 from ..estimation.gates import CouplingGates
 from ..problem import check_request
 from ..result import PruningResult, Ranking
-from ..selection import rank_from_fisher
+from ..selection import needs_calibration_data, rank_from_fisher
 from ..surgery import apply_removal
 from ..utils import atomic_write_text
 
@@ -80,7 +80,8 @@ class BlockPruningCallback(TrainerCallback):
     Under DDP, set `ddp_find_unused_parameters=True`: the removed blocks stay registered in DDP's reducer.
 
     Args:
-        config: what to remove (`method="cbo"`, `selection="ground"`).
+        config: what to remove: a method that ranks from the Fisher alone (`method="cbo"`, the default) and
+            `selection="ground"`.
         prune_at_step: the optimizer step after which blocks are removed (>= 1).
         fisher_steps: how many optimizer steps before it feed the Fisher (default: all of them).
 
@@ -96,11 +97,12 @@ class BlockPruningCallback(TrainerCallback):
     """
 
     def __init__(self, config: BlockRemovalConfig, *, prune_at_step: int, fisher_steps: int | None = None):
-        if config.method != "cbo" or config.selection != "ground":
+        if needs_calibration_data(config, has_fisher=True):
             raise ConfigurationError(
-                f"`BlockPruningCallback` ranks blocks with the Fisher of the training batches, so it needs "
-                f"`method='cbo'` and `selection='ground'`; got `method`={config.method!r}, `selection`="
-                f"{config.selection!r}. Baselines and automatic selection run before training: use `Pruner.prune`."
+                f"`BlockPruningCallback` ranks blocks with the Fisher of the training batches alone, so it needs a "
+                f"method that reads nothing else (such as `method='cbo'`) and `selection='ground'`; got `method`="
+                f"{config.method!r}, `selection`={config.selection!r}. Methods that measure hidden states or "
+                "removals, and automatic selection, run before training: use `Pruner.prune`."
             )
         if not isinstance(prune_at_step, int) or prune_at_step < 1:
             raise ConfigurationError(

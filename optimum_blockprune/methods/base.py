@@ -146,7 +146,9 @@ class RankingContext:
 
     def _require_model(self, what: str) -> None:
         if self.model is None or self.data is None:
-            raise ValueError(
+            from ..errors import ConfigurationError
+
+            raise ConfigurationError(
                 f"`method`={self.config.method!r} needs {what}, which needs a model and calibration data."
             )
 
