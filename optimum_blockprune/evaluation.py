@@ -6,8 +6,10 @@ token t + 1 is real, so padding, batch size and sample order never change a valu
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
@@ -38,6 +40,121 @@ def _as_calibration_data(data: Any, tokenizer, max_length: int) -> CalibrationDa
     )
 
 
+@dataclass(frozen=True)
+class RemovalLosses:
+    """Per-sample measurements of removals: `sums[r, s]` is removal r's metric summed over sample s's predicted
+    tokens, `tokens[s]` how many tokens sample s predicts."""
+
+    sums: np.ndarray
+    tokens: np.ndarray
+
+    def mean(self) -> np.ndarray:
+        """Token-weighted mean over all samples, one value per removal (what `evaluate_removals` returns)."""
+        return self.sums.sum(axis=1) / self.tokens.sum()
+
+    def per_sample(self) -> np.ndarray:
+        """Each sample's token mean, shape [removals, samples]."""
+        return self.sums / self.tokens
+
+
+def removal_losses(
+    model: nn.Module,
+    data: CalibrationData,
+    removals: Sequence[Sequence[int]],
+    *,
+    metric: str = "loss",
+    adapter: ArchitectureAdapter | None = None,
+    granularity: str = "block",
+    batch_size: int = 8,
+    pad_token_id: int = 0,
+    show_progress: bool = False,
+    reuse_prefix: bool = False,
+) -> RemovalLosses:
+    """Every removal's `metric` on every sample, measured through gates at 0 (no copy, model unchanged).
+
+    With `reuse_prefix`, each batch's unpruned residual stream is captured once and a removal re-runs only the
+    blocks from its first removed one on (`estimation.residual_cache`): a removal starting at block k costs
+    (N - k) / N of a forward. Block granularity only.
+
+    Raises:
+        ValueError: unknown `metric`, a model without next-token logits, gates that do not remove blocks, or
+            `reuse_prefix` on a model whose blocks cannot be resumed from the residual stream.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from .architectures import get_adapter
+    from .estimation.forward import GatedForward, next_token_targets
+    from .estimation.residual_cache import BlockInputs
+
+    if metric not in SELECTION_METRICS:
+        raise ValueError(f"`metric` must be one of {list(SELECTION_METRICS)}, got {metric!r}.")
+    if reuse_prefix and granularity != "block":
+        raise ValueError("`reuse_prefix` resumes from block inputs, so it needs `granularity='block'`.")
+    removals = [tuple(int(i) for i in removal) for removal in removals]
+    needs_gates = metric == "kl" or reuse_prefix or any(removals)
+    if needs_gates:
+        adapter = adapter or get_adapter(model)
+        _check_removals_measurable(adapter)
+    sums = np.zeros((len(removals), data.num_samples), dtype=np.float64)
+    tokens = np.zeros(data.num_samples, dtype=np.float64)
+    offset = 0
+    with GatedForward(
+        model,
+        data,
+        adapter=adapter,
+        granularity=granularity,
+        gates=needs_gates,
+        batch_size=batch_size,
+        pad_token_id=pad_token_id,
+        show_progress=show_progress,
+        desc="Evaluating",
+    ) as run:
+        for batch in run:
+            targets = next_token_targets(batch["labels"])
+            real = targets != -100
+            rows = real.nonzero(as_tuple=True)[0].cpu() + offset
+            reference = prefix = None
+            if needs_gates and (metric == "kl" or reuse_prefix):
+                run.gates.alpha = None
+                prefix = BlockInputs(run, batch)
+                if reuse_prefix and offset == 0:
+                    prefix.check(run, batch)
+                if metric == "kl":
+                    reference = F.log_softmax(prefix.outputs.logits[real].float(), dim=-1)
+            for k, removal in enumerate(removals):
+                if run.gates is not None:
+                    run.set_removed(removal)
+                start = (min(removal) if removal else prefix.num_blocks) if reuse_prefix else 0
+                with prefix.starting_at(start) if reuse_prefix else contextlib.nullcontext():
+                    logits = run.logits(batch)[real].float()
+                if metric == "loss":
+                    values = F.cross_entropy(logits, targets[real], reduction="none")
+                else:
+                    log_q = F.log_softmax(logits, dim=-1)
+                    values = F.kl_div(log_q, reference, log_target=True, reduction="none").sum(dim=-1)
+                per_sample = torch.zeros(data.num_samples, dtype=torch.float64)
+                per_sample.index_add_(0, rows, values.double().cpu())
+                sums[k] += per_sample.numpy()
+            tokens += np.bincount(rows.numpy(), minlength=data.num_samples)
+            offset += batch["input_ids"].shape[0]
+    if tokens.sum() == 0:
+        raise ValueError("The evaluation data has no sample with at least 2 tokens.")
+    return RemovalLosses(sums, tokens)
+
+
+def _check_removals_measurable(adapter: ArchitectureAdapter) -> None:
+    if adapter.task != "causal-lm":
+        raise ValueError(
+            f"Evaluating removals needs next-token logits; a `{adapter.model_type}` model ({adapter.task}) has none."
+        )
+    if not adapter.gate_zero_removes:
+        raise ValueError(
+            f"A gate at 0 is not the block removed in `{adapter.model_type}` models, so removals cannot be "
+            "evaluated through gates; apply them to a copy instead."
+        )
+
+
 def evaluate_removals(
     model: nn.Module,
     data: CalibrationData,
@@ -57,65 +174,22 @@ def evaluate_removals(
     (mean next-token cross-entropy per real token; exp(loss) is the perplexity) or 'kl' (mean KL from the
     unpruned model's next-token distribution, per real token). The unpruned logits of a batch are computed
     once and reused by every removal, so k removals cost k + 1 forwards per batch and one batch of logits of
-    memory. Returns an array of shape [len(removals)].
+    memory. Returns an array of shape [len(removals)] (`removal_losses` gives every sample's value).
 
     Raises:
         ValueError: unknown `metric`, a model without next-token logits, or gates that do not remove blocks.
     """
-    import torch.nn.functional as F
-
-    from .architectures import get_adapter
-    from .estimation.forward import GatedForward, next_token_targets
-
-    if metric not in SELECTION_METRICS:
-        raise ValueError(f"`metric` must be one of {list(SELECTION_METRICS)}, got {metric!r}.")
-    removals = [tuple(int(i) for i in removal) for removal in removals]
-    needs_gates = metric == "kl" or any(removals)
-    if needs_gates:
-        adapter = adapter or get_adapter(model)
-        if adapter.task != "causal-lm":
-            raise ValueError(
-                f"Evaluating removals needs next-token logits; a `{adapter.model_type}` model ({adapter.task}) "
-                "has none."
-            )
-        if not adapter.gate_zero_removes:
-            raise ValueError(
-                f"A gate at 0 is not the block removed in `{adapter.model_type}` models, so removals cannot be "
-                "evaluated through gates; apply them to a copy instead."
-            )
-    totals = np.zeros(len(removals), dtype=np.float64)
-    num_tokens = 0
-    with GatedForward(
+    return removal_losses(
         model,
         data,
+        removals,
+        metric=metric,
         adapter=adapter,
         granularity=granularity,
-        gates=needs_gates,
         batch_size=batch_size,
         pad_token_id=pad_token_id,
         show_progress=show_progress,
-        desc="Evaluating",
-    ) as run:
-        for batch in run:
-            targets = next_token_targets(batch["labels"])
-            real = targets != -100
-            reference = None
-            if metric == "kl":
-                run.gates.alpha = None
-                reference = F.log_softmax(run.logits(batch)[real].float(), dim=-1)
-            for k, removal in enumerate(removals):
-                if run.gates is not None:
-                    run.set_removed(removal)
-                logits = run.logits(batch)[real].float()
-                if metric == "loss":
-                    totals[k] += float(F.cross_entropy(logits, targets[real], reduction="sum"))
-                else:
-                    log_q = F.log_softmax(logits, dim=-1)
-                    totals[k] += float(F.kl_div(log_q, reference, log_target=True, reduction="sum"))
-            num_tokens += int(real.sum())
-    if num_tokens == 0:
-        raise ValueError("The evaluation data has no sample with at least 2 tokens.")
-    return totals / num_tokens
+    ).mean()
 
 
 def evaluate_perplexity(

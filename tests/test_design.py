@@ -131,7 +131,7 @@ class NegativeDiagonal(Energy):
     name = "toy_negative_diagonal"
     description = "-diag(H): prefers the blocks the paper's energy keeps (a toy)"
 
-    def matrix(self, context):
+    def matrix(self, problem, context):
         return -np.diag(np.diag(context.fisher().hessian))
 
 

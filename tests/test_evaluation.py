@@ -6,6 +6,7 @@ import copy
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from conftest import TEXTS, build_tiny_model
 from optimum_blockprune import (
     BlockRemovalConfig,
     evaluate_perplexity,
+    get_adapter,
     prepare_calibration_data,
     remove_blocks,
 )
@@ -190,3 +192,46 @@ def test_gated_forward_leaves_the_model_as_it_found_it(llama, tokenizer):
     assert all(not m._forward_hooks for m in llama.modules())
     labels = torch.tensor([[5, 6, -100]])
     assert next_token_targets(labels).tolist() == [[6, -100, -100]]
+
+
+def test_perplexity_takes_token_ids_without_a_tokenizer(llama, tokenizer):
+    ids = [tokenizer(t, truncation=True, max_length=32)["input_ids"] for t in TEXTS]
+    from_ids = evaluate_perplexity(llama, ids, max_length=32)
+    from_text = evaluate_perplexity(llama, TEXTS, tokenizer=tokenizer, max_length=32)
+    assert from_ids == pytest.approx(from_text, rel=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2", "qwen2_moe", "nemotron_h"])
+def test_resuming_from_the_captured_stream_gives_the_same_measurements(model_type, tokenizer):
+    from optimum_blockprune.evaluation import removal_losses
+
+    model = build_tiny_model(model_type)
+    data = _data(tokenizer)
+    n = len(get_adapter(model).block_list(model))
+    removals = [(), (0,), (n - 1,), (1, 3), (2, n - 2)]
+    for metric in ("loss", "kl"):
+        full = removal_losses(model, data, removals, metric=metric, batch_size=3)
+        resumed = removal_losses(model, data, removals, metric=metric, batch_size=3, reuse_prefix=True)
+        np.testing.assert_allclose(resumed.sums, full.sums, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(resumed.tokens, full.tokens)
+        np.testing.assert_allclose(
+            full.mean(), evaluate_removals(model, data, removals, metric=metric, batch_size=5)
+        )
+    per_sample = full.per_sample()
+    assert per_sample.shape == (len(removals), data.num_samples) and np.allclose(
+        per_sample[0], 0.0, atol=1e-6
+    )
+
+
+def test_resuming_runs_only_the_blocks_from_the_first_removed_one(llama, tokenizer):
+    from optimum_blockprune.evaluation import removal_losses
+
+    data = _data(tokenizer, texts=TEXTS[:4])
+    calls = [0] * 6
+    for index, block in enumerate(llama.model.layers):  # the MLP runs only when the block really computes
+        block.mlp.register_forward_pre_hook(lambda module, args, i=index: calls.__setitem__(i, calls[i] + 1))
+    removal_losses(llama, data, [(4,), (2, 5), ()], batch_size=4, reuse_prefix=True)
+    # one capture pass + the half-way check (blocks 3..5) + (4,) runs 4..5 + (2, 5) runs 2..5 + () runs none
+    assert calls == [1, 1, 2, 3, 4, 4]
+    assert all(not m._forward_hooks for m in llama.modules()) and not llama.model.layers[0]._forward_pre_hooks
+    assert all("forward" not in block.__dict__ for block in llama.model.layers)

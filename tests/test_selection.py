@@ -165,6 +165,7 @@ def test_every_method_is_registered_with_its_metadata():
         "fisher_diagonal",
         "norm_ratio",
         "last_blocks",
+        "oneshot_ppl",
     }
     for name in available_methods():
         method = get_method(name)

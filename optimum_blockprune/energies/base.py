@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..methods.base import RankingContext
+    from ..qubo import CardinalityProblem
 
 ENERGIES: Registry[Energy] = Registry("energy", "optimum_blockprune.energies", "energy")
 
@@ -37,8 +38,9 @@ class Energy(ABC):
     reference: ClassVar[str] = ""
 
     @abstractmethod
-    def matrix(self, context: RankingContext) -> np.ndarray:
-        """The symmetric matrix Q of E(x) = xᵀQx (a linear term sits on the diagonal, x_i² = x_i)."""
+    def matrix(self, problem: CardinalityProblem, context: RankingContext) -> np.ndarray:
+        """The symmetric matrix Q of E(x) = xᵀQx (a linear term sits on the diagonal, x_i² = x_i) for `problem`
+        (its candidates and count, for energies that measure only what the problem can choose)."""
 
     def info(self) -> dict[str, str]:
         return {"name": self.name, "description": self.description, "reference": self.reference}

@@ -17,6 +17,6 @@ class FirstOrderEnergy(Energy):
     )
     reference = "second-order Taylor expansion of the loss in the gates"
 
-    def matrix(self, context) -> np.ndarray:
+    def matrix(self, problem, context) -> np.ndarray:
         fisher = context.fisher()
         return energy_matrix(fisher.hessian, fisher.mean_gradient)

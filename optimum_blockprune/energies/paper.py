@@ -14,5 +14,5 @@ class PaperEnergy(Energy):
     description = "xᵀHx, H = AᵀA/m the Fisher of per-sample gate gradients (the paper's energy)"
     reference = "Jansen et al. 2026, arXiv:2602.00161"
 
-    def matrix(self, context) -> np.ndarray:
+    def matrix(self, problem, context) -> np.ndarray:
         return energy_matrix(context.fisher().hessian)

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    import torch
     import torch.nn as nn
 
     from ..architectures import ArchitectureAdapter
@@ -46,15 +45,6 @@ class ResidualStatistics:
         return 1.0 - np.diagonal(self.cosine, offset=1)
 
 
-def _hidden_states_argument(args: tuple, kwargs: dict) -> torch.Tensor:
-    hidden = args[0] if args else kwargs.get("hidden_states")
-    if hidden is None:
-        raise RuntimeError(
-            "Could not find the hidden states passed to a block (neither positional nor keyword)."
-        )
-    return hidden
-
-
 def collect_residual_statistics(
     model: nn.Module,
     data: CalibrationData,
@@ -74,59 +64,39 @@ def collect_residual_statistics(
 
     from ..architectures import get_adapter
     from .forward import GatedForward
+    from .residual_cache import BlockInputs
 
     adapter = adapter or get_adapter(model)
-    blocks = adapter.block_list(model)
-    num_boundaries = len(blocks) + 1
-    captured: list[torch.Tensor | None] = [None] * num_boundaries
-
-    def capture_input(index):
-        def hook(module, args, kwargs):
-            captured[index] = _hidden_states_argument(args, kwargs).detach()
-
-        return hook
-
-    def capture_output(module, args, output):
-        captured[-1] = (output[0] if isinstance(output, tuple) else output).detach()
-
+    num_boundaries = len(adapter.block_list(model)) + 1
     cosine = np.zeros((num_boundaries, num_boundaries))
     angular = np.zeros((num_boundaries, num_boundaries))
     norm_ratio = np.zeros(num_boundaries - 1)
     num_tokens = 0
-    handles = [
-        block.register_forward_pre_hook(capture_input(i), with_kwargs=True) for i, block in enumerate(blocks)
-    ]
-    handles.append(blocks[-1].register_forward_hook(capture_output))
-    try:
-        with GatedForward(
-            model,
-            data,
-            adapter=adapter,
-            batch_size=batch_size,
-            pad_token_id=pad_token_id,
-            show_progress=show_progress,
-            desc="Residual statistics",
-        ) as run:
-            if removed:
-                run.set_removed(removed)
-            for batch in run:
-                run.outputs(batch)
-                real = batch["attention_mask"].bool()
-                # [tokens, boundaries, hidden] over real tokens only, in float32
-                stream = torch.stack([h[real].float() for h in captured], dim=1)
-                norms = stream.norm(dim=-1).clamp_min(1e-12)
-                units = stream / norms.unsqueeze(-1)
-                for start in range(0, units.shape[0], _TOKEN_CHUNK):
-                    chunk = units[start : start + _TOKEN_CHUNK]
-                    cos = torch.einsum("tad,tbd->tab", chunk, chunk).clamp(-1.0, 1.0)
-                    cosine += cos.sum(dim=0).double().cpu().numpy()
-                    angular += (torch.arccos(cos) / torch.pi).sum(dim=0).double().cpu().numpy()
-                norm_ratio += (norms[:, 1:] / norms[:, :-1]).sum(dim=0).double().cpu().numpy()
-                num_tokens += int(real.sum())
-                captured[:] = [None] * num_boundaries
-    finally:
-        for handle in handles:
-            handle.remove()
+    with GatedForward(
+        model,
+        data,
+        adapter=adapter,
+        batch_size=batch_size,
+        pad_token_id=pad_token_id,
+        show_progress=show_progress,
+        desc="Residual statistics",
+    ) as run:
+        if removed:
+            run.set_removed(removed)
+        for batch in run:
+            captured = BlockInputs(run, batch).inputs
+            real = batch["attention_mask"].bool()
+            # [tokens, boundaries, hidden] over real tokens only, in float32
+            stream = torch.stack([h[real].float() for h in captured], dim=1)
+            norms = stream.norm(dim=-1).clamp_min(1e-12)
+            units = stream / norms.unsqueeze(-1)
+            for start in range(0, units.shape[0], _TOKEN_CHUNK):
+                chunk = units[start : start + _TOKEN_CHUNK]
+                cos = torch.einsum("tad,tbd->tab", chunk, chunk).clamp(-1.0, 1.0)
+                cosine += cos.sum(dim=0).double().cpu().numpy()
+                angular += (torch.arccos(cos) / torch.pi).sum(dim=0).double().cpu().numpy()
+            norm_ratio += (norms[:, 1:] / norms[:, :-1]).sum(dim=0).double().cpu().numpy()
+            num_tokens += int(real.sum())
     if num_tokens == 0:
         raise ValueError("The calibration data has no real tokens.")
     return ResidualStatistics(

@@ -9,11 +9,14 @@ data or touches model structure itself.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..registry import Registry
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from ..estimation.calibration import CalibrationData
     from ..estimation.fisher import FisherEstimate
     from ..estimation.statistics import ResidualStatistics
+    from ..evaluation import RemovalLosses
     from ..qubo import CardinalityProblem
     from ..result import Ranking
 
@@ -112,6 +116,7 @@ class RankingMethod(ABC):
             label=self.display_label,
             objective=self.objective_for(context.config),
             energy_name=context.config.energy if self.uses_energy else None,
+            stats={**ranking.stats, **context.stats},
         )
 
     def info(self, config: BlockRemovalConfig | None = None) -> dict[str, Any]:
@@ -143,6 +148,9 @@ class RankingContext:
     fisher_type: str = "empirical"
     estimates: dict[str, Any] = field(default_factory=dict)
     fisher_metadata: dict[str, Any] = field(default_factory=dict)
+    #: diagnostics a method or an energy reports (standard errors, shrinkage, forwards spent); kept in the ranking
+    stats: dict[str, Any] = field(default_factory=dict)
+    _resumable: bool = True
 
     def _require_model(self, what: str) -> None:
         if self.model is None or self.data is None:
@@ -192,14 +200,41 @@ class RankingContext:
             self.estimates["statistics"] = stats
         return stats
 
-    def removal_costs(self, removals: list[tuple[int, ...]], metric: str = "loss") -> np.ndarray:
-        """The calibration `metric` of each removal, measured through gates at 0 (no model copy)."""
-        from ..evaluation import evaluate_removals
+    def measure(self, removals: list[tuple[int, ...]], metric: str = "loss") -> RemovalLosses:
+        """Every removal's calibration `metric` on every sample, through gates at 0 (no model copy). At block
+        granularity each removal re-runs only the blocks from its first removed one (falls back to full
+        forwards, once, for an architecture that cannot resume from the residual stream)."""
+        from ..estimation.residual_cache import NotResumableError
+        from ..evaluation import removal_losses
 
         self._require_model("measured removals")
-        return evaluate_removals(
-            self.model, self.data, removals, metric=metric, adapter=self.adapter, **self.forward_options
-        )
+        options = dict(metric=metric, adapter=self.adapter, granularity=self.config.granularity)
+        resume = self._resumable and self.config.granularity == "block"
+        try:
+            measured = removal_losses(
+                self.model, self.data, removals, reuse_prefix=resume, **options, **self.forward_options
+            )
+        except NotResumableError as error:
+            logger.warning("%s Measuring with full forwards.", error)
+            self._resumable = False
+            measured = removal_losses(self.model, self.data, removals, **options, **self.forward_options)
+        self.stats["measured_removals"] = self.stats.get("measured_removals", 0) + len(removals)
+        return measured
+
+    def removal_costs(self, removals: list[tuple[int, ...]], metric: str = "loss") -> np.ndarray:
+        """The calibration `metric` of each removal (token-weighted over all samples)."""
+        return self.measure(removals, metric).mean()
+
+    @property
+    def num_gates(self) -> int:
+        self._require_model("the model's gates")
+        return len(self.adapter.units(self.model, self.config.granularity))
+
+    def single_removals(self) -> RemovalLosses:
+        """The unpruned model (row 0) and every single removal (row i + 1), per sample; measured once."""
+        if "single_removals" not in self.estimates:
+            self.estimates["single_removals"] = self.measure([(), *((i,) for i in range(self.num_gates))])
+        return self.estimates["single_removals"]
 
 
 class ImportanceMethod(RankingMethod):

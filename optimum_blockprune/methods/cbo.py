@@ -30,7 +30,7 @@ class CBO(RankingMethod):
 
     def rank(self, problem, context):
         config = context.config
-        qubo = QUBO(get_energy(config.energy).matrix(context))
+        qubo = QUBO(get_energy(config.energy).matrix(problem, context))
         return solve_ranking(
             replace(problem, qubo=qubo),
             config.num_states,

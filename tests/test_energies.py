@@ -1,0 +1,113 @@
+"""Registered energies and the measured baselines, against hand computations and surgery on copies."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import numpy as np
+import pytest
+from conftest import TEXTS
+
+from optimum_blockprune import BlockRemovalConfig, Pruner, prepare_calibration_data, remove_blocks
+from optimum_blockprune.energies import get_energy
+from optimum_blockprune.energies.measured_pairs import plausible_blocks, split_half_shrinkage
+from optimum_blockprune.evaluation import evaluate_removals, removal_losses
+from optimum_blockprune.methods import RankingContext
+from optimum_blockprune.problem import removal_problem
+
+FAST = dict(num_calibration_samples=8, max_length=32, batch_size=4, show_progress=False)
+
+
+def _data(tokenizer):
+    return prepare_calibration_data(
+        list(TEXTS), tokenizer, **BlockRemovalConfig(**FAST).calibration_options()
+    )
+
+
+def _context(model, tokenizer, **config):
+    from optimum_blockprune import get_adapter
+
+    config = BlockRemovalConfig(**{**FAST, **config})
+    return config, RankingContext(config, model=model, adapter=get_adapter(model), data=_data(tokenizer))
+
+
+def _problem(model, config):
+    from optimum_blockprune import get_adapter
+
+    units = [u.to_dict() for u in get_adapter(model).blocks(model)]
+    return removal_problem(units, config)
+
+
+def _loss_by_surgery(model, data, removed):
+    pruned = copy.deepcopy(model)
+    remove_blocks(pruned, removed)
+    return removal_losses(pruned, data, [()], batch_size=4).per_sample()[0]
+
+
+def test_secant_rows_are_measured_single_removal_changes(llama, tokenizer):
+    config, context = _context(llama, tokenizer, energy="secant")
+    q = get_energy("secant").matrix(_problem(llama, config), context)
+    data = context.data
+    base = _loss_by_surgery(llama, data, [])
+    rows = np.stack(
+        [_loss_by_surgery(llama, data, [i]) - base for i in range(6)], axis=1
+    )  # [samples, blocks]
+    np.testing.assert_allclose(q, rows.T @ rows / rows.shape[0], rtol=1e-4, atol=1e-7)
+
+
+def test_measured_pairs_hold_measured_costs_and_shrunk_interactions(llama, tokenizer):
+    config, context = _context(llama, tokenizer, num_blocks_to_remove=2, energy="measured_pairs")
+    problem = _problem(llama, config)
+    q = get_energy("measured_pairs").matrix(problem, context)
+    data = context.data
+    unpruned = evaluate_removals(llama, data, [()])[0]
+    singles = evaluate_removals(llama, data, [(i,) for i in range(6)]) - unpruned
+    np.testing.assert_allclose(np.diag(q), singles, rtol=1e-5, atol=1e-7)
+    plausible = plausible_blocks(singles, problem.candidates, problem.forced, 2)
+    assert plausible == sorted(np.argsort(singles, kind="stable")[:4].tolist())
+    shrinkage = context.stats["pair_shrinkage"]
+    assert 0.0 <= shrinkage <= 1.0 and context.stats["pairs_measured"] == 6
+    assert context.stats["pair_interaction_median_standard_error"] > 0
+    for i, j in itertools.combinations(range(6), 2):
+        if i in plausible and j in plausible:
+            pair = evaluate_removals(llama, data, [(i, j)])[0] - unpruned
+            assert q[i, j] == pytest.approx(
+                shrinkage * (pair - singles[i] - singles[j]) / 2, rel=1e-4, abs=1e-7
+            )
+        else:
+            assert q[i, j] == 0.0
+
+
+def test_split_half_shrinkage():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=200)
+    assert split_half_shrinkage(signal, signal) == pytest.approx(1.0)
+    assert split_half_shrinkage(signal, -signal) == 0.0
+    noisy = split_half_shrinkage(signal + rng.normal(size=200), signal + rng.normal(size=200))
+    assert 0.3 < noisy < 0.7  # half the variance is noise
+    assert split_half_shrinkage(np.zeros(3), np.zeros(3)) == 0.0
+
+
+def test_oneshot_perplexity_removes_the_cheapest_single_removals(llama, tokenizer):
+    config = BlockRemovalConfig(num_blocks_to_remove=2, method="oneshot_ppl", protected_blocks=[0], **FAST)
+    selection = Pruner(llama, tokenizer).select(config, TEXTS)
+    data = _data(tokenizer)
+    single = [evaluate_removals(llama, data, [(i,)])[0] for i in range(6)]
+    expected = tuple(sorted(sorted(range(1, 6), key=lambda i: (single[i], i))[:2]))
+    assert selection.removed_blocks == expected and selection.ranking.objective == "sum of single-removal ΔL"
+    assert (
+        set(selection.estimates) == {"single_removals"} and selection.ranking.stats["measured_removals"] == 7
+    )
+
+
+@pytest.mark.parametrize("energy", ["secant", "measured_pairs"])
+def test_measured_energies_rank_through_cbo_against_brute_force(llama, tokenizer, energy):
+    config = BlockRemovalConfig(num_blocks_to_remove=2, energy=energy, num_states=15, **FAST)
+    pruner = Pruner(llama, tokenizer)
+    ranking = pruner.select(config, TEXTS).ranking
+    _, context = _context(llama, tokenizer, num_blocks_to_remove=2, energy=energy)
+    q = get_energy(energy).matrix(_problem(llama, config), context)
+    brute = sorted(itertools.combinations(range(6), 2), key=lambda s: (q[np.ix_(s, s)].sum(), s))
+    assert [s.removed_blocks for s in ranking] == brute
+    assert ranking.energy_name == energy and ranking.stats["measured_removals"] >= 7
