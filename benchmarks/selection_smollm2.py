@@ -26,7 +26,15 @@ import random
 import time
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
-ONE_SHOT = ("block_influence", "angular_distance", "norm_ratio", "taylor", "fisher_diagonal", "last_blocks")
+ONE_SHOT = (
+    "block_influence",
+    "angular_distance",
+    "norm_ratio",
+    "taylor",
+    "fisher_diagonal",
+    "last_blocks",
+    "oneshot_ppl",
+)
 ITERATIVE = ("block_influence_iterative", "sleb")
 LABELS = {
     "cbo_ground": "CBO ground state",
@@ -39,7 +47,14 @@ LABELS = {
     "fisher_diagonal": "Fisher diagonal H_ii",
     "norm_ratio": "Norm ratio",
     "last_blocks": "Drop the last M",
+    "oneshot_ppl": "One-shot PPL (Shortened LLaMA)",
 }
+
+
+def _label(method: str) -> str:
+    """Rows of CBO with another energy are named `cbo_ground:<energy>`."""
+    kind, _, energy = method.partition(":")
+    return f"{LABELS[kind]} [{energy}]" if energy else LABELS[method]
 
 
 def _spread_states(energy_of, num_blocks: int, m: int, lowest: list, count: int, seed: int) -> list:
@@ -67,6 +82,12 @@ def main() -> None:
     parser.add_argument("--spearman-lowest", type=int, default=10)
     parser.add_argument("--spearman-spread", type=int, default=50)
     parser.add_argument("--methods", nargs="+", default=["cbo", *ONE_SHOT, *ITERATIVE])
+    parser.add_argument(
+        "--energies",
+        nargs="+",
+        default=["paper"],
+        help="CBO's energies (ground state of each; auto for 'paper')",
+    )
     parser.add_argument(
         "--fisher", default="empirical", choices=["empirical", "model"], help="for cbo, taylor, H_ii"
     )
@@ -153,7 +174,7 @@ def main() -> None:
         }
         payload["rows"].append(row)
         print(
-            f"M={m:2d} {LABELS[method]:34s} ppl {row['held_out_perplexity']:9.1f}  {seconds:7.1f} s  {list(removed)}"
+            f"M={m:2d} {_label(method):34s} ppl {row['held_out_perplexity']:9.1f}  {seconds:7.1f} s  {list(removed)}"
         )
         _write(args.output, payload)
 
@@ -169,7 +190,20 @@ def main() -> None:
         )
 
     for m in args.remove:
-        if "cbo" in args.methods:
+        for energy in (e for e in args.energies if e != "paper" and "cbo" in args.methods):
+            start = time.perf_counter()
+            selection = pruner.select(
+                BlockRemovalConfig(num_blocks_to_remove=m, energy=energy, **base), calibration
+            )
+            stats = {k: v for k, v in selection.ranking.stats.items() if isinstance(v, (int, float))}
+            record(
+                f"cbo_ground:{energy}",
+                m,
+                selection.removed_blocks,
+                time.perf_counter() - start,
+                {"energy": selection.state.energy, "stats": stats},
+            )
+        if "cbo" in args.methods and "paper" in args.energies:
             start = time.perf_counter()
             ground = pruner.select(
                 BlockRemovalConfig(num_blocks_to_remove=m, **base), calibration, fisher=fisher
@@ -239,7 +273,7 @@ def main() -> None:
                 {"calibration_samples": samples},
             )
 
-    if fisher is not None:
+    if fisher is not None and args.spearman_m > 0:
         m = args.spearman_m
         config = BlockRemovalConfig(num_blocks_to_remove=m, **{**base, "num_states": args.spearman_lowest})
         lowest = [s.removed_blocks for s in pruner.solve(fisher, config)]
@@ -312,7 +346,7 @@ def markdown_table(payload: dict) -> str:
             if r["held_out_perplexity"] == best[m]:
                 value = f"**{value}**"
             cells.append(f"{value} ({r['seconds']:.0f} s)")
-        label = LABELS[method].replace("|", "\\|")  # a literal pipe would split the markdown cell
+        label = _label(method).replace("|", "\\|")  # a literal pipe would split the markdown cell
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if "spearman" in payload:
         s = payload["spearman"]

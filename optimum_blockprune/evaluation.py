@@ -95,7 +95,7 @@ def removal_losses(
     needs_gates = metric == "kl" or reuse_prefix or any(removals)
     if needs_gates:
         adapter = adapter or get_adapter(model)
-        _check_removals_measurable(adapter)
+        _check_removals_measurable(adapter, granularity)
     sums = np.zeros((len(removals), data.num_samples), dtype=np.float64)
     tokens = np.zeros(data.num_samples, dtype=np.float64)
     offset = 0
@@ -143,12 +143,12 @@ def removal_losses(
     return RemovalLosses(sums, tokens)
 
 
-def _check_removals_measurable(adapter: ArchitectureAdapter) -> None:
+def _check_removals_measurable(adapter: ArchitectureAdapter, granularity: str) -> None:
     if adapter.task != "causal-lm":
         raise ValueError(
             f"Evaluating removals needs next-token logits; a `{adapter.model_type}` model ({adapter.task}) has none."
         )
-    if not adapter.gate_zero_removes:
+    if not adapter.exact_gates(granularity):
         raise ValueError(
             f"A gate at 0 is not the block removed in `{adapter.model_type}` models, so removals cannot be "
             "evaluated through gates; apply them to a copy instead."

@@ -160,7 +160,7 @@ def check_request(
     if "fisher" in needs:
         fisher_type(adapter, config)
     choice = f"`method`={config.method!r} / `selection`={config.selection!r}"
-    if ("removals" in needs or config.selection == "auto") and not adapter.gate_zero_removes:
+    if ("removals" in needs or config.selection == "auto") and not adapter.exact_gates(config.granularity):
         raise ConfigurationError(
             f"{choice} evaluate removals by setting gates to 0, which does not remove a block in "
             f"`{adapter.model_type}` models (post-norm blocks). Use a method that measures nothing (see "

@@ -73,10 +73,9 @@ def test_removal_keeps_config_and_cache_indices_consistent(arch):
 def test_pruned_model_equals_gated_original(arch, tokenizer, texts):
     """Surgery and the gates agree: alpha = 0 on a block is exactly that block removed."""
     model = build_tiny_model(arch)
-    if not get_adapter(model).gate_zero_removes:
-        pytest.skip(
-            f"{arch} is post-norm: a gate at 0 leaves the add-and-norm, so it is a proxy, not removal"
-        )
+    assert get_adapter(model).exact_gates("block"), (
+        "every architecture's block gate at 0 is the block removed"
+    )
     removed = removal_for(arch)
     batch = batch_of(tokenizer, texts[:3])
     with torch.no_grad(), CouplingGates(model) as gates:

@@ -327,6 +327,11 @@ def test_selection_errors_come_before_any_work(llama, tokenizer):
         pruner.select(BlockRemovalConfig(selection="auto", **FAST), TEXTS[:1])
     bert = Pruner(build_tiny_model("bert"), tokenizer)
     for config in (BlockRemovalConfig(selection="auto"), BlockRemovalConfig(method="sleb")):
-        with pytest.raises(ConfigurationError, match="gates to 0"):
+        with pytest.raises(ConfigurationError, match="need next-token predictions"):
             bert.select(config, TEXTS)
+    sublayer = BlockRemovalConfig(method="cbo", selection="auto", granularity="sublayer")
+    with pytest.raises(
+        ConfigurationError, match="gates to 0"
+    ):  # branch gates of a post-norm block are a proxy
+        bert.select(sublayer, TEXTS)
     assert bert.fisher is None and pruner.fisher is None

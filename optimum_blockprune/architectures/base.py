@@ -93,7 +93,10 @@ class ArchitectureAdapter:
         sublayer_removal: a sublayer removal can be stored as a standard checkpoint (one mixer per block).
         task: a key of `TASKS`: `causal-lm` (decoders, `AutoModelForCausalLM`) or `feature-extraction` (encoders,
             `AutoModel`).
-        gate_zero_removes: a gate at 0 is exactly the block removed (False for post-norm blocks such as BERT,
+        block_gate: 'branches' (a block's gate scales its residual branches) or 'interpolate' (at block
+            granularity one gate on the whole block, h + alpha * (block(h) - h): exactly the block removed at 0
+            whatever the block's shape, for post-norm blocks such as BERT's; sublayers keep the branch gates).
+        gate_zero_removes: a branch gate at 0 is exactly the block removed (False for post-norm blocks such as BERT,
             where the add-and-norm still runs).
         notes: a short remark for the README's architecture table.
     """
@@ -110,11 +113,14 @@ class ArchitectureAdapter:
     sublayer_removal: bool = False
     task: str = "causal-lm"
     gate_zero_removes: bool = True
+    block_gate: str = "branches"
     notes: str = ""
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"`task` must be one of {sorted(TASKS)}, got {self.task!r}.")
+        if self.block_gate not in ("branches", "interpolate"):
+            raise ValueError(f"`block_gate` must be 'branches' or 'interpolate', got {self.block_gate!r}.")
         kinds = self.branch_kinds
         if kinds is None:
             kinds = ("attention", "mlp") if len(self.branches) == 2 else ("residual",) * len(self.branches)
@@ -130,6 +136,14 @@ class ArchitectureAdapter:
     @property
     def task_info(self) -> Task:
         return TASKS[self.task]
+
+    def interpolates(self, granularity: str) -> bool:
+        """Whether a unit's gate at this granularity interpolates the whole block (see `block_gate`)."""
+        return self.block_gate == "interpolate" and granularity == "block"
+
+    def exact_gates(self, granularity: str) -> bool:
+        """Whether a gate at 0 is exactly its unit removed at this granularity (removals can be measured)."""
+        return self.gate_zero_removes or self.interpolates(granularity)
 
     # -- reading the model -------------------------------------------------------------------------------
     def text_config(self, model: nn.Module):
@@ -228,7 +242,9 @@ class ArchitectureAdapter:
                         num_parameters=total,
                         num_active_parameters=active,
                         block=i,
-                        branches=tuple(f"{prefix}.{i}.{p}" for p in paths),
+                        branches=(f"{prefix}.{i}",)
+                        if self.interpolates(granularity)
+                        else tuple(f"{prefix}.{i}.{p}" for p in paths),
                     )
                 )
         return units

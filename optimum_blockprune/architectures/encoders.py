@@ -1,6 +1,7 @@
 """Encoders. BERT is post-norm: the residual add sits inside `BertSelfOutput` / `BertOutput`
-(`LayerNorm(dense(x) + input)`), so the gate scales the dense output before the add-and-norm. A gate at 0 then
-leaves the LayerNorm running, which is why gated scores are a proxy there and not an exact removal."""
+(`LayerNorm(dense(x) + input)`), so a gate on a branch leaves the LayerNorm running at 0: a proxy, not removal.
+At block granularity the gate therefore interpolates the whole layer, h + alpha * (layer(h) - h), which at 0 is
+exactly the layer removed; sublayer gates stay on the dense outputs before each add-and-norm."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ ENCODERS = (
         block_kind="encoder",
         task="feature-extraction",
         gate_zero_removes=False,
-        notes="post-norm encoder: gates on the dense outputs before each add-and-norm",
+        block_gate="interpolate",
+        notes="post-norm encoder: one gate on the whole layer, h + α(layer(h) − h), exact at 0; sublayer gates on "
+        "the dense outputs before each add-and-norm (a proxy)",
     ),
 )
 

@@ -64,10 +64,15 @@ class CouplingGates:
             for parameter, _ in self._saved_requires_grad:
                 parameter.requires_grad_(False)
         try:
+            interpolate = self.adapter.interpolates(self.granularity)
             for unit in self.units:
                 for path in unit.branches:
                     module = self.model.get_submodule(path)
-                    self._handles.append(module.register_forward_hook(self._make_hook(unit.index)))
+                    if interpolate:
+                        hook = self._make_interpolation_hook(unit.index)
+                        self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+                    else:
+                        self._handles.append(module.register_forward_hook(self._make_hook(unit.index)))
         except BaseException:
             self._remove()
             raise
@@ -92,6 +97,20 @@ class CouplingGates:
             if isinstance(output, tuple):
                 return (self._scale(output[0], index), *output[1:])
             return self._scale(output, index)
+
+        return hook
+
+    def _make_interpolation_hook(self, index: int):
+        """h + alpha * (block(h) - h) on the whole block (`block_gate='interpolate'`)."""
+        from .forward import block_input
+
+        def hook(module, args, kwargs, output):
+            if self.alpha is None:
+                return output
+            hidden = block_input(args, kwargs)
+            out = output[0] if isinstance(output, tuple) else output
+            mixed = hidden + self._scale(out - hidden, index)
+            return (mixed, *output[1:]) if isinstance(output, tuple) else mixed
 
         return hook
 
