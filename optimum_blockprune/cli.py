@@ -77,6 +77,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, exclude: Sequence[s
             kwargs.update(type=_index_list, metavar="I,J,...")
         elif field.name == "candidate_kinds":
             kwargs.update(type=_name_list, metavar="KIND,...")
+        elif field.name == "auto_candidates":
+            kwargs.update(type=_name_list, metavar="METHOD,...")
         elif field.name in ("max_removed_per_kind", "min_removed_per_kind"):
             kwargs.update(type=_kind_counts, metavar="KIND=N,...")
         elif isinstance(default, bool) or field.name == "apply_chat_template":

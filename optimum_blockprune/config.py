@@ -90,6 +90,27 @@ class BlockRemovalConfig:
             "and apply the best."
         },
     )
+    correction_rounds: int = field(
+        default=0,
+        metadata={
+            "help": "Measure-and-correct rounds for an energy that predicts the calibration-loss increase "
+            "('measured_pairs'): each round measures the `correction_states` lowest states not yet measured on the "
+            "calibration samples, corrects the QUBO so measured states carry their measured increase, and "
+            "re-solves; it stops early when a round proposes nothing new or finds nothing better. 0: off."
+        },
+    )
+    correction_states: int = field(
+        default=4, metadata={"help": "States measured per measure-and-correct round."}
+    )
+    auto_candidates: tuple[str, ...] = field(
+        default=("oneshot_ppl", "block_influence"),
+        metadata={
+            "help": "With `selection='auto'`, the ground states of these registered methods join the `num_states` "
+            "ranked states as candidates, measured the same way, so the choice is not confined to one energy's "
+            "lowest states (their estimates share the calibration samples and passes). Empty: the ranked states "
+            "only."
+        },
+    )
     selection_metric: SelectionMetric = field(
         default="kl",
         metadata={
@@ -243,6 +264,12 @@ class BlockRemovalConfig:
                 "`candidate_kinds=['moe']`."
             )
         self.candidate_kinds = tuple(dict.fromkeys(str(kind) for kind in self.candidate_kinds))
+        if isinstance(self.auto_candidates, str) or not isinstance(self.auto_candidates, Sequence):
+            raise ConfigurationError(
+                f"`auto_candidates` must be a list of method names, got {self.auto_candidates!r}. Pass e.g. "
+                "`auto_candidates=['oneshot_ppl']`."
+            )
+        self.auto_candidates = tuple(dict.fromkeys(str(name) for name in self.auto_candidates))
         for name in ("max_removed_per_kind", "min_removed_per_kind"):
             limits = getattr(self, name)
             _check(
@@ -265,6 +292,7 @@ class BlockRemovalConfig:
             "num_states",
             "num_calibration_samples",
             "num_selection_samples",
+            "correction_states",
             "max_length",
             "batch_size",
         ):
@@ -317,7 +345,21 @@ class BlockRemovalConfig:
         from .solvers import solver_class
 
         method = get_method(self.method)
-        get_energy(self.energy)
+        for name in self.auto_candidates:
+            get_method(name)
+        energy = get_energy(self.energy)
+        _check(
+            isinstance(self.correction_rounds, int)
+            and not isinstance(self.correction_rounds, bool)
+            and self.correction_rounds >= 0,
+            f"`correction_rounds` must be a non-negative integer, got {self.correction_rounds!r}.",
+        )
+        _check(
+            not self.correction_rounds or (method.uses_energy and energy.predicts_loss),
+            f"`correction_rounds`={self.correction_rounds} corrects an energy with measured loss increases, but "
+            f"`method`={self.method!r} / `energy`={self.energy!r} does not predict the calibration-loss increase; "
+            "use `method='cbo'` with `energy='measured_pairs'`, or `correction_rounds=0`.",
+        )
         solver_class(self.solver).check_available()
         _check(
             self.selection in SELECTIONS,
@@ -389,6 +431,7 @@ class BlockRemovalConfig:
         data["protected_blocks"] = list(self.protected_blocks)
         data["forced_blocks"] = list(self.forced_blocks)
         data["candidate_kinds"] = list(self.candidate_kinds)
+        data["auto_candidates"] = list(self.auto_candidates)
         return data
 
     @classmethod

@@ -108,6 +108,7 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         removed_blocks=result["removed_blocks"],
         kept_blocks=result["kept_blocks"],
         selected_rank=result.get("selected_rank"),
+        applied_label=_applied_label(ranking, result.get("selected_rank")),
         num_parameters_before=before,
         num_parameters_after=after,
         parameter_reduction=1 - after / before,
@@ -121,6 +122,14 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         auto_class=provenance.get("auto_class") or "AutoModelForCausalLM",
     )
     return str(card)
+
+
+def _applied_label(ranking: Any, rank: int | None) -> str | None:
+    if rank is None:
+        return None
+    if ranking is None:
+        return f"CBO:{rank}"
+    return ranking.state_label(ranking[rank])
 
 
 def save_pruned_model(

@@ -156,15 +156,18 @@ def check_request(
     """
     from .methods import get_method
 
-    needs = get_method(config.method).requirements(config)
+    names = (config.method, *(config.auto_candidates if config.selection == "auto" else ()))
+    needs = {need for name in names for need in get_method(name).requirements(config)}
     if "fisher" in needs:
         fisher_type(adapter, config)
     choice = f"`method`={config.method!r} / `selection`={config.selection!r}"
+    if config.selection == "auto" and config.auto_candidates:
+        choice += f" (with `auto_candidates`={list(config.auto_candidates)})"
     if ("removals" in needs or config.selection == "auto") and not adapter.exact_gates(config.granularity):
         raise ConfigurationError(
             f"{choice} evaluate removals by setting gates to 0, which does not remove a block in "
-            f"`{adapter.model_type}` models (post-norm blocks). Use a method that measures nothing (see "
-            "`available_methods()`) and `selection='ground'`."
+            f"`{adapter.model_type}` models at granularity={config.granularity!r}. Use a method that measures "
+            "nothing (see `available_methods()`) and `selection='ground'`."
         )
     if ("next_token" in needs or config.selection == "auto") and adapter.task != "causal-lm":
         raise ConfigurationError(

@@ -11,8 +11,10 @@ from typing import Any
 class RankedState:
     """One feasible configuration: the 0-based blocks it removes and its energy (rank 0 = ground state).
 
-    `energy` is the ranking method's objective (the QUBO energy for CBO, a baseline's own score otherwise);
-    `score` is what `selection="auto"` measured for the state on held-out data (None when not evaluated).
+    `energy` is the ranking method's objective (the QUBO energy for CBO, a baseline's own score otherwise; NaN for
+    a candidate from another method when the ranking's objective cannot price it); `score` is what
+    `selection="auto"` measured for the state on held-out data (None when not evaluated); `source` names the
+    method a candidate came from when it is not the ranking's own (`auto_candidates`).
     """
 
     rank: int
@@ -20,6 +22,7 @@ class RankedState:
     energy: float
     proven: bool
     score: float | None = None
+    source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -35,6 +38,7 @@ class RankedState:
             float(data["energy"]),
             bool(data["proven"]),
             None if score is None else float(score),
+            data.get("source"),
         )
 
 
@@ -120,6 +124,10 @@ class Ranking:
             selection_metric=data.get("selection_metric"),
         )
 
+    def state_label(self, state: RankedState) -> str:
+        """How a state is named: `CBO:3` for the ranking's own, `oneshot_ppl` for another method's candidate."""
+        return state.source or f"{self.label}:{state.rank}"
+
     def to_markdown(self, max_rows: int | None = None, selected_rank: int | None = None) -> str:
         """A markdown table: rank, removed blocks (0-based, with their kind when blocks differ), energy (or the
         baseline's objective), difference to the best state, and the held-out score where one was measured."""
@@ -133,17 +141,18 @@ class Ranking:
         ]
         show_kinds = len(set(self.kinds)) > 1
         for state in self.states[:max_rows]:
-            label = f"{self.label}:{state.rank}" + (" (applied)" if state.rank == selected_rank else "")
+            label = self.state_label(state) + (" (applied)" if state.rank == selected_rank else "")
             blocks = ", ".join(
                 f"{i} ({self.kinds[i]})" if show_kinds else str(i) for i in state.removed_blocks
             )
             score = ""
             if scored:
                 score = " – |" if state.score is None else f" {state.score:.5g} |"
-            lines.append(
-                f"| {label} | {blocks} | {state.energy:.6g} | {state.energy - ground:+.4g} | "
-                f"{'yes' if state.proven else 'no'} |{score}"
-            )
+            priced = (
+                state.energy == state.energy
+            )  # NaN: another method's candidate the objective cannot price
+            energy = f"{state.energy:.6g} | {state.energy - ground:+.4g}" if priced else "– | –"
+            lines.append(f"| {label} | {blocks} | {energy} | {'yes' if state.proven else 'no'} |{score}")
         return "\n".join(lines)
 
     def __str__(self) -> str:

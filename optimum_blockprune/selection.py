@@ -155,6 +155,29 @@ def prepare_scoring_data(
     return prepared
 
 
+def add_candidates(ranking: Ranking, problem: CardinalityProblem, context: RankingContext) -> Ranking:
+    """The ranking with the ground state of every `config.auto_candidates` method appended (once per distinct
+    state), priced by the ranking's energy where the method left one (`context.estimates["energy_matrix"]`)."""
+    import numpy as np
+
+    from .result import RankedState
+
+    q = context.estimates.get("energy_matrix")
+    states = list(ranking.states)
+    seen = {state.removed_blocks for state in states}
+    for name in context.config.auto_candidates:
+        if name == ranking.method:
+            continue
+        other = get_method(name).run(problem, context)
+        if not other.states or other[0].removed_blocks in seen:
+            continue
+        blocks = other[0].removed_blocks
+        seen.add(blocks)
+        energy = float(q[np.ix_(blocks, blocks)].sum()) if q is not None else float("nan")
+        states.append(RankedState(len(states), blocks, energy, proven=False, source=name))
+    return replace(ranking, states=tuple(states))
+
+
 def measure_states(
     model: nn.Module,
     adapter: ArchitectureAdapter,
@@ -252,6 +275,7 @@ def select_removal(
     )
     ranking = finish_ranking(method.run(problem, context), unit_dicts, config)
     if config.selection == "auto":
+        ranking = add_candidates(ranking, problem, context)
         ranking = measure_states(model, adapter, ranking, config, held_out, pad_token_id=pad_token_id)
     return Selection(ranking, choose(ranking, config), config, dict(context.estimates))
 

@@ -111,3 +111,50 @@ def test_measured_energies_rank_through_cbo_against_brute_force(llama, tokenizer
     brute = sorted(itertools.combinations(range(6), 2), key=lambda s: (q[np.ix_(s, s)].sum(), s))
     assert [s.removed_blocks for s in ranking] == brute
     assert ranking.energy_name == energy and ranking.stats["measured_removals"] >= 7
+
+
+# -- measure and correct -----------------------------------------------------------------------------------------
+def test_corrected_matrix_prices_measured_states_exactly_and_leaves_disjoint_pairs():
+    from optimum_blockprune.methods.correction import corrected_matrix
+    from optimum_blockprune.qubo import QUBO
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(20, 7))
+    q = a.T @ a / 20
+    measured = {(0, 1, 2): 5.0, (1, 2, 3): -1.0, (4, 5, 6): 2.5}
+    corrected = QUBO(corrected_matrix(q, measured))
+    for state, value in measured.items():
+        assert corrected.energy_of(state) == pytest.approx(value)
+    assert corrected.energy_of((0, 3, 6)) == pytest.approx(
+        QUBO(q).energy_of((0, 3, 6))
+    )  # no measured pair inside
+    single = QUBO(corrected_matrix(q, {(4,): 3.0}))
+    assert single.energy_of((4,)) == pytest.approx(3.0) and single.energy_of((5,)) == pytest.approx(q[5, 5])
+
+
+def test_measure_and_correct_carries_measurements_into_the_ranking(llama, tokenizer):
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, energy="measured_pairs", correction_rounds=3, correction_states=2, **FAST
+    )
+    selection = Pruner(llama, tokenizer).select(config, TEXTS)
+    stats = selection.ranking.stats
+    assert 1 <= stats["correction_rounds"] <= 3 and stats["correction_states_measured"] >= 2
+    data = _data(tokenizer)
+    unpruned = evaluate_removals(llama, data, [()])[0]
+    q = selection.estimates["energy_matrix"]
+    measured = [s for s in selection.ranking if s.energy == pytest.approx(stats["correction_best_measured"])]
+    assert measured, "the best measured state is among the ranked ones"
+    for state in selection.ranking:
+        assert state.energy == pytest.approx(q[np.ix_(state.removed_blocks, state.removed_blocks)].sum())
+    best = measured[0].removed_blocks
+    assert stats["correction_best_measured"] == pytest.approx(
+        evaluate_removals(llama, data, [best])[0] - unpruned, rel=1e-4
+    )
+
+
+def test_correction_needs_an_energy_in_loss_units():
+    from optimum_blockprune import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="does not predict the calibration-loss increase"):
+        BlockRemovalConfig(correction_rounds=2)  # the paper's energy
+    assert BlockRemovalConfig(energy="measured_pairs", correction_rounds=2).correction_rounds == 2

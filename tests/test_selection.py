@@ -257,7 +257,9 @@ def test_a_baseline_prunes_saves_and_reloads_like_cbo(llama, tokenizer, tmp_path
 def test_auto_selection_applies_the_best_measured_state(llama, tokenizer, tmp_path):
     pruner = Pruner(llama, tokenizer)
     original = copy.deepcopy(llama)
-    config = BlockRemovalConfig(num_blocks_to_remove=2, selection="auto", num_states=6, **FAST)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, selection="auto", num_states=6, auto_candidates=(), **FAST
+    )
     result = pruner.prune(config, TEXTS)
     ranking = pruner.ranking
     assert len(ranking) == 6 and all(s.score is not None and s.score > 0 for s in ranking)
@@ -298,7 +300,9 @@ def test_auto_selection_costs_one_pass_per_state_plus_one(llama, tokenizer):
     calls = []
     llama.register_forward_pre_hook(lambda module, args: calls.append(1))
     params_before = {name: p.data_ptr() for name, p in llama.named_parameters()}
-    config = BlockRemovalConfig(num_blocks_to_remove=2, selection="auto", num_states=5, **FAST)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, selection="auto", num_states=5, auto_candidates=(), **FAST
+    )
     pruner.select(config, TEXTS, fisher=fisher)
     assert len(calls) == 5 + 1  # 4 held-out samples = one batch: the unpruned pass + one per state
     assert {name: p.data_ptr() for name, p in llama.named_parameters()} == params_before  # no copies
@@ -335,3 +339,43 @@ def test_selection_errors_come_before_any_work(llama, tokenizer):
     ):  # branch gates of a post-norm block are a proxy
         bert.select(sublayer, TEXTS)
     assert bert.fisher is None and pruner.fisher is None
+
+
+def test_auto_selection_measures_other_methods_ground_states_too(llama, tokenizer, tmp_path):
+    pruner = Pruner(llama, tokenizer)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2,
+        selection="auto",
+        num_states=3,
+        protected_blocks=[0],
+        auto_candidates=("oneshot_ppl", "block_influence", "last_blocks"),
+        **FAST,
+    )
+    selection = pruner.select(config, TEXTS)
+    ranking = selection.ranking
+    own, extra = ranking.states[:3], ranking.states[3:]
+    assert all(s.source is None for s in own) and [s.rank for s in ranking] == list(range(len(ranking)))
+    ground = {
+        name: Pruner(llama, tokenizer).select(replace_method(config, name), TEXTS).removed_blocks
+        for name in config.auto_candidates
+    }
+    seen, expected = {s.removed_blocks for s in own}, []
+    for name in config.auto_candidates:  # each distinct state once, in the configured order
+        if ground[name] not in seen:
+            seen.add(ground[name])
+            expected.append((name, ground[name]))
+    assert [(s.source, s.removed_blocks) for s in extra] == expected
+    q = selection.estimates["energy_matrix"]
+    for state in extra:  # priced by the same energy, measured like the ranked states
+        assert state.energy == pytest.approx(q[np.ix_(state.removed_blocks, state.removed_blocks)].sum())
+        assert state.score is not None
+    assert selection.state == min(ranking, key=lambda s: (s.score, s.rank))
+    table = ranking.to_markdown()
+    assert all(f"| {s.source} |" in table for s in extra)
+    assert Ranking.from_dict(json.loads(json.dumps(ranking.to_dict()))) == ranking
+
+
+def replace_method(config, name):
+    from dataclasses import replace
+
+    return replace(config, method=name, selection="ground", auto_candidates=())

@@ -36,6 +36,9 @@ class Energy(ABC):
     description: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ("fisher",)
     reference: ClassVar[str] = ""
+    #: E(x) predicts the calibration-loss increase of removing x, so measured removals can correct it
+    #: (`correction_rounds`).
+    predicts_loss: ClassVar[bool] = False
 
     @abstractmethod
     def matrix(self, problem: CardinalityProblem, context: RankingContext) -> np.ndarray:

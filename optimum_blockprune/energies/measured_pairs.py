@@ -40,6 +40,7 @@ class MeasuredPairsEnergy(Energy):
         "removals, λ the interactions' split-half reliability"
     )
     needs = ("removals", "next_token")
+    predicts_loss = True
     reference = "measured second-order interactions (cf. Shapley-style interaction indices)"
 
     def matrix(self, problem, context) -> np.ndarray:

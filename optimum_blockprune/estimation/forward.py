@@ -27,16 +27,6 @@ def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     return torch.cat([labels[:, 1:], labels.new_full((labels.shape[0], 1), -100)], dim=1)
 
 
-def block_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The hidden states a block was called with (positional or `hidden_states=`), from a forward pre-hook."""
-    hidden = args[0] if args else kwargs.get("hidden_states")
-    if hidden is None:
-        raise RuntimeError(
-            "Could not find the hidden states passed to a block (neither positional nor keyword)."
-        )
-    return hidden
-
-
 class GatedForward:
     """Context manager over one pass of `data` through `model` with coupling gates.
 

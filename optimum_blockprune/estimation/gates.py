@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 
+def block_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a block was called with (positional or `hidden_states=`), from a forward pre-hook."""
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if hidden is None:
+        raise RuntimeError(
+            "Could not find the hidden states passed to a block (neither positional nor keyword)."
+        )
+    return hidden
+
+
 class CouplingGates:
     """Context manager installing one forward hook per residual branch; hooks are always removed on exit.
 
@@ -102,7 +112,6 @@ class CouplingGates:
 
     def _make_interpolation_hook(self, index: int):
         """h + alpha * (block(h) - h) on the whole block (`block_gate='interpolate'`)."""
-        from .forward import block_input
 
         def hook(module, args, kwargs, output):
             if self.alpha is None:

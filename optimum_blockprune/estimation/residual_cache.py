@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .forward import block_input
+from .gates import block_input
 
 if TYPE_CHECKING:
     import torch

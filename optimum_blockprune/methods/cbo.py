@@ -8,6 +8,7 @@ from ..energies import get_energy
 from ..qubo import QUBO
 from ..solvers import solve_ranking
 from .base import RankingMethod, register_method
+from .correction import measure_and_correct
 
 
 @register_method
@@ -23,7 +24,8 @@ class CBO(RankingMethod):
     uses_energy = True
 
     def requirements(self, config):
-        return tuple(get_energy(config.energy).needs)
+        needs = tuple(get_energy(config.energy).needs)
+        return (*needs, "removals", "next_token") if config.correction_rounds else needs
 
     def objective_for(self, config):
         return f"energy ({config.energy})"
@@ -31,6 +33,10 @@ class CBO(RankingMethod):
     def rank(self, problem, context):
         config = context.config
         qubo = QUBO(get_energy(config.energy).matrix(problem, context))
+        # kept: it prices other methods' candidates under selection='auto'
+        context.estimates["energy_matrix"] = qubo.matrix
+        if config.correction_rounds:
+            return measure_and_correct(problem, qubo.matrix, context)
         return solve_ranking(
             replace(problem, qubo=qubo),
             config.num_states,
