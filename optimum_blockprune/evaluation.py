@@ -156,16 +156,7 @@ def _check_removals_measurable(adapter: ArchitectureAdapter, granularity: str) -
 
 
 def evaluate_removals(
-    model: nn.Module,
-    data: CalibrationData,
-    removals: Sequence[Sequence[int]],
-    *,
-    metric: str = "loss",
-    adapter: ArchitectureAdapter | None = None,
-    granularity: str = "block",
-    batch_size: int = 8,
-    pad_token_id: int = 0,
-    show_progress: bool = False,
+    model: nn.Module, data: CalibrationData, removals: Sequence[Sequence[int]], **options: Any
 ) -> np.ndarray:
     """The held-out cost of each removal, measured without copying or changing the model.
 
@@ -174,22 +165,14 @@ def evaluate_removals(
     (mean next-token cross-entropy per real token; exp(loss) is the perplexity) or 'kl' (mean KL from the
     unpruned model's next-token distribution, per real token). The unpruned logits of a batch are computed
     once and reused by every removal, so k removals cost k + 1 forwards per batch and one batch of logits of
-    memory. Returns an array of shape [len(removals)] (`removal_losses` gives every sample's value).
+    memory. `options` are `removal_losses`'s (`metric`, `adapter`, `granularity`, `batch_size`,
+    `pad_token_id`, `show_progress`, `reuse_prefix`). Returns the token-weighted mean over all samples, shape
+    [len(removals)] (`removal_losses` gives every sample's value).
 
     Raises:
         ValueError: unknown `metric`, a model without next-token logits, or gates that do not remove blocks.
     """
-    return removal_losses(
-        model,
-        data,
-        removals,
-        metric=metric,
-        adapter=adapter,
-        granularity=granularity,
-        batch_size=batch_size,
-        pad_token_id=pad_token_id,
-        show_progress=show_progress,
-    ).mean()
+    return removal_losses(model, data, removals, **options).mean()
 
 
 def evaluate_perplexity(
