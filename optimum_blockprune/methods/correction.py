@@ -73,7 +73,9 @@ def measure_and_correct(problem: CardinalityProblem, q: np.ndarray, context: Ran
             break
         costs = context.measure([(), *new]).mean()
         best_before = min(measured.values(), default=np.inf)
-        for state, energy, cost in zip(new, [QUBO(current).energy_of(s) for s in new], costs[1:] - costs[0]):
+        predicted = QUBO(current)
+        for state, cost in zip(new, costs[1:] - costs[0]):
+            energy = predicted.energy_of(state)
             errors.append(float(cost - energy))
             measured[state] = float(cost)
         logger.info(
