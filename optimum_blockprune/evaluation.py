@@ -17,6 +17,9 @@ import numpy as np
 #: What removal evaluation measures per real token: next-token cross-entropy, or KL from the unpruned model.
 SelectionMetric = Literal["kl", "loss"]
 SELECTION_METRICS = get_args(SelectionMetric)
+#: What a measured removal can report: the selection metrics (language models), or for any model the
+#: "distortion" of its final hidden states, 1 - cos(h_removed, h) per real token (encoders have no next token).
+REMOVAL_METRICS = (*SELECTION_METRICS, "distortion")
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -72,6 +75,10 @@ def removal_losses(
 ) -> RemovalLosses:
     """Every removal's `metric` on every sample, measured through gates at 0 (no copy, model unchanged).
 
+    `metric`: "loss" (next-token cross-entropy), "kl" (from the unpruned model's next-token distribution), or
+    "distortion" (1 - cosine between the final hidden states with and without the removal, per real token; for
+    encoders as well as decoders).
+
     With `reuse_prefix`, each batch's unpruned residual stream is captured once and a removal re-runs only the
     blocks from its first removed one on (`estimation.residual_cache`): a removal starting at block k costs
     (N - k) / N of a forward. Block granularity only.
@@ -87,15 +94,16 @@ def removal_losses(
     from .estimation.forward import GatedForward, next_token_targets
     from .estimation.residual_cache import BlockInputs
 
-    if metric not in SELECTION_METRICS:
-        raise ValueError(f"`metric` must be one of {list(SELECTION_METRICS)}, got {metric!r}.")
+    if metric not in REMOVAL_METRICS:
+        raise ValueError(f"`metric` must be one of {list(REMOVAL_METRICS)}, got {metric!r}.")
     if reuse_prefix and granularity != "block":
         raise ValueError("`reuse_prefix` resumes from block inputs, so it needs `granularity='block'`.")
     removals = [tuple(int(i) for i in removal) for removal in removals]
-    needs_gates = metric == "kl" or reuse_prefix or any(removals)
+    compares = metric in ("kl", "distortion")  # against the unpruned model's output on the same batch
+    needs_gates = compares or reuse_prefix or any(removals)
     if needs_gates:
         adapter = adapter or get_adapter(model)
-        _check_removals_measurable(adapter, granularity)
+        _check_removals_measurable(adapter, granularity, next_token=metric != "distortion")
     sums = np.zeros((len(removals), data.num_samples), dtype=np.float64)
     tokens = np.zeros(data.num_samples, dtype=np.float64)
     offset = 0
@@ -111,28 +119,38 @@ def removal_losses(
         desc="Evaluating",
     ) as run:
         for batch in run:
-            targets = next_token_targets(batch["labels"])
-            real = targets != -100
+            if metric == "distortion":
+                real = batch["attention_mask"].bool()  # every real token, no next-token shift
+            else:
+                targets = next_token_targets(batch["labels"])
+                real = targets != -100
             rows = real.nonzero(as_tuple=True)[0].cpu() + offset
             reference = prefix = None
-            if needs_gates and (metric == "kl" or reuse_prefix):
+            if needs_gates and (compares or reuse_prefix):
                 run.gates.alpha = None
                 prefix = BlockInputs(run, batch)
                 if reuse_prefix and offset == 0:
                     prefix.check(run, batch)
                 if metric == "kl":
                     reference = F.log_softmax(prefix.outputs.logits[real].float(), dim=-1)
+                elif metric == "distortion":
+                    reference = F.normalize(prefix.outputs.last_hidden_state[real].float(), dim=-1)
             for k, removal in enumerate(removals):
                 if run.gates is not None:
                     run.set_removed(removal)
                 start = (min(removal) if removal else prefix.num_blocks) if reuse_prefix else 0
                 with prefix.starting_at(start) if reuse_prefix else contextlib.nullcontext():
-                    logits = run.logits(batch)[real].float()
+                    if metric == "distortion":
+                        output = run.outputs(batch).last_hidden_state[real].float()
+                    else:
+                        output = run.logits(batch)[real].float()
                 if metric == "loss":
-                    values = F.cross_entropy(logits, targets[real], reduction="none")
-                else:
-                    log_q = F.log_softmax(logits, dim=-1)
+                    values = F.cross_entropy(output, targets[real], reduction="none")
+                elif metric == "kl":
+                    log_q = F.log_softmax(output, dim=-1)
                     values = F.kl_div(log_q, reference, log_target=True, reduction="none").sum(dim=-1)
+                else:
+                    values = 1.0 - (F.normalize(output, dim=-1) * reference).sum(dim=-1)
                 per_sample = torch.zeros(data.num_samples, dtype=torch.float64)
                 per_sample.index_add_(0, rows, values.double().cpu())
                 sums[k] += per_sample.numpy()
@@ -143,10 +161,16 @@ def removal_losses(
     return RemovalLosses(sums, tokens)
 
 
-def _check_removals_measurable(adapter: ArchitectureAdapter, granularity: str) -> None:
-    if adapter.task != "causal-lm":
+def _check_removals_measurable(adapter: ArchitectureAdapter, granularity: str, next_token: bool = True) -> None:
+    if next_token and adapter.task != "causal-lm":
         raise ValueError(
-            f"Evaluating removals needs next-token logits; a `{adapter.model_type}` model ({adapter.task}) has none."
+            f"Evaluating removals by next-token loss or KL needs next-token logits; a `{adapter.model_type}` model "
+            f"({adapter.task}) has none (`metric='distortion'` measures its final hidden states instead)."
+        )
+    if not next_token and adapter.task == "causal-lm":
+        raise ValueError(
+            "`metric='distortion'` compares final hidden states, which a language model's output does not hold; use "
+            "'loss' or 'kl'."
         )
     if not adapter.exact_gates(granularity):
         raise ValueError(

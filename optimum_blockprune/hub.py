@@ -117,11 +117,29 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         fisher=provenance.get("fisher"),
         method=provenance.get("method"),
         energy=provenance.get("energy"),
+        choice_cost=choice_cost(ranking.stats) if ranking else None,
         distillation=provenance.get("distillation"),
         library_version=__version__,
         auto_class=provenance.get("auto_class") or "AutoModelForCausalLM",
     )
     return str(card)
+
+
+def choice_cost(stats: dict[str, Any]) -> str | None:
+    """What choosing the blocks cost, in words, from a ranking's stats (None when nothing was recorded)."""
+    parts, seconds = [], 0.0
+    if stats.get("fisher_samples"):
+        parts.append(f"Fisher pass over {stats['fisher_samples']} samples (one forward + one backward each)")
+    if stats.get("statistics_samples"):
+        parts.append(f"{stats['statistics_samples']} sample forwards for residual-stream statistics")
+    if stats.get("measured_removals"):
+        reused = f", {stats['reused_removals']} more reused" if stats.get("reused_removals") else ""
+        parts.append(f"{stats['measured_removals']} removals measured through the gates{reused}")
+    for kind in ("fisher", "statistics", "measure"):
+        seconds += float(stats.get(f"{kind}_seconds", 0.0))
+    if not parts:
+        return None
+    return "; ".join(parts) + f" ({seconds:.1f} s)"
 
 
 def _applied_label(ranking: Any, rank: int | None) -> str | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .architectures import BlockInfo, get_adapter
 from .config import BlockRemovalConfig
 from .errors import ConfigurationError, SurgeryError
+from .estimation.measurements import MeasurementCache
 from .problem import check_request, fisher_type
 from .result import PruningResult, RankedState, Ranking
 from .selection import Selection, rank_from_fisher, resolve_state, select_removal
@@ -73,6 +74,8 @@ class Pruner:
         self.config: BlockRemovalConfig | None = None
         self.result: PruningResult | None = None
         self.distillation: dict[str, Any] | None = None
+        #: removals measured on calibration data, reused by later selections on the same model and data
+        self.measurements = MeasurementCache()
 
     @classmethod
     def from_pretrained(
@@ -384,6 +387,7 @@ class Pruner:
             fisher=fisher,
             pad_token_id=self.pad_token_id,
             fisher_metadata={"model": self.model_id},
+            measurements=self.measurements,
         )
         self.ranking, self.config = selection.ranking, config
         self.fisher = selection.fisher if selection.fisher is not None else self.fisher

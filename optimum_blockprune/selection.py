@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .config import BlockRemovalConfig
     from .estimation.calibration import CalibrationData
     from .estimation.fisher import FisherEstimate
+    from .estimation.measurements import MeasurementCache
     from .qubo import CardinalityProblem
     from .result import RankedState, Ranking
 
@@ -58,6 +59,7 @@ def needs_calibration_data(config: BlockRemovalConfig, *, has_fisher: bool) -> b
         ("fisher" in needs and not has_fisher)
         or any(need in needs for need in _DATA_NEEDS)
         or config.selection == "auto"
+        or bool(config.reexpansion_interval)  # re-estimates at partly pruned models, which a saved Fisher is not
     )
 
 
@@ -242,6 +244,7 @@ def select_removal(
     fisher: FisherEstimate | None = None,
     pad_token_id: int = 0,
     fisher_metadata: dict[str, Any] | None = None,
+    measurements: MeasurementCache | None = None,
 ) -> Selection:
     """Rank with `config.method` over `problem` (from `check_request`), choose with `config.selection`.
 
@@ -272,6 +275,7 @@ def select_removal(
         fisher_type=fisher_type(adapter, config) if "fisher" in needs else "empirical",
         estimates={"fisher": fisher} if fisher is not None else {},
         fisher_metadata={"max_length": config.max_length, **(fisher_metadata or {})},
+        measurements=measurements,
     )
     ranking = finish_ranking(method.run(problem, context), unit_dicts, config)
     if config.selection == "auto":

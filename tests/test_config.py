@@ -32,7 +32,7 @@ from optimum_blockprune.version import __version__
         ({"method": "shortgpt"}, "`method`='shortgpt' is not a registered method; choose one of"),
         (
             {"energy": "exact_loss"},
-            "`energy`='exact_loss' is not a registered energy; choose one of ['first_order'",
+            "`energy`='exact_loss' is not a registered energy; choose one of ['calibrated', 'first_order'",
         ),
         ({"protected_blocks": 3}, "`protected_blocks` must be a sequence"),
         ({"protected_blocks": [-1]}, "non-negative"),

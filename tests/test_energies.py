@@ -79,6 +79,24 @@ def test_measured_pairs_hold_measured_costs_and_shrunk_interactions(llama, token
             assert q[i, j] == 0.0
 
 
+def test_calibrated_couplings_are_fisher_correlations_at_measured_scale(llama, tokenizer):
+    from optimum_blockprune.energies.calibrated import calibrated_matrix
+
+    config, context = _context(llama, tokenizer, energy="calibrated")
+    q = get_energy("calibrated").matrix(_problem(llama, config), context)
+    data = context.data
+    unpruned = evaluate_removals(llama, data, [()])[0]
+    costs = evaluate_removals(llama, data, [(i,) for i in range(6)]) - unpruned
+    h = context.fisher().hessian
+    for i, j in itertools.product(range(6), repeat=2):
+        rho = 1.0 if i == j else h[i, j] / np.sqrt(h[i, i] * h[j, j])
+        expected = rho * np.sqrt(max(costs[i], 0.0) * max(costs[j], 0.0))
+        assert q[i, j] == pytest.approx(expected, rel=1e-4, abs=1e-8)
+    # pure: a block with no curvature has no couplings; negative costs are clipped to 0
+    m = calibrated_matrix(np.array([[4.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), np.array([4.0, 1.0, -1.0]))
+    np.testing.assert_allclose(m, [[4.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+
+
 def test_split_half_shrinkage():
     rng = np.random.default_rng(0)
     signal = rng.normal(size=200)
@@ -101,7 +119,7 @@ def test_oneshot_perplexity_removes_the_cheapest_single_removals(llama, tokenize
     )
 
 
-@pytest.mark.parametrize("energy", ["secant", "measured_pairs"])
+@pytest.mark.parametrize("energy", ["secant", "measured_pairs", "calibrated"])
 def test_measured_energies_rank_through_cbo_against_brute_force(llama, tokenizer, energy):
     config = BlockRemovalConfig(num_blocks_to_remove=2, energy=energy, num_states=15, **FAST)
     pruner = Pruner(llama, tokenizer)
@@ -158,3 +176,106 @@ def test_correction_needs_an_energy_in_loss_units():
     with pytest.raises(ConfigurationError, match="does not predict the calibration-loss increase"):
         BlockRemovalConfig(correction_rounds=2)  # the paper's energy
     assert BlockRemovalConfig(energy="measured_pairs", correction_rounds=2).correction_rounds == 2
+
+
+# -- iterative re-expansion ---------------------------------------------------------------------------------------
+def test_fisher_expanded_at_a_partly_pruned_model_is_the_pruned_models_fisher(llama, tokenizer):
+    from optimum_blockprune.estimation.fisher import estimate_fisher
+
+    data = _data(tokenizer)
+    expanded = estimate_fisher(llama, data, removed=[1, 4], batch_size=4, show_progress=False)
+    pruned = copy.deepcopy(llama)
+    remove_blocks(pruned, [1, 4])
+    direct = estimate_fisher(pruned, data, batch_size=4, show_progress=False)
+    np.testing.assert_allclose(expanded.gradients[:, [0, 2, 3, 5]], direct.gradients, rtol=1e-3, atol=1e-6)
+    assert expanded.metadata["expanded_at_removed"] == [1, 4]
+
+
+def test_reexpansion_commits_the_cheapest_new_block_and_re_measures_without_it(llama, tokenizer):
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=3, energy="secant", reexpansion_interval=1, num_states=4, **FAST
+    )
+    ranking = Pruner(llama, tokenizer).select(config, TEXTS).ranking
+    data = _data(tokenizer)
+
+    def secant_at(committed):
+        per_sample = removal_losses(
+            llama, data, [committed, *(tuple(sorted({*committed, i})) for i in range(6))], batch_size=4
+        ).per_sample()
+        rows = (per_sample[1:] - per_sample[0]).T
+        return rows.T @ rows / rows.shape[0]
+
+    def lowest(q, committed, k):
+        states = [s for s in itertools.combinations(range(6), 3) if set(committed) <= set(s)]
+        return sorted(states, key=lambda s: (q[np.ix_(s, s)].sum(), s))[:k]
+
+    committed = ()
+    for _ in range(2):  # 3 blocks, one committed per round: two rounds, then the last solve ranks the third
+        q = secant_at(committed)
+        new = sorted(set(lowest(q, committed, 1)[0]) - set(committed), key=lambda b: (q[b, b], b))
+        committed = tuple(sorted({*committed, new[0]}))
+    assert ranking.stats["reexpansion_committed"] == list(committed)
+    assert ranking.stats["reexpansion_rounds"] == 3
+    assert [s.removed_blocks for s in ranking] == lowest(secant_at(committed), committed, 4)
+
+
+def test_reexpansion_is_refused_where_it_cannot_apply():
+    from optimum_blockprune.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="reexpansion_interval"):
+        BlockRemovalConfig(method="block_influence", reexpansion_interval=2)
+    with pytest.raises(ConfigurationError, match="reexpansion_interval"):
+        BlockRemovalConfig(reexpansion_interval=-1)
+    with pytest.raises(ConfigurationError, match="cannot be combined"):
+        BlockRemovalConfig(energy="measured_pairs", reexpansion_interval=2, correction_rounds=2)
+
+
+# -- measurements reused across selections -----------------------------------------------------------------------
+def test_a_second_selection_reuses_measured_removals_until_the_model_changes(llama, tokenizer):
+    import torch
+
+    pruner = Pruner(llama, tokenizer)
+    first = pruner.select(BlockRemovalConfig(num_blocks_to_remove=2, method="oneshot_ppl", **FAST), TEXTS)
+    assert first.ranking.stats["measured_removals"] == 7 and len(pruner.measurements) == 7
+    # same data and model: secant needs the same singles and measures nothing new
+    second = pruner.select(BlockRemovalConfig(num_blocks_to_remove=2, energy="secant", **FAST), TEXTS)
+    assert second.ranking.stats.get("measured_removals", 0) == 0 and second.ranking.stats["reused_removals"] == 7
+    fresh = Pruner(copy.deepcopy(llama), tokenizer).select(
+        BlockRemovalConfig(num_blocks_to_remove=2, energy="secant", **FAST), TEXTS
+    )
+    assert [s.removed_blocks for s in second.ranking] == [s.removed_blocks for s in fresh.ranking]
+    assert [s.energy for s in second.ranking] == pytest.approx([s.energy for s in fresh.ranking])
+    # an in-place weight change (a training step) invalidates every measurement
+    with torch.no_grad():
+        llama.model.layers[2].mlp.down_proj.weight.mul_(0.5)
+    third = pruner.select(BlockRemovalConfig(num_blocks_to_remove=2, energy="secant", **FAST), TEXTS)
+    assert third.ranking.stats["measured_removals"] == 7
+
+
+# -- encoders: measured energies on the final hidden states --------------------------------------------------------
+def test_measured_energies_on_an_encoder_measure_hidden_state_distortion(tokenizer):
+    import torch
+    from conftest import build_tiny_model
+
+    bert = build_tiny_model("bert")
+    config = BlockRemovalConfig(num_blocks_to_remove=2, energy="measured_pairs", num_states=15, **FAST)
+    selection = Pruner(bert, tokenizer).select(config, TEXTS)
+    q = selection.estimates["energy_matrix"]
+    data = _data(tokenizer)
+    batch = tokenizer.pad({"input_ids": [list(s) for s in data.samples]}, return_tensors="pt")
+    mask = batch["attention_mask"].bool()
+
+    def distortion(removed):
+        model = copy.deepcopy(bert)
+        remove_blocks(model, removed)
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state[mask]
+            reference = bert(**batch).last_hidden_state[mask]
+        return float((1 - torch.nn.functional.cosine_similarity(hidden, reference, dim=-1)).mean())
+
+    singles = [distortion([i]) for i in range(6)]
+    np.testing.assert_allclose(np.diag(q), singles, rtol=1e-3, atol=1e-6)
+    states = [s.removed_blocks for s in selection.ranking]
+    assert states == sorted(itertools.combinations(range(6), 2), key=lambda s: (q[np.ix_(s, s)].sum(), s))
+    with pytest.raises(ValueError, match="distortion"):
+        removal_losses(bert, data, [(1,)], metric="loss")

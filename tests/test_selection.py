@@ -162,6 +162,7 @@ def test_every_method_is_registered_with_its_metadata():
         "angular_distance",
         "sleb",
         "taylor",
+        "taylor_plus",
         "fisher_diagonal",
         "norm_ratio",
         "last_blocks",
@@ -192,6 +193,20 @@ def test_one_shot_baselines_remove_the_least_important_blocks(llama, tokenizer, 
     assert state.removed_blocks == tuple(sorted(order[:2]))
     assert pruner.ranking.method == method and len(pruner.ranking) == 10  # C(5, 2): block 0 protected
     assert 0 not in {b for s in pruner.ranking for b in s.removed_blocks}
+
+
+def test_taylor_plus_keeps_the_first_four_and_last_two_blocks_unless_it_must(tokenizer):
+    model = build_tiny_model("llama", num_hidden_layers=10)
+    pruner = Pruner(model, tokenizer)
+    state = pruner.select(BlockRemovalConfig(num_blocks_to_remove=3, method="taylor_plus", **FAST), TEXTS).state
+    scores = np.abs(pruner.fisher.mean_gradient)
+    middle = [i for i in np.argsort(scores, kind="stable") if 4 <= i <= 7]
+    assert state.removed_blocks == tuple(sorted(middle[:3]))
+    assert pruner.ranking.label == "taylor+"
+    # six blocks: the middle four and then the cheapest edge block by |g|
+    state = pruner.select(BlockRemovalConfig(num_blocks_to_remove=5, method="taylor_plus", **FAST), TEXTS).state
+    edge = min((0, 1, 2, 3, 8, 9), key=lambda i: scores[i])
+    assert state.removed_blocks == tuple(sorted((4, 5, 6, 7, edge)))
 
 
 def test_angular_distance_removes_the_closest_window(llama, tokenizer):
@@ -244,6 +259,7 @@ def test_a_baseline_prunes_saves_and_reloads_like_cbo(llama, tokenizer, tmp_path
     assert provenance["result"]["ranking"]["method"] == "block_influence"
     card = (tmp_path / "out" / "README.md").read_text()
     assert "block_influence:0 (applied)" in card and "sum of BI" in card
+    assert "Cost of the choice: 8 sample forwards for residual-stream statistics" in card
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     ids = tokenizer(["to be, or not"], return_tensors="pt")
     with torch.no_grad():
@@ -283,6 +299,7 @@ def test_auto_selection_applies_the_best_measured_state(llama, tokenizer, tmp_pa
     pruner.save_pretrained(tmp_path / "out")
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"Applied state: CBO:{best.rank} (chosen automatically" in card and "held-out KL" in card
+    assert "Cost of the choice: Fisher pass over 8 samples (one forward + one backward each)" in card
 
 
 def test_auto_selection_keeps_the_fisher_of_ground_selection(llama, tokenizer):

@@ -39,7 +39,7 @@ class MeasuredPairsEnergy(Energy):
         "Q_ii = ΔL(i), Q_ij = λ(ΔL(i,j) − ΔL(i) − ΔL(j))/2 measured for pairs among the 2M cheapest single "
         "removals, λ the interactions' split-half reliability"
     )
-    needs = ("removals", "next_token")
+    needs = ("removals",)
     predicts_loss = True
     reference = "measured second-order interactions (cf. Shapley-style interaction indices)"
 

@@ -15,7 +15,7 @@ from .base import Energy, register_energy
 class SecantEnergy(Energy):
     name = "secant"
     description = "xᵀ(DᵀD/m)x with D[s, i] = l_s(block i removed) − l_s(unpruned) measured per sample (N gated forwards)"
-    needs = ("removals", "next_token")
+    needs = ("removals",)
     reference = "the paper's Fisher with secant (measured) rows in place of gradient rows"
 
     def matrix(self, problem, context) -> np.ndarray:

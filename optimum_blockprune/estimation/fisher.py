@@ -199,17 +199,22 @@ class _GateGradients:
 
     Keeps one reusable buffer for the [batch, seq, vocab] logit gradient across batches."""
 
-    def __init__(self, run: GatedForward, fisher: str, generator: torch.Generator):
+    def __init__(
+        self, run: GatedForward, fisher: str, generator: torch.Generator, removed: tuple[int, ...] = ()
+    ):
         self.run = run
         self.fisher = fisher
         self.generator = generator
+        self.removed = list(removed)
         self.workspace: torch.Tensor | None = None
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, torch.Tensor]:
         import torch
 
         run, labels = self.run, batch["labels"]
-        alpha = torch.ones(labels.shape[0], run.gates.num_gates, device=run.device, requires_grad=True)
+        alpha = torch.ones(labels.shape[0], run.gates.num_gates, device=run.device)
+        alpha[:, self.removed] = 0.0  # the expansion point: the model with `removed` gone
+        alpha.requires_grad_()
         run.gates.alpha = alpha
         if self.fisher == "output":
             output = run.outputs(batch).last_hidden_state
@@ -243,13 +248,15 @@ def estimate_fisher(
     pad_token_id: int = 0,
     show_progress: bool = True,
     metadata: dict[str, Any] | None = None,
+    removed: tuple[int, ...] | list[int] = (),
 ) -> FisherEstimate:
     """Run the calibration data through `model` with coupling gates and collect per-sample gate gradients.
 
     Weights stay frozen; each batch costs one forward and one activation-only backward. `fisher` is
     'empirical' (next-token labels), 'model' (labels drawn from the model) or, for encoders, 'output' (a
     Gaussian probe on the final hidden states, see `output_probe_gradient`). `granularity` is 'block' (one
-    gate per block) or 'sublayer' (one per attention/Mamba/MLP... branch group).
+    gate per block) or 'sublayer' (one per attention/Mamba/MLP... branch group). With `removed`, the expansion
+    point is the model with those gates at 0 (the others at 1): a partly pruned model, for re-expansion.
 
     Raises:
         ValueError: `fisher` does not suit the model, or `granularity` is unknown.
@@ -281,7 +288,7 @@ def estimate_fisher(
     ) as run:
         num_gates, units = run.gates.num_gates, run.gates.units
         hessian_sum = np.zeros((num_gates, num_gates), dtype=np.float64)
-        backward = _GateGradients(run, fisher, generator)
+        backward = _GateGradients(run, fisher, generator, tuple(int(i) for i in removed))
         for batch in run:
             block_rows, losses = backward(batch)
             rows.append(block_rows)
@@ -302,6 +309,8 @@ def estimate_fisher(
         "blocks": [unit.to_dict() for unit in units],
         "model_type": adapter.model_type,
     }
+    if len(removed):
+        info["expanded_at_removed"] = sorted(int(i) for i in removed)
     info.update(metadata or {})
     logger.info(
         "Estimated the %s Fisher over %d %ss from %d samples (%d tokens); mean calibration loss %.4f.",

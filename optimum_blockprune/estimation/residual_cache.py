@@ -73,8 +73,8 @@ class BlockInputs:
         if run.gates is not None:
             run.gates.alpha = None
         with self.starting_at(self.num_blocks // 2):
-            resumed = run.logits(batch)
-        logits = self.outputs.logits
+            resumed = _primary(run.outputs(batch))
+        logits = _primary(self.outputs)
         if not torch.allclose(resumed, logits, rtol=1e-4, atol=1e-4 * max(float(logits.abs().max()), 1.0)):
             raise NotResumableError(
                 f"Starting a `{run.adapter.model_type}` model half-way from its captured residual stream does not "
@@ -102,6 +102,12 @@ class BlockInputs:
                     del block.forward
                 else:
                     block.forward = previous
+
+
+def _primary(outputs: Any) -> torch.Tensor:
+    """A language model's logits, or an encoder's final hidden states."""
+    logits = getattr(outputs, "logits", None)
+    return logits if logits is not None else outputs.last_hidden_state
 
 
 def _replay(cached: torch.Tensor, tuple_length: int):

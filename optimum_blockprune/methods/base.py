@@ -10,6 +10,7 @@ data or touches model structure itself.
 from __future__ import annotations
 
 import logging
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from ..config import BlockRemovalConfig
     from ..estimation.calibration import CalibrationData
     from ..estimation.fisher import FisherEstimate
+    from ..estimation.measurements import MeasurementCache
     from ..estimation.statistics import ResidualStatistics
     from ..evaluation import RemovalLosses
     from ..qubo import CardinalityProblem
@@ -150,7 +152,16 @@ class RankingContext:
     fisher_metadata: dict[str, Any] = field(default_factory=dict)
     #: diagnostics a method or an energy reports (standard errors, shrinkage, forwards spent); kept in the ranking
     stats: dict[str, Any] = field(default_factory=dict)
+    #: blocks already gone: every estimate is taken at the model without them (`partly_pruned`)
+    removed: tuple[int, ...] = ()
+    #: measured removals kept across rankings (the `Pruner`'s); None: measure everything asked for
+    measurements: MeasurementCache | None = None
     _resumable: bool = True
+
+    def partly_pruned(self, removed: tuple[int, ...]) -> RankingContext:
+        """A context whose estimates (Fisher, statistics, measured removals) are taken at the model with `removed`
+        gone: fresh estimates, the same stats (so forwards spent add up)."""
+        return replace(self, removed=tuple(sorted(set(removed))), estimates={}, _resumable=self._resumable)
 
     def _require_model(self, what: str) -> None:
         if self.model is None or self.data is None:
@@ -174,6 +185,7 @@ class RankingContext:
             from ..estimation.fisher import estimate_fisher
 
             self._require_model("a Fisher estimate")
+            start = time.perf_counter()
             self.estimates["fisher"] = estimate_fisher(
                 self.model,
                 self.data,
@@ -181,10 +193,20 @@ class RankingContext:
                 fisher=self.fisher_type,
                 granularity=self.config.granularity,
                 seed=self.config.seed,
+                removed=self.removed,
                 metadata=self.fisher_metadata,
                 **self.forward_options,
             )
+            self._spent("fisher", self.estimates["fisher"].num_samples, start)
         return self.estimates["fisher"]
+
+    def _spent(self, kind: str, amount: int, start: float) -> None:
+        """Add to the cost record in `stats`: `<kind>_samples` (Fisher: forward + backward per sample;
+        statistics: forward per sample), `measured_removals`, and `<kind>_seconds` of wall time."""
+        if amount:
+            key = "measured_removals" if kind == "measure" else f"{kind}_samples"
+            self.stats[key] = self.stats.get(key, 0) + amount
+        self.stats[f"{kind}_seconds"] = self.stats.get(f"{kind}_seconds", 0.0) + time.perf_counter() - start
 
     def statistics(self, removed: tuple[int, ...] = ()) -> ResidualStatistics:
         """Residual-stream statistics with the blocks in `removed` skipped (the unpruned ones are kept)."""
@@ -193,33 +215,64 @@ class RankingContext:
         if not removed and "statistics" in self.estimates:
             return self.estimates["statistics"]
         self._require_model("residual-stream statistics")
+        start = time.perf_counter()
         stats = collect_residual_statistics(
-            self.model, self.data, adapter=self.adapter, removed=removed, **self.forward_options
+            self.model,
+            self.data,
+            adapter=self.adapter,
+            removed=tuple(sorted({*self.removed, *removed})),
+            **self.forward_options,
         )
+        self._spent("statistics", self.data.num_samples, start)
         if not removed:
             self.estimates["statistics"] = stats
         return stats
 
-    def measure(self, removals: list[tuple[int, ...]], metric: str = "loss") -> RemovalLosses:
+    @property
+    def removal_metric(self) -> str:
+        """What measured energies measure: next-token loss for a language model, the final hidden states'
+        distortion (1 - cos per token) for an encoder."""
+        self._require_model("measured removals")
+        return "loss" if self.adapter.task == "causal-lm" else "distortion"
+
+    def measure(self, removals: list[tuple[int, ...]], metric: str | None = None) -> RemovalLosses:
         """Every removal's calibration `metric` on every sample, through gates at 0 (no model copy). At block
         granularity each removal re-runs only the blocks from its first removed one (falls back to full
         forwards, once, for an architecture that cannot resume from the residual stream)."""
+        self._require_model("measured removals")
+        metric = metric or self.removal_metric
+        start = time.perf_counter()
+        removals = [tuple(sorted({*self.removed, *removal})) for removal in removals]
+        if self.measurements is None:
+            measured, new = self._measure(removals, metric), len(removals)
+        else:
+            measured, new = self.measurements.measure(
+                self.model,
+                self.data,
+                removals,
+                self.config.granularity,
+                metric,
+                lambda todo: self._measure(todo, metric),
+            )
+        self._spent("measure", new, start)
+        if new < len(removals):
+            self.stats["reused_removals"] = self.stats.get("reused_removals", 0) + len(removals) - new
+        return measured
+
+    def _measure(self, removals: list[tuple[int, ...]], metric: str) -> RemovalLosses:
         from ..estimation.residual_cache import NotResumableError
         from ..evaluation import removal_losses
 
-        self._require_model("measured removals")
         options = dict(metric=metric, adapter=self.adapter, granularity=self.config.granularity)
         resume = self._resumable and self.config.granularity == "block"
         try:
-            measured = removal_losses(
+            return removal_losses(
                 self.model, self.data, removals, reuse_prefix=resume, **options, **self.forward_options
             )
         except NotResumableError as error:
             logger.warning("%s Measuring with full forwards.", error)
             self._resumable = False
-            measured = removal_losses(self.model, self.data, removals, **options, **self.forward_options)
-        self.stats["measured_removals"] = self.stats.get("measured_removals", 0) + len(removals)
-        return measured
+            return removal_losses(self.model, self.data, removals, **options, **self.forward_options)
 
     def removal_costs(self, removals: list[tuple[int, ...]], metric: str = "loss") -> np.ndarray:
         """The calibration `metric` of each removal (token-weighted over all samples)."""
@@ -231,7 +284,8 @@ class RankingContext:
         return len(self.adapter.units(self.model, self.config.granularity))
 
     def single_removals(self) -> RemovalLosses:
-        """The unpruned model (row 0) and every single removal (row i + 1), per sample; measured once."""
+        """The model (row 0: unpruned, or without `removed`) and every single removal on top (row i + 1), per
+        sample; measured once."""
         if "single_removals" not in self.estimates:
             self.estimates["single_removals"] = self.measure([(), *((i,) for i in range(self.num_gates))])
         return self.estimates["single_removals"]

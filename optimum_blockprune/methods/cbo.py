@@ -32,7 +32,10 @@ class CBO(RankingMethod):
 
     def rank(self, problem, context):
         config = context.config
-        qubo = QUBO(get_energy(config.energy).matrix(problem, context))
+        at = context  # where the energy is expanded: the unpruned model, or the last re-expansion point
+        if config.reexpansion_interval:
+            problem, at = _reexpand(problem, context, config.reexpansion_interval)
+        qubo = QUBO(get_energy(config.energy).matrix(problem, at))
         # kept: it prices other methods' candidates under selection='auto'
         context.estimates["energy_matrix"] = qubo.matrix
         if config.correction_rounds:
@@ -45,3 +48,23 @@ class CBO(RankingMethod):
             seed=config.seed,
             show_progress=config.show_progress,
         )
+
+
+def _reexpand(problem, context, interval):
+    """Commit blocks `interval` at a time: solve at the current expansion point, keep the ground state's cheapest
+    new blocks (lowest diagonal), re-estimate the energy without them. Returns the problem with every committed
+    block forced and the context at the last expansion point, whose solve ranks the remaining choices."""
+    energy = get_energy(context.config.energy)
+    committed = tuple(problem.forced)
+    rounds = 0
+    while problem.num_selected - len(committed) > interval:
+        view = context.partly_pruned(committed) if committed else context
+        step = replace(problem, forced=committed)
+        q = energy.matrix(step, view)
+        ground = solve_ranking(replace(step, qubo=QUBO(q)), 1, solver=context.config.solver)[0]
+        new = sorted(set(ground.removed_blocks) - set(committed), key=lambda b: (q[b, b], b))
+        committed = tuple(sorted({*committed, *new[:interval]}))
+        rounds += 1
+    context.stats.update(reexpansion_rounds=rounds + 1, reexpansion_committed=list(committed))
+    last = context.partly_pruned(committed) if committed else context
+    return replace(problem, forced=committed), last
