@@ -78,7 +78,10 @@ def main() -> None:
         for method in args.methods:
             blocks = tuple(rows[method, m]["removed_blocks"])
             if blocks not in healed:
-                pruner = Pruner(copy.deepcopy(teacher), tokenizer, model_id=base.model_id)
+                student = copy.deepcopy(teacher).requires_grad_(
+                    True
+                )  # the trainer froze the teacher it was given
+                pruner = Pruner(student, tokenizer, model_id=base.model_id)
                 pruner.apply(list(blocks))
                 before = evaluate_perplexity(pruner.model, held_out, pad_token_id=pad)
                 training = DistillationConfig(

@@ -65,7 +65,9 @@ def main(argv=None) -> dict:
     )
     # -- the one addition ----------------------------------------------------------------------------------------
     pruning = BlockPruningCallback(
-        BlockRemovalConfig(num_blocks_to_remove=args.num_blocks_to_remove), prune_at_step=args.prune_at_step
+        # the callback ranks from the Fisher of the training batches alone: the paper's energy
+        BlockRemovalConfig(num_blocks_to_remove=args.num_blocks_to_remove, energy="paper"),
+        prune_at_step=args.prune_at_step,
     )
     # ---------------------------------------------------------------------------------------------------------------
     trainer = Trainer(

@@ -219,6 +219,7 @@ def _load_pruner(args: argparse.Namespace):
 
 def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalConfig) -> None:
     """Fail before loading the model when the method or the selection needs data that was not given."""
+    from .methods import get_method
     from .selection import needs_calibration_data
 
     if args.dataset is not None or not needs_calibration_data(
@@ -227,8 +228,13 @@ def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalCo
         return
     if needs_calibration_data(config, has_fisher=True):  # a Fisher file would not be enough
         raise BlockPruneError(
-            f"`{command}` with --method {config.method} --selection {config.selection} needs calibration data: "
-            "pass `--dataset PATH_OR_NAME`."
+            f"`{command}` with --method {config.method} --energy {config.energy} --selection {config.selection} "
+            "needs calibration data: pass `--dataset PATH_OR_NAME`"
+            + (
+                ", or rank from the Fisher file alone with `--energy paper`."
+                if args.fisher_file and get_method(config.method).uses_energy
+                else "."
+            )
         )
     raise BlockPruneError(
         f"`{command}` needs calibration data: pass `--dataset PATH_OR_NAME` or `--fisher-file FILE`."
@@ -238,9 +244,15 @@ def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalCo
 def run_prune(args: argparse.Namespace) -> int:
     from .estimation import FisherEstimate
     from .hub import ensure_writable_directory
+    from .methods import get_method
 
     config = config_from_args(args)
     _require_data(args, "prune", config)
+    if args.save_fisher and "fisher" not in get_method(config.method).requirements(config):
+        raise BlockPruneError(
+            f"--save-fisher saves the Fisher the ranking estimates, but --method {config.method} --energy "
+            f"{config.energy} estimates none: add --energy paper (or a Fisher-based method), or drop --save-fisher."
+        )
     ensure_writable_directory(args.output_dir, args.overwrite)  # before any expensive work
     pruner = _load_pruner(args)
     fisher = FisherEstimate.load(args.fisher_file) if args.fisher_file else None

@@ -161,7 +161,9 @@ def removal_losses(
     return RemovalLosses(sums, tokens)
 
 
-def _check_removals_measurable(adapter: ArchitectureAdapter, granularity: str, next_token: bool = True) -> None:
+def _check_removals_measurable(
+    adapter: ArchitectureAdapter, granularity: str, next_token: bool = True
+) -> None:
     if next_token and adapter.task != "causal-lm":
         raise ValueError(
             f"Evaluating removals by next-token loss or KL needs next-token logits; a `{adapter.model_type}` model "

@@ -59,7 +59,9 @@ def needs_calibration_data(config: BlockRemovalConfig, *, has_fisher: bool) -> b
         ("fisher" in needs and not has_fisher)
         or any(need in needs for need in _DATA_NEEDS)
         or config.selection == "auto"
-        or bool(config.reexpansion_interval)  # re-estimates at partly pruned models, which a saved Fisher is not
+        or bool(
+            config.reexpansion_interval
+        )  # re-estimates at partly pruned models, which a saved Fisher is not
     )
 
 
@@ -88,8 +90,10 @@ def rank_from_fisher(
     """
     if needs_calibration_data(config, has_fisher=True):
         raise ConfigurationError(
-            f"`method`={config.method!r} with `selection`={config.selection!r} needs calibration data, not only a "
-            "Fisher estimate; rank it with `Pruner.select(config, calibration_dataset)`."
+            f"`method`={config.method!r} with `energy`={config.energy!r} and `selection`={config.selection!r} needs "
+            "calibration data, not only a Fisher estimate; rank it with `Pruner.select(config, "
+            "calibration_dataset)`, or rank from the Fisher alone with `energy='paper'` (or 'first_order') and "
+            "`selection='ground'`."
         )
     units = check_fisher(fisher, config)
     if problem is None:

@@ -178,10 +178,13 @@ def test_fisher_and_ranking_run_end_to_end(arch, tokenizer, texts):
         batch_size=2,
         show_progress=False,
     )
-    result = pruner.prune(config, texts)
-    fisher = pruner.fisher
+    fisher = pruner.estimate(texts, config)  # the paper's energy: every gate must receive gradients
     assert fisher.gradients.shape == (4, num_layers) and np.all(np.isfinite(fisher.hessian))
     assert np.abs(fisher.gradients).max() > 0, "every architecture's gates must receive gradients"
+    result = pruner.prune(config, texts)  # the default energy: measured removals through the gates
+    assert (
+        pruner.ranking.energy_name == config.energy and pruner.ranking.stats["measured_removals"] > num_layers
+    )
     assert pruner.ranking.proven and result.removed_blocks == pruner.ranking[0].removed_blocks
     assert pruner.model.config.num_hidden_layers == num_layers - len(removed)
     kinds = [b.kind for b in pruner.original_blocks]

@@ -18,7 +18,7 @@ from optimum_blockprune.distillation.callback import RECORD_NAME, unsupported_pa
 from optimum_blockprune.errors import ConfigurationError
 from optimum_blockprune.estimation.calibration import CalibrationData
 
-CONFIG = BlockRemovalConfig(num_blocks_to_remove=2, show_progress=False)
+CONFIG = BlockRemovalConfig(num_blocks_to_remove=2, energy="paper", show_progress=False)
 
 
 def _data(tokenizer, pack=False):
@@ -173,5 +173,9 @@ def test_callback_refuses_what_it_cannot_do(tmp_path, tokenizer):
             args=_args(tmp_path),
             train_dataset=_data(tokenizer),
             data_collator=PaddingCollator(0),
-            callbacks=[BlockPruningCallback(BlockRemovalConfig(num_blocks_to_remove=6), prune_at_step=2)],
+            callbacks=[
+                BlockPruningCallback(
+                    BlockRemovalConfig(num_blocks_to_remove=6, energy="paper"), prune_at_step=2
+                )
+            ],
         )

@@ -53,6 +53,8 @@ def test_prune_writes_a_loadable_checkpoint(tiny_model_dir, calibration_file, tm
             "2",
             "--protected-blocks",
             "0",
+            "--energy",
+            "paper",
             "--save-fisher",
             str(tmp_path / "f.safetensors"),
             *FAST,
@@ -88,7 +90,8 @@ def test_rank_prints_and_leaves_the_model_alone(tiny_model_dir, calibration_file
     assert code == 0
     printed = capsys.readouterr().out
     assert (
-        "5 CBO states (lowest energy (paper) first) removing 3 of 6 blocks" in printed and "CBO:4" in printed
+        "5 CBO states (lowest energy (measured_pairs) first) removing 3 of 6 blocks" in printed
+        and "CBO:4" in printed
     )
     ranking = json.loads((tmp_path / "ranking.json").read_text())
     assert len(ranking["states"]) == 5 and ranking["proven"]
@@ -109,10 +112,16 @@ def test_estimate_then_rank_from_the_file(tiny_model_dir, calibration_file, tmp_
     capsys.readouterr()
     for m in ("1", "4"):
         assert (
-            main(["rank", "--fisher-file", str(fisher), "--num-blocks-to-remove", m, "--no-show-progress"])
+            main(
+                ["rank", "--fisher-file", str(fisher), "--num-blocks-to-remove", m, "--energy", "paper"]
+                + ["--no-show-progress"]
+            )
             == 0
         )
         assert f"removing {m} of 6 blocks" in capsys.readouterr().out
+    # the default energy measures removals, which a Fisher file does not hold: one line that says what to do
+    assert main(["rank", "--fisher-file", str(fisher), "--num-blocks-to-remove", "2"]) == 2
+    assert "--energy paper" in capsys.readouterr().err
 
 
 def test_rank_with_constraints_and_a_chosen_solver(tiny_model_dir, calibration_file, tmp_path, capsys):
@@ -136,6 +145,8 @@ def test_rank_with_constraints_and_a_chosen_solver(tiny_model_dir, calibration_f
             "5",
             "--json",
             str(json_path),
+            "--energy",
+            "paper",
             "--no-show-progress",
         ]
     )
@@ -153,6 +164,8 @@ def test_rank_with_constraints_and_a_chosen_solver(tiny_model_dir, calibration_f
             "--contiguous",
             "--json",
             str(json_path),
+            "--energy",
+            "paper",
             "--no-show-progress",
         ]
     )

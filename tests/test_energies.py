@@ -93,7 +93,9 @@ def test_calibrated_couplings_are_fisher_correlations_at_measured_scale(llama, t
         expected = rho * np.sqrt(max(costs[i], 0.0) * max(costs[j], 0.0))
         assert q[i, j] == pytest.approx(expected, rel=1e-4, abs=1e-8)
     # pure: a block with no curvature has no couplings; negative costs are clipped to 0
-    m = calibrated_matrix(np.array([[4.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), np.array([4.0, 1.0, -1.0]))
+    m = calibrated_matrix(
+        np.array([[4.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]]), np.array([4.0, 1.0, -1.0])
+    )
     np.testing.assert_allclose(m, [[4.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
 
 
@@ -174,8 +176,10 @@ def test_correction_needs_an_energy_in_loss_units():
     from optimum_blockprune import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="does not predict the calibration-loss increase"):
-        BlockRemovalConfig(correction_rounds=2)  # the paper's energy
-    assert BlockRemovalConfig(energy="measured_pairs", correction_rounds=2).correction_rounds == 2
+        BlockRemovalConfig(energy="paper", correction_rounds=2)
+    assert (
+        BlockRemovalConfig(correction_rounds=2).correction_rounds == 2
+    )  # the default energy, measured_pairs
 
 
 # -- iterative re-expansion ---------------------------------------------------------------------------------------
@@ -239,7 +243,9 @@ def test_a_second_selection_reuses_measured_removals_until_the_model_changes(lla
     assert first.ranking.stats["measured_removals"] == 7 and len(pruner.measurements) == 7
     # same data and model: secant needs the same singles and measures nothing new
     second = pruner.select(BlockRemovalConfig(num_blocks_to_remove=2, energy="secant", **FAST), TEXTS)
-    assert second.ranking.stats.get("measured_removals", 0) == 0 and second.ranking.stats["reused_removals"] == 7
+    assert (
+        second.ranking.stats.get("measured_removals", 0) == 0 and second.ranking.stats["reused_removals"] == 7
+    )
     fresh = Pruner(copy.deepcopy(llama), tokenizer).select(
         BlockRemovalConfig(num_blocks_to_remove=2, energy="secant", **FAST), TEXTS
     )

@@ -28,7 +28,7 @@ from optimum_blockprune.errors import (
 from optimum_blockprune.selection import rank_from_fisher
 
 ARCHITECTURES = supported_model_types()
-FAST = dict(num_calibration_samples=4, max_length=24, batch_size=2, show_progress=False)
+FAST = dict(num_calibration_samples=4, max_length=24, batch_size=2, show_progress=False, energy="paper")
 
 
 @pytest.fixture(params=ARCHITECTURES)

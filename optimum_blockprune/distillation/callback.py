@@ -100,9 +100,10 @@ class BlockPruningCallback(TrainerCallback):
         if needs_calibration_data(config, has_fisher=True):
             raise ConfigurationError(
                 f"`BlockPruningCallback` ranks blocks with the Fisher of the training batches alone, so it needs a "
-                f"method that reads nothing else (such as `method='cbo'`) and `selection='ground'`; got `method`="
-                f"{config.method!r}, `selection`={config.selection!r}. Methods that measure hidden states or "
-                "removals, and automatic selection, run before training: use `Pruner.prune`."
+                f"method and energy that read nothing else (`method='cbo'` with `energy='paper'` or 'first_order') "
+                f"and `selection='ground'`; got `method`={config.method!r}, `energy`={config.energy!r}, "
+                f"`selection`={config.selection!r}. Methods and energies that measure hidden states or removals, "
+                "and automatic selection, run before training: use `Pruner.prune`."
             )
         if not isinstance(prune_at_step, int) or prune_at_step < 1:
             raise ConfigurationError(

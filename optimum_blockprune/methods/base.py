@@ -50,10 +50,16 @@ get_method = METHODS.get
 
 def method_table() -> str:
     """The README's table of registered methods (what each removes, needs, costs, and implements)."""
+
+    def needs(method: RankingMethod) -> str:
+        if method.uses_energy:
+            return "the energy's (table below)"
+        return ", ".join(method.needs) or "nothing"
+
     return METHODS.table(
         {
             "what it removes": lambda m: m.description,
-            "needs": lambda m: ", ".join(m.needs) or "nothing",
+            "needs": needs,
             "cost": lambda m: m.cost,
             "reference": lambda m: m.reference,
         }

@@ -15,17 +15,20 @@ from .correction import measure_and_correct
 class CBO(RankingMethod):
     name = "cbo"
     label = "CBO"
-    description = "the lowest-energy states of the configured `energy` (default: the paper's xᵀHx)"
+    description = "the lowest-energy states of the configured `energy` (default: `measured_pairs`)"
     objective = "energy"
-    needs = ("fisher",)
-    cost = "the energy's estimates (paper: one Fisher pass, one forward + one backward per batch) + solve"
+    needs = ()  # the energy's (`requirements`)
+    cost = (
+        "the energy's estimates (measured_pairs: N + C(2M, 2) partial forwards; paper: one Fisher pass, one "
+        "forward + one backward per batch) + solve"
+    )
     reference = "Jansen et al. 2026, arXiv:2602.00161; this library"
     sublayers = True
     uses_energy = True
 
     def requirements(self, config):
         needs = tuple(get_energy(config.energy).needs)
-        return (*needs, "removals", "next_token") if config.correction_rounds else needs
+        return (*needs, "removals") if config.correction_rounds else needs
 
     def objective_for(self, config):
         return f"energy ({config.energy})"

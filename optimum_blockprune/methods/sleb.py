@@ -12,7 +12,8 @@ class SLEB(GreedyMethod):
     objective = "calibration loss"
     needs = ("removals", "next_token")
     cost = "about N*M forwards"
-    reference = "SLEB, Song et al. 2024, arXiv:2402.09025"
+    reference = "SLEB, Song et al. 2024, arXiv:2402.09025 (over sublayers: BlockPruner, Zhong et al. 2024)"
+    sublayers = True
 
     def step_costs(self, context, removed, options):
         return context.removal_costs([(*removed, b) for b in options], metric="loss")
