@@ -19,6 +19,8 @@ import os
 import platform
 import time
 
+from _report import grid, relative, write_json
+
 HERE = os.path.dirname(__file__)
 RESULTS = os.path.join(HERE, "results")
 
@@ -67,7 +69,7 @@ def main() -> None:
     training_texts = demo.shakespeare_passages(demo.CALIBRATION_PLAYS, min_chars=min_chars)
     teacher = base.model
     payload = {
-        "args": {**vars(args), "picks": _relative(args.picks), "output": _relative(args.output)},
+        "args": {**vars(args), "picks": relative(args.picks), "output": relative(args.output)},
         "machine": platform.platform(),
         "unpruned_perplexity": evaluate_perplexity(teacher, held_out, pad_token_id=pad),
         "rows": [],
@@ -117,49 +119,27 @@ def main() -> None:
                 f"{row['perplexity_after']:7.1f}  ({row['train_seconds']:.0f} s)",
                 flush=True,
             )
-            _write(args.output, payload)
+            write_json(args.output, payload)
     print("\n" + markdown_table(payload))
-
-
-def _relative(path: str) -> str:
-    return os.path.relpath(path, os.path.dirname(HERE))
-
-
-def _write(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def markdown_table(payload: dict) -> str:
     """Held-out perplexity before -> after healing, per method and M; the best healed per column in bold."""
-    rows = payload["rows"]
-    ms = sorted({r["num_removed"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    cell = {(r["method"], r["num_removed"]): r for r in rows}
-    best = {m: min(r["perplexity_after"] for r in rows if r["num_removed"] == m) for m in ms}
     args = payload["args"]
-    lines = [
-        f"Held-out perplexity before -> after {args['max_steps']} distillation steps (batch "
-        f"{args['train_batch_size']}, lr {args['learning_rate']}); unpruned {payload['unpruned_perplexity']:.1f}.",
-        "",
-        "| pick of | " + " | ".join(f"M = {m}" for m in ms) + " |",
-        "|---|" + "---|" * len(ms),
-    ]
-    for method in methods:
-        cells = []
-        for m in ms:
-            r = cell.get((method, m))
-            if r is None:
-                cells.append("–")
-                continue
-            after = f"{r['perplexity_after']:.1f}"
-            if r["perplexity_after"] == best[m]:
-                after = f"**{after}**"
-            cells.append(f"{r['perplexity_before']:.1f} -> {after}")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"Held-out perplexity before -> after {args['max_steps']} distillation steps (batch "
+            f"{args['train_batch_size']}, lr {args['learning_rate']}); unpruned "
+            f"{payload['unpruned_perplexity']:.1f}.",
+            "",
+            *grid(
+                payload["rows"],
+                "pick of",
+                lambda r: f"{r['perplexity_before']:.1f} -> {r['perplexity_after']:.1f}",
+                lambda r: r["perplexity_after"],
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -23,12 +23,13 @@ lowest states, and among those lowest alone. Writes JSON as it goes, a markdown 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import random
 import time
+
+from _report import grid, relative, write_json
 
 HERE = os.path.dirname(__file__)
 RESULTS = os.path.join(HERE, "results")
@@ -70,10 +71,6 @@ def _energy_spec(spec: str) -> tuple[str, int]:
     """`name` or `name@r` (re-expansion every r blocks)."""
     name, _, interval = spec.partition("@")
     return name, int(interval or 0)
-
-
-def _relative(path: str) -> str:
-    return os.path.relpath(path, os.path.dirname(HERE))
 
 
 def main() -> None:
@@ -173,7 +170,7 @@ def main() -> None:
         return [measured[tuple(s)] for s in states]
 
     payload = {
-        "args": {**vars(args), "output": _relative(args.output)},
+        "args": {**vars(args), "output": relative(args.output)},
         "machine": platform.platform(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "held_out_tokens": held_out.num_tokens,
@@ -204,7 +201,7 @@ def main() -> None:
             f"{list(removed)}",
             flush=True,
         )
-        _write(args.output, payload)
+        write_json(args.output, payload)
 
     def numeric_stats(ranking):
         return {
@@ -346,8 +343,8 @@ def main() -> None:
                 f"{len(low)} lowest: {entry['spearman_lowest']:.3f}",
                 flush=True,
             )
-            _write(args.output, payload)
-    _write(args.output, payload)
+            write_json(args.output, payload)
+    write_json(args.output, payload)
     table = markdown_table(payload)
     with open(os.path.splitext(args.output)[0] + ".md", "w", encoding="utf-8") as handle:
         handle.write(table + "\n")
@@ -362,42 +359,20 @@ def get_needs_fisher(energy: str) -> bool:
     return "fisher" in get_energy(energy).needs
 
 
-def _write(path: str, payload: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(tmp, path)
-
-
 def markdown_table(payload: dict) -> str:
     """Held-out perplexity (and wall seconds) per method and M; the best per column in bold."""
-    rows = payload["rows"]
-    ms = sorted({r["num_removed"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    cell = {(r["method"], r["num_removed"]): r for r in rows}
-    best = {m: min(r["held_out_perplexity"] for r in rows if r["num_removed"] == m) for m in ms}
+
+    def cell(r):
+        ppl = r["held_out_perplexity"]
+        reused = ", r" if r.get("stats", {}).get("reused_removals") else ""
+        return (f"{ppl:.1f}" if ppl < 1e5 else f"{ppl:.2g}") + f" ({r['seconds']:.0f} s{reused})"
+
     lines = [
         f"Held-out perplexity (unpruned: {payload['unpruned_perplexity']:.1f}); wall seconds in brackets "
         "(r: reused measurements of earlier rows, so not a standalone time).",
         "",
-        "| method | " + " | ".join(f"M = {m}" for m in ms) + " |",
-        "|---|" + "---|" * len(ms),
+        *grid(payload["rows"], "method", cell, lambda r: r["held_out_perplexity"], _label),
     ]
-    for method in methods:
-        cells = []
-        for m in ms:
-            r = cell.get((method, m))
-            if r is None:
-                cells.append("–")
-                continue
-            ppl = r["held_out_perplexity"]
-            value = f"{ppl:.1f}" if ppl < 1e5 else f"{ppl:.2g}"
-            if r["held_out_perplexity"] == best[m]:
-                value = f"**{value}**"
-            reused = ", r" if r.get("stats", {}).get("reused_removals") else ""
-            cells.append(f"{value} ({r['seconds']:.0f} s{reused})")
-        label = _label(method).replace("|", "\\|")  # a literal pipe would split the markdown cell
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if payload.get("spearman"):
         lines += [
             "",
@@ -445,7 +420,7 @@ def plot(payload: dict, path: str) -> None:
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    print(f"Plot: {_relative(path)}")
+    print(f"Plot: {relative(path)}")
 
 
 if __name__ == "__main__":
