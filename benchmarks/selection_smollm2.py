@@ -93,9 +93,9 @@ def main() -> None:
         default=["measured_pairs", "paper", "secant", "calibrated", "secant@3"],
         help="CBO ground-state rows; the first is the timed one",
     )
-    parser.add_argument("--auto-energies", nargs="+", default=["paper"])
+    parser.add_argument("--auto-energies", nargs="*", default=["paper"])
     parser.add_argument("--reexpansion-m", type=int, nargs="+", default=[9])
-    parser.add_argument("--methods", nargs="+", default=[*ONE_SHOT, *ITERATIVE])
+    parser.add_argument("--methods", nargs="*", default=[*ONE_SHOT, *ITERATIVE])
     parser.add_argument(
         "--timed-m", type=int, default=9, help="where the first energy and SLEB are timed alone"
     )
