@@ -59,9 +59,8 @@ def needs_calibration_data(config: BlockRemovalConfig, *, has_fisher: bool) -> b
         ("fisher" in needs and not has_fisher)
         or any(need in needs for need in _DATA_NEEDS)
         or config.selection == "auto"
-        or bool(
-            config.reexpansion_interval
-        )  # re-estimates at partly pruned models, which a saved Fisher is not
+        # re-expansion re-estimates at partly pruned models, which a saved Fisher is not
+        or bool(config.reexpansion_interval)
     )
 
 

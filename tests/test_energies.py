@@ -251,6 +251,11 @@ def test_a_second_selection_reuses_measured_removals_until_the_model_changes(lla
     )
     assert [s.removed_blocks for s in second.ranking] == [s.removed_blocks for s in fresh.ranking]
     assert [s.energy for s in second.ranking] == pytest.approx([s.energy for s in fresh.ranking])
+    # another calibration set (auto's scoring slice, say) does not evict the first one
+    fewer = {**FAST, "num_calibration_samples": 6}
+    pruner.select(BlockRemovalConfig(num_blocks_to_remove=2, method="oneshot_ppl", **fewer), TEXTS)
+    again = pruner.select(BlockRemovalConfig(num_blocks_to_remove=2, method="oneshot_ppl", **FAST), TEXTS)
+    assert again.ranking.stats.get("measured_removals", 0) == 0
     # an in-place weight change (a training step) invalidates every measurement
     with torch.no_grad():
         llama.model.layers[2].mlp.down_proj.weight.mul_(0.5)

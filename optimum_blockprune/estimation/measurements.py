@@ -26,12 +26,13 @@ def model_state_key(model: nn.Module) -> tuple:
 
 
 class MeasurementCache:
-    """Per-sample removal losses by (model state, calibration fingerprint, granularity, metric) and removal."""
+    """Per-sample removal losses by calibration fingerprint, granularity, metric and removal, for the current model
+    state (entries for several calibration sets live side by side: `selection='auto'` scores on a slice)."""
 
     def __init__(self) -> None:
         self._entries: dict[tuple, dict[tuple[int, ...], np.ndarray]] = {}
         self._tokens: dict[tuple, np.ndarray] = {}
-        self.hits = 0
+        self._model_state: tuple | None = None
 
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._entries.values())
@@ -53,16 +54,16 @@ class MeasurementCache:
         them and how many were newly measured."""
         from ..evaluation import RemovalLosses
 
-        key = (model_state_key(model), data.fingerprint, granularity, metric)
-        if key not in self._entries:
+        state = model_state_key(model)
+        if state != self._model_state:
             # one model state at a time: a changed model makes every older entry unreachable
             self.clear()
-            self._entries[key] = {}
-        rows = self._entries[key]
+            self._model_state = state
+        key = (data.fingerprint, granularity, metric)
+        rows = self._entries.setdefault(key, {})
         todo = [r for r in dict.fromkeys(removals) if r not in rows]
         if todo:
             fresh = compute(todo)
             rows.update(zip(todo, fresh.sums))
             self._tokens[key] = fresh.tokens
-        self.hits += len(removals) - len(todo)
         return RemovalLosses(np.stack([rows[r] for r in removals]), self._tokens[key]), len(todo)

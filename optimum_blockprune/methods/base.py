@@ -167,7 +167,7 @@ class RankingContext:
     def partly_pruned(self, removed: tuple[int, ...]) -> RankingContext:
         """A context whose estimates (Fisher, statistics, measured removals) are taken at the model with `removed`
         gone: fresh estimates, the same stats (so forwards spent add up)."""
-        return replace(self, removed=tuple(sorted(set(removed))), estimates={}, _resumable=self._resumable)
+        return replace(self, removed=tuple(sorted(set(removed))), estimates={})
 
     def _require_model(self, what: str) -> None:
         if self.model is None or self.data is None:
@@ -245,21 +245,22 @@ class RankingContext:
         """Every removal's calibration `metric` on every sample, through gates at 0 (no model copy). At block
         granularity each removal re-runs only the blocks from its first removed one (falls back to full
         forwards, once, for an architecture that cannot resume from the residual stream)."""
+        from ..estimation.measurements import MeasurementCache
+
         self._require_model("measured removals")
         metric = metric or self.removal_metric
         start = time.perf_counter()
         removals = [tuple(sorted({*self.removed, *removal})) for removal in removals]
-        if self.measurements is None:
-            measured, new = self._measure(removals, metric), len(removals)
-        else:
-            measured, new = self.measurements.measure(
-                self.model,
-                self.data,
-                removals,
-                self.config.granularity,
-                metric,
-                lambda todo: self._measure(todo, metric),
-            )
+        # without the pruner's cache, a call-local one still measures each distinct removal once
+        cache = self.measurements if self.measurements is not None else MeasurementCache()
+        measured, new = cache.measure(
+            self.model,
+            self.data,
+            removals,
+            self.config.granularity,
+            metric,
+            lambda todo: self._measure(todo, metric),
+        )
         self._spent("measure", new, start)
         if new < len(removals):
             self.stats["reused_removals"] = self.stats.get("reused_removals", 0) + len(removals) - new
