@@ -10,7 +10,7 @@ from everything (six other plays; the other half of the reference's topics). Rem
 coupling gates at alpha = 0, which for a Llama block is exactly the block removed (tested), so no model is copied.
 
 Rows: the ground state of each CBO energy (`--energies`; `name@r` re-expands every r blocks, at the M in
-`--reexpansion-m`), CBO `selection='auto'` (`--auto-energies`), and every baseline (`--methods`). The iterative
+`--reexpansion-m`; `name+cR` adds R measure-and-correct rounds), CBO `selection='auto'` (`--auto-energies`), and every baseline (`--methods`). The iterative
 methods (ShortGPT recomputed after each removal, SLEB) are sequential: their pick at M is the first M steps of one
 run to max(M), their time the time of those steps. Measured removals are shared between rows through the pruner's
 `MeasurementCache` (a user re-ranking at another M gets the same reuse), except for the timed comparison: the
@@ -67,10 +67,11 @@ def _label(method: str) -> str:
     return f"{LABELS[kind]} [{energy}]" if energy else LABELS[method]
 
 
-def _energy_spec(spec: str) -> tuple[str, int]:
-    """`name` or `name@r` (re-expansion every r blocks)."""
+def _energy_spec(spec: str) -> tuple[str, int, int]:
+    """`name`, `name@r` (re-expansion every r blocks) and/or `name+cR` (R measure-and-correct rounds)."""
+    spec, _, rounds = spec.partition("+c")
     name, _, interval = spec.partition("@")
-    return name, int(interval or 0)
+    return name, int(interval or 0), int(rounds or 0)
 
 
 def main() -> None:
@@ -165,6 +166,7 @@ def main() -> None:
                 adapter=pruner.adapter,
                 batch_size=args.batch_size,
                 pad_token_id=pruner.pad_token_id,
+                reuse_prefix=True,
             )
             measured.update(zip(todo, map(float, losses)))
         return [measured[tuple(s)] for s in states]
@@ -195,7 +197,7 @@ def main() -> None:
             **(extra or {}),
         }
         payload["rows"].append(row)
-        reused = " (reused)" if row.get("stats", {}).get("reused_removals") else ""
+        reused = " (reused)" if _reused(row) else ""
         print(
             f"M={m:2d} {_label(method):44s} ppl {row['held_out_perplexity']:9.1f}  {seconds:7.1f} s{reused}  "
             f"{list(removed)}",
@@ -211,7 +213,7 @@ def main() -> None:
     fisher, fisher_s = None, 0.0
     energies = [_energy_spec(spec) for spec in args.energies]
     if (
-        any(get_needs_fisher(name) for name, _ in energies)
+        any(get_needs_fisher(name) for name, _, _ in energies)
         or set(FISHER_BASED) & set(args.methods)
         or args.auto_energies
     ):
@@ -226,11 +228,16 @@ def main() -> None:
     matrices: dict[tuple[str, int], np.ndarray] = {}
     lowest: dict[tuple[str, int], list] = {}
 
-    def ground_row(spec, m):
-        name, interval = _energy_spec(spec)
+    def ground_row(spec, m, standalone=False):
+        name, interval, rounds = _energy_spec(spec)
         uses_fisher = get_needs_fisher(name)
         config = BlockRemovalConfig(
-            num_blocks_to_remove=m, energy=name, reexpansion_interval=interval, **common, **full
+            num_blocks_to_remove=m,
+            energy=name,
+            reexpansion_interval=interval,
+            correction_rounds=rounds,
+            **common,
+            **full,
         )
         start = time.perf_counter()
         selection = pruner.select(
@@ -238,21 +245,25 @@ def main() -> None:
         )
         seconds = time.perf_counter() - start + (fisher_s if uses_fisher and not interval else 0.0)
         if not interval:
-            matrices[name, m] = selection.estimates["energy_matrix"]
-            lowest[name, m] = [s.removed_blocks for s in selection.ranking][: args.spearman_lowest]
+            matrices[spec, m] = selection.estimates["energy_matrix"]
+            lowest[spec, m] = [s.removed_blocks for s in selection.ranking][: args.spearman_lowest]
         record(
             f"cbo_ground:{spec}",
             m,
             selection.removed_blocks,
             seconds,
-            {"energy": selection.state.energy, "stats": numeric_stats(selection.ranking)},
+            {
+                "energy": selection.state.energy,
+                "stats": numeric_stats(selection.ranking),
+                "standalone": standalone,
+            },
         )
 
     # the timed comparison first, each from an empty cache: the first energy at --timed-m, then SLEB
     main_cache = pruner.measurements
     timed = energies and args.timed_m in args.remove
     if timed:
-        ground_row(args.energies[0], args.timed_m)
+        ground_row(args.energies[0], args.timed_m, standalone=True)  # the cache is still empty
     iterative = [x for x in ITERATIVE if x in args.methods]
     for method in iterative:
         pruner.measurements = MeasurementCache() if method == "sleb" else main_cache
@@ -268,7 +279,7 @@ def main() -> None:
 
     for m in args.remove:
         for k, spec in enumerate(args.energies):
-            name, interval = _energy_spec(spec)
+            _, interval, _ = _energy_spec(spec)
             if (k == 0 and timed and m == args.timed_m) or (interval and m not in args.reexpansion_m):
                 continue
             ground_row(spec, m)
@@ -331,6 +342,7 @@ def main() -> None:
                 "num_lowest": len(low),
                 "lowest": [list(x) for x in low],
                 "spearman_lowest": float(spearmanr([energy[i] for i in k], [losses[i] for i in k]).statistic),
+                "energy_matrix": q.tolist(),
                 "states": [
                     {"removed_blocks": list(s), "energy": e, "held_out_loss": loss}
                     for s, e, loss in zip(states, energy, losses)
@@ -353,6 +365,11 @@ def main() -> None:
         plot(payload, os.path.splitext(args.output)[0] + ".png")
 
 
+def _reused(row: dict) -> bool:
+    """Measurements of earlier rows were reused (a standalone row started from an empty cache)."""
+    return bool(row.get("stats", {}).get("reused_removals")) and not row.get("standalone")
+
+
 def get_needs_fisher(energy: str) -> bool:
     from optimum_blockprune.energies import get_energy
 
@@ -364,7 +381,7 @@ def markdown_table(payload: dict) -> str:
 
     def cell(r):
         ppl = r["held_out_perplexity"]
-        reused = ", r" if r.get("stats", {}).get("reused_removals") else ""
+        reused = ", r" if _reused(r) else ""
         return (f"{ppl:.1f}" if ppl < 1e5 else f"{ppl:.2g}") + f" ({r['seconds']:.0f} s{reused})"
 
     lines = [

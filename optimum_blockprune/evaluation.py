@@ -6,9 +6,8 @@ token t + 1 is real, so padding, batch size and sample order never change a valu
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -80,8 +79,9 @@ def removal_losses(
     encoders as well as decoders).
 
     With `reuse_prefix`, each batch's unpruned residual stream is captured once and a removal re-runs only the
-    blocks from its first removed one on (`estimation.residual_cache`): a removal starting at block k costs
-    (N - k) / N of a forward. Block granularity only.
+    blocks from its first removed one on, or from the first block where it differs from a shorter removal measured
+    in the same call (`estimation.residual_cache.plan_resumption`): a removal starting at block k costs (N - k) / N
+    of a forward. Block granularity only.
 
     Raises:
         ValueError: unknown `metric`, a model without next-token logits, gates that do not remove blocks, or
@@ -92,7 +92,7 @@ def removal_losses(
 
     from .architectures import get_adapter
     from .estimation.forward import GatedForward, next_token_targets
-    from .estimation.residual_cache import BlockInputs
+    from .estimation.residual_cache import BlockInputs, plan_resumption
 
     if metric not in REMOVAL_METRICS:
         raise ValueError(f"`metric` must be one of {list(REMOVAL_METRICS)}, got {metric!r}.")
@@ -118,6 +118,7 @@ def removal_losses(
         show_progress=show_progress,
         desc="Evaluating",
     ) as run:
+        plan = plan_resumption(removals, len(adapter.block_list(model))) if reuse_prefix else None
         for batch in run:
             if metric == "distortion":
                 real = batch["attention_mask"].bool()  # every real token, no next-token shift
@@ -125,40 +126,72 @@ def removal_losses(
                 targets = next_token_targets(batch["labels"])
                 real = targets != -100
             rows = real.nonzero(as_tuple=True)[0].cpu() + offset
-            reference = prefix = None
+            reference = unpruned = None
             if needs_gates and (compares or reuse_prefix):
                 run.gates.alpha = None
-                prefix = BlockInputs(run, batch)
+                unpruned = BlockInputs(run, batch)
                 if reuse_prefix and offset == 0:
-                    prefix.check(run, batch)
+                    unpruned.check(run, batch)
                 if metric == "kl":
-                    reference = F.log_softmax(prefix.outputs.logits[real].float(), dim=-1)
+                    reference = F.log_softmax(unpruned.outputs.logits[real].float(), dim=-1)
                 elif metric == "distortion":
-                    reference = F.normalize(prefix.outputs.last_hidden_state[real].float(), dim=-1)
-            for k, removal in enumerate(removals):
-                if run.gates is not None:
-                    run.set_removed(removal)
-                start = (min(removal) if removal else prefix.num_blocks) if reuse_prefix else 0
-                with prefix.starting_at(start) if reuse_prefix else contextlib.nullcontext():
-                    if metric == "distortion":
-                        output = run.outputs(batch).last_hidden_state[real].float()
-                    else:
-                        output = run.logits(batch)[real].float()
-                if metric == "loss":
-                    values = F.cross_entropy(output, targets[real], reduction="none")
-                elif metric == "kl":
-                    log_q = F.log_softmax(output, dim=-1)
-                    values = F.kl_div(log_q, reference, log_target=True, reduction="none").sum(dim=-1)
-                else:
+                    reference = F.normalize(unpruned.outputs.last_hidden_state[real].float(), dim=-1)
+
+            if plan is None:
+                measured = _each_removal(run, batch, removals)
+            else:
+                measured = _resumed(run, batch, plan, unpruned)
+            for removal_rows, outputs in measured:
+                if metric == "distortion":
+                    output = outputs.last_hidden_state[real].float()
                     values = 1.0 - (F.normalize(output, dim=-1) * reference).sum(dim=-1)
+                else:
+                    output = outputs.logits[real].float()
+                    if metric == "loss":
+                        values = F.cross_entropy(output, targets[real], reduction="none")
+                    else:
+                        log_q = F.log_softmax(output, dim=-1)
+                        values = F.kl_div(log_q, reference, log_target=True, reduction="none").sum(dim=-1)
                 per_sample = torch.zeros(data.num_samples, dtype=torch.float64)
                 per_sample.index_add_(0, rows, values.double().cpu())
-                sums[k] += per_sample.numpy()
+                sums[list(removal_rows)] += per_sample.numpy()
             tokens += np.bincount(rows.numpy(), minlength=data.num_samples)
             offset += batch["input_ids"].shape[0]
     if tokens.sum() == 0:
         raise ValueError("The evaluation data has no sample with at least 2 tokens.")
     return RemovalLosses(sums, tokens)
+
+
+def _each_removal(run, batch, removals) -> Iterator[tuple[tuple[int, ...], Any]]:
+    """(rows, outputs) of every removal on one batch, each a full forward."""
+    for k, removal in enumerate(removals):
+        if run.gates is not None:
+            run.set_removed(removal)
+        yield (k,), run.outputs(batch)
+
+
+def _resumed(run, batch, plan, unpruned) -> Iterator[tuple[tuple[int, ...], Any]]:
+    """(rows, outputs) along `plan_resumption`'s steps on one batch, each step resuming from its parent's capture;
+    a capture is dropped once its last child has run, so at most one chain of captures is held."""
+    from .estimation.residual_cache import UNPRUNED, BlockInputs
+
+    captures = {UNPRUNED: unpruned}
+    waiting: dict[int, int] = {}
+    for step in plan:
+        waiting[step.parent] = waiting.get(step.parent, 0) + 1
+    for index, step in enumerate(plan):
+        run.set_removed(step.removal)
+        with captures[step.parent].starting_at(step.start):
+            if step.capture:
+                captures[index] = BlockInputs(run, batch, start=step.start, head=bool(step.rows))
+                outputs = captures[index].outputs
+            else:
+                outputs = run.outputs(batch)
+        waiting[step.parent] -= 1
+        if not waiting[step.parent] and step.parent != UNPRUNED:
+            del captures[step.parent]
+        if step.rows:
+            yield step.rows, outputs
 
 
 def _check_removals_measurable(

@@ -11,6 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TEXTS, build_tiny_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optimum_blockprune import (
     BlockRemovalConfig,
@@ -208,7 +210,9 @@ def test_resuming_from_the_captured_stream_gives_the_same_measurements(model_typ
     model = build_tiny_model(model_type)
     data = _data(tokenizer)
     n = len(get_adapter(model).block_list(model))
-    removals = [(), (0,), (n - 1,), (1, 3), (2, n - 2)]
+    # pairs sharing block 1 resume from a shared capture of (1,); (1, 2, n - 1) from (1, 2); (0, 2) and (2, n - 2)
+    # from the unpruned stream
+    removals = [(), (0,), (n - 1,), (1, 3), (2, n - 2), (1, 2), (1, n - 1), (1, 2, n - 1), (0, 2), (1, 3)]
     for metric in ("loss", "kl"):
         full = removal_losses(model, data, removals, metric=metric, batch_size=3)
         resumed = removal_losses(model, data, removals, metric=metric, batch_size=3, reuse_prefix=True)
@@ -235,3 +239,68 @@ def test_resuming_runs_only_the_blocks_from_the_first_removed_one(llama, tokeniz
     assert calls == [1, 1, 2, 3, 4, 4]
     assert all(not m._forward_hooks for m in llama.modules()) and not llama.model.layers[0]._forward_pre_hooks
     assert all("forward" not in block.__dict__ for block in llama.model.layers)
+
+
+def test_removals_sharing_a_prefix_resume_from_its_capture(llama, tokenizer):
+    from optimum_blockprune.evaluation import removal_losses
+
+    data = _data(tokenizer, texts=TEXTS[:4])
+    calls = [0] * 6
+    for index, block in enumerate(llama.model.layers):
+        block.mlp.register_forward_pre_hook(lambda module, args, i=index: calls.__setitem__(i, calls[i] + 1))
+    heads = []
+    handle = llama.lm_head.register_forward_pre_hook(lambda module, args: heads.append(1))
+    shared = removal_losses(llama, data, [(1, 3), (1, 4), (1, 5)], batch_size=4, reuse_prefix=True)
+    handle.remove()
+    # capture + half-way check (3..5) + the shared prefix (1,) without its head (1..5) + each pair from its second
+    # block; from the unpruned stream alone every pair would re-run blocks 1..5: [1, 5, 5, 6, 6, 6]
+    assert calls == [1, 2, 2, 4, 5, 6]
+    assert len(heads) == 2 + 3  # the capture, the check and the three pairs: the prefix stops before the head
+    full = removal_losses(llama, data, [(1, 3), (1, 4), (1, 5)], batch_size=4)
+    np.testing.assert_allclose(shared.sums, full.sums, rtol=1e-6)
+
+
+def test_resumption_plan_shares_prefixes_and_greedy_steps():
+    from optimum_blockprune.estimation.residual_cache import UNPRUNED, plan_resumption
+
+    plan = plan_resumption([(2, 4), (2, 5), (2, 7)], num_blocks=8)
+    prefix, *pairs = plan
+    assert (prefix.removal, prefix.rows, prefix.capture, prefix.start) == ((2,), (), True, 2)
+    assert [(p.removal, p.parent, p.start, p.rows) for p in pairs] == [
+        ((2, 4), 0, 4, (0,)),
+        ((2, 5), 0, 5, (1,)),
+        ((2, 7), 0, 7, (2,)),
+    ]
+    # a greedy step with (3,) removed: candidates after block 3 resume from its capture, earlier ones cannot
+    steps = {p.removal: p for p in plan_resumption([(3,), (1, 3), (3, 5), (3, 6)], num_blocks=8)}
+    assert steps[(3,)].capture and steps[(3,)].parent == UNPRUNED
+    assert (steps[(1, 3)].parent, steps[(1, 3)].start) == (UNPRUNED, 1)
+    assert [steps[r].start for r in ((3, 5), (3, 6))] == [5, 6]
+    # a prefix shared by two removals that barely save anything is not worth its own pass
+    assert [p.removal for p in plan_resumption([(0, 1), (0, 2)], num_blocks=8)] == [(0, 1), (0, 2)]
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 7), min_size=0, max_size=4), min_size=1, max_size=25),
+)
+@settings(max_examples=200, deadline=None)
+def test_resumption_plan_is_valid(removals):
+    """Every asked removal is measured once, and each step reads from its parent only blocks where both agree."""
+    from optimum_blockprune.estimation.residual_cache import UNPRUNED, plan_resumption
+
+    n = 8
+    plan = plan_resumption(removals, num_blocks=n)
+    rows = sorted(row for step in plan for row in step.rows)
+    assert rows == list(range(len(removals)))
+    for index, step in enumerate(plan):
+        assert step.removal == tuple(sorted(set(step.removal)))
+        for row in step.rows:
+            assert step.removal == tuple(sorted(set(removals[row])))
+        if step.parent == UNPRUNED:
+            parent, parent_start = (), 0
+        else:
+            assert step.parent < index and plan[step.parent].capture
+            parent, parent_start = plan[step.parent].removal, plan[step.parent].start
+        assert parent_start <= step.start <= n
+        assert {b for b in step.removal if b < step.start} == {b for b in parent if b < step.start}
+        assert step.capture == any(later.parent == index for later in plan)

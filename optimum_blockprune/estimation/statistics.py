@@ -84,7 +84,7 @@ def collect_residual_statistics(
         if removed:
             run.set_removed(removed)
         for batch in run:
-            captured = BlockInputs(run, batch).inputs
+            captured = BlockInputs(run, batch, head=False).inputs  # the stream only: no head
             real = batch["attention_mask"].bool()
             # [tokens, boundaries, hidden] over real tokens only, in float32
             stream = torch.stack([h[real].float() for h in captured], dim=1)
