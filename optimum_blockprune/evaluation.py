@@ -71,6 +71,7 @@ def removal_losses(
     pad_token_id: int = 0,
     show_progress: bool = False,
     reuse_prefix: bool = False,
+    share_prefixes: bool = True,
 ) -> RemovalLosses:
     """Every removal's `metric` on every sample, measured through gates at 0 (no copy, model unchanged).
 
@@ -81,7 +82,7 @@ def removal_losses(
     With `reuse_prefix`, each batch's unpruned residual stream is captured once and a removal re-runs only the
     blocks from its first removed one on, or from the first block where it differs from a shorter removal measured
     in the same call (`estimation.residual_cache.plan_resumption`): a removal starting at block k costs (N - k) / N
-    of a forward. Block granularity only.
+    of a forward (`share_prefixes=False`: from the unpruned stream only). Block granularity only.
 
     Raises:
         ValueError: unknown `metric`, a model without next-token logits, gates that do not remove blocks, or
@@ -118,7 +119,8 @@ def removal_losses(
         show_progress=show_progress,
         desc="Evaluating",
     ) as run:
-        plan = plan_resumption(removals, len(adapter.block_list(model))) if reuse_prefix else None
+        num_blocks = len(adapter.block_list(model)) if reuse_prefix else 0
+        plan = plan_resumption(removals, num_blocks, share=share_prefixes) if reuse_prefix else None
         for batch in run:
             if metric == "distortion":
                 real = batch["attention_mask"].bool()  # every real token, no next-token shift

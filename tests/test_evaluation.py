@@ -261,7 +261,7 @@ def test_removals_sharing_a_prefix_resume_from_its_capture(llama, tokenizer):
 
 
 def test_resumption_plan_shares_prefixes_and_greedy_steps():
-    from optimum_blockprune.estimation.residual_cache import UNPRUNED, plan_resumption
+    from optimum_blockprune.estimation.residual_cache import UNPRUNED, blocks_run, plan_resumption
 
     plan = plan_resumption([(2, 4), (2, 5), (2, 7)], num_blocks=8)
     prefix, *pairs = plan
@@ -276,6 +276,9 @@ def test_resumption_plan_shares_prefixes_and_greedy_steps():
     assert steps[(3,)].capture and steps[(3,)].parent == UNPRUNED
     assert (steps[(1, 3)].parent, steps[(1, 3)].start) == (UNPRUNED, 1)
     assert [steps[r].start for r in ((3, 5), (3, 6))] == [5, 6]
+    unshared = plan_resumption([(2, 4), (2, 5), (2, 7)], num_blocks=8, share=False)
+    assert [(p.parent, p.start, p.capture) for p in unshared] == [(UNPRUNED, 2, False)] * 3
+    assert blocks_run(unshared, 8) == 18 > blocks_run(plan, 8) == 6 + 4 + 3 + 1
     # a prefix shared by two removals that barely save anything is not worth its own pass
     assert [p.removal for p in plan_resumption([(0, 1), (0, 2)], num_blocks=8)] == [(0, 1), (0, 2)]
 

@@ -52,14 +52,16 @@ class PlannedRemoval:
     capture: bool
 
 
-def plan_resumption(removals: Sequence[Sequence[int]], num_blocks: int) -> list[PlannedRemoval]:
+def plan_resumption(
+    removals: Sequence[Sequence[int]], num_blocks: int, *, share: bool = True
+) -> list[PlannedRemoval]:
     """The order and resume points that measure `removals` with the fewest block evaluations (a pure function).
 
     A removal R may resume from the capture of any shorter removal S (or the unpruned model) at the first block
     where the two differ, d = min(R △ S), if S's capture holds that block (d at or after S's own start); the latest
     such d wins. A prefix R[:-1] shared by several removals and not asked for is added (captured only, no head) when
     resuming them from it saves more blocks than it costs. Steps come parents first, depth first, so a capture can
-    be dropped as soon as its last child has run.
+    be dropped as soon as its last child has run. `share=False`: every removal resumes from the unpruned capture.
     """
     rows: dict[tuple[int, ...], list[int]] = {}
     for row, removal in enumerate(removals):
@@ -75,12 +77,13 @@ def plan_resumption(removals: Sequence[Sequence[int]], num_blocks: int) -> list[
     shared = [
         prefix
         for prefix, kids in children.items()
-        if prefix not in rows
+        if share
+        and prefix not in rows
         and len(kids) >= 2
         and sum(kid[-1] - unpruned_start(kid) for kid in kids) > num_blocks - unpruned_start(prefix)
     ]
     nodes = sorted([*rows, *shared], key=lambda r: (len(r), r))
-    search = len(nodes) <= _MAX_SHARED
+    search = share and len(nodes) <= _MAX_SHARED
     parents, starts, sets = [], [], [frozenset(r) for r in nodes]
     for k, removal in enumerate(nodes):
         parent, start = UNPRUNED, unpruned_start(removal)
@@ -221,3 +224,8 @@ def _replay(cached: torch.Tensor, tuple_length: int):
         return output
 
     return forward
+
+
+def blocks_run(plan: Sequence[PlannedRemoval], num_blocks: int) -> int:
+    """How many block evaluations `plan` costs per batch (each step runs blocks `start`..N-1)."""
+    return sum(num_blocks - step.start for step in plan)
