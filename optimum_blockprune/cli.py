@@ -32,7 +32,12 @@ _REGISTRY_CHOICES = {
     "solver": ("optimum_blockprune.solvers", "available_solvers", None),
 }
 # Fields whose default (None) does not reveal their type.
-_TYPES = {"min_parameters_removed": float, "max_parameters_removed": float, "dataset_config_name": str}
+_TYPES = {
+    "min_parameters_removed": float,
+    "max_parameters_removed": float,
+    "dataset_config_name": str,
+    "correction_rounds": int,
+}
 
 
 def _index_list(text: str) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ from conftest import TEXTS
 from optimum_blockprune import BlockRemovalConfig, Pruner, prepare_calibration_data, remove_blocks
 from optimum_blockprune.energies import get_energy
 from optimum_blockprune.energies.measured_pairs import plausible_blocks, split_half_shrinkage
+from optimum_blockprune.errors import ConfigurationError
 from optimum_blockprune.evaluation import evaluate_removals, removal_losses
 from optimum_blockprune.methods import RankingContext
 from optimum_blockprune.problem import removal_problem
@@ -123,7 +124,10 @@ def test_oneshot_perplexity_removes_the_cheapest_single_removals(llama, tokenize
 
 @pytest.mark.parametrize("energy", ["secant", "measured_pairs", "calibrated"])
 def test_measured_energies_rank_through_cbo_against_brute_force(llama, tokenizer, energy):
-    config = BlockRemovalConfig(num_blocks_to_remove=2, energy=energy, num_states=15, **FAST)
+    # the energy alone, without the default measure-and-correct rounds (tested below)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, energy=energy, num_states=15, correction_rounds=0, **FAST
+    )
     pruner = Pruner(llama, tokenizer)
     ranking = pruner.select(config, TEXTS).ranking
     _, context = _context(llama, tokenizer, num_blocks_to_remove=2, energy=energy)
@@ -170,6 +174,21 @@ def test_measure_and_correct_carries_measurements_into_the_ranking(llama, tokeni
     assert stats["correction_best_measured"] == pytest.approx(
         evaluate_removals(llama, data, [best])[0] - unpruned, rel=1e-4
     )
+
+
+def test_correction_is_on_by_default_only_where_it_applies():
+    from dataclasses import replace
+
+    config = BlockRemovalConfig()
+    assert config.correction_rounds is None and config.rounds_of_correction == 3
+    # resolved when read: a config changed to another method or energy gets that one's default, not an error
+    assert replace(config, method="oneshot_ppl").rounds_of_correction == 0
+    assert replace(config, energy="paper").rounds_of_correction == 0
+    assert BlockRemovalConfig(reexpansion_interval=2).rounds_of_correction == 0
+    assert BlockRemovalConfig(correction_rounds=0).rounds_of_correction == 0
+    assert BlockRemovalConfig.from_dict(config.to_dict()).correction_rounds is None
+    with pytest.raises(ConfigurationError, match="non-negative integer or None"):
+        BlockRemovalConfig(correction_rounds=-1)
 
 
 def test_correction_needs_an_energy_in_loss_units():

@@ -19,8 +19,8 @@ class CBO(RankingMethod):
     objective = "energy"
     needs = ()  # the energy's (`requirements`)
     cost = (
-        "the energy's estimates (measured_pairs: N + C(2M, 2) partial forwards; paper: one Fisher pass, one "
-        "forward + one backward per batch) + solve"
+        "the energy's estimates (measured_pairs: N + C(2M, 2) partial forwards, then up to 12 measured states "
+        "in the correction rounds; paper: one Fisher pass, one forward + one backward per batch) + solve"
     )
     reference = "Jansen et al. 2026, arXiv:2602.00161; this library"
     sublayers = True
@@ -28,7 +28,7 @@ class CBO(RankingMethod):
 
     def requirements(self, config):
         needs = tuple(get_energy(config.energy).needs)
-        return (*needs, "removals") if config.correction_rounds else needs
+        return (*needs, "removals") if config.rounds_of_correction else needs
 
     def objective_for(self, config):
         return f"energy ({config.energy})"
@@ -41,7 +41,7 @@ class CBO(RankingMethod):
         qubo = QUBO(get_energy(config.energy).matrix(problem, at))
         # kept: it prices other methods' candidates under selection='auto'
         context.estimates["energy_matrix"] = qubo.matrix
-        if config.correction_rounds:
+        if config.rounds_of_correction:
             return measure_and_correct(problem, qubo.matrix, context)
         return solve_ranking(
             replace(problem, qubo=qubo),

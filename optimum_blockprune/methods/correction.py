@@ -63,7 +63,7 @@ def measure_and_correct(problem: CardinalityProblem, q: np.ndarray, context: Ran
     measured: dict[tuple[int, ...], float] = {}
     errors: list[float] = []
     rounds = 0
-    for rounds in range(1, config.correction_rounds + 1):
+    for rounds in range(1, config.rounds_of_correction + 1):
         current = corrected_matrix(q, measured)
         proposals = solve_ranking(
             replace(problem, qubo=QUBO(current)), config.correction_states, solver=config.solver
