@@ -91,10 +91,10 @@ def main() -> None:
     parser.add_argument(
         "--energies",
         nargs="+",
-        default=["measured_pairs", "paper", "secant", "calibrated", "secant@3"],
+        default=["measured_pairs", "measured_pairs+c3", "paper", "secant", "calibrated", "secant@3"],
         help="CBO ground-state rows; the first is the timed one",
     )
-    parser.add_argument("--auto-energies", nargs="*", default=["paper"])
+    parser.add_argument("--auto-energies", nargs="*", default=["measured_pairs"])
     parser.add_argument("--reexpansion-m", type=int, nargs="+", default=[9])
     parser.add_argument("--methods", nargs="*", default=[*ONE_SHOT, *ITERATIVE])
     parser.add_argument(
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument(
         "--spearman-energies",
         nargs="*",
-        default=["measured_pairs", "secant", "paper"],
+        default=["measured_pairs", "measured_pairs+c3", "secant", "paper"],
         help="energies to correlate",
     )
     parser.add_argument("--fisher", default="empirical", choices=["empirical", "model"])
