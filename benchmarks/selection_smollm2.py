@@ -10,7 +10,8 @@ from everything (six other plays; the other half of the reference's topics). Rem
 coupling gates at alpha = 0, which for a Llama block is exactly the block removed (tested), so no model is copied.
 
 Rows: the ground state of each CBO energy (`--energies`; `name@r` re-expands every r blocks, at the M in
-`--reexpansion-m`; `name+cR` adds R measure-and-correct rounds), CBO `selection='auto'` (`--auto-energies`), and every baseline (`--methods`). The iterative
+`--reexpansion-m`; `name+cR` adds R measure-and-correct rounds), CBO `selection='auto'` (`--auto-energies`), and
+every baseline (`--methods`). The iterative
 methods (ShortGPT recomputed after each removal, SLEB) are sequential: their pick at M is the first M steps of one
 run to max(M), their time the time of those steps. Measured removals are shared between rows through the pruner's
 `MeasurementCache` (a user re-ranking at another M gets the same reuse), except for the timed comparison: the

@@ -55,7 +55,7 @@ class PlannedRemoval:
 def plan_resumption(
     removals: Sequence[Sequence[int]], num_blocks: int, *, share: bool = True
 ) -> list[PlannedRemoval]:
-    """The order and resume points that measure `removals` with the fewest block evaluations (a pure function).
+    """The order and resume points that measure `removals` with few block evaluations (greedy, a pure function).
 
     A removal R may resume from the capture of any shorter removal S (or the unpruned model) at the first block
     where the two differ, d = min(R △ S), if S's capture holds that block (d at or after S's own start); the latest
