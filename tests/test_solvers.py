@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -347,3 +348,40 @@ def test_solve_ranking_forwards_the_time_limit_to_every_time_limited_solver():
         CardinalityProblem.from_matrix(b.T @ b / 90, 30), 5, solver="gurobi", time_limit_s=0.05
     )
     assert not ranking.proven and ranking.stats["status"] != 2  # stopped by the limit, not optimal
+
+
+_CACHED_SOLVE = """
+import sys
+import numpy as np
+from optimum_blockprune.qubo import QUBO, CardinalityProblem
+from optimum_blockprune.solvers import solve_ranking
+from optimum_blockprune.solvers import _kernels
+
+a = np.random.default_rng(0).normal(size=(40, 12))
+problem = CardinalityProblem(QUBO(a.T @ a / 40), 4, tuple(range(12)))
+solve_ranking(problem, 5, solver="exact")
+solve_ranking(problem, 5, solver="anneal")
+solve_ranking(problem, 5, solver="enumerate")
+kernels = _kernels.kernels()
+print(sum(sum(k.stats.cache_hits.values()) for k in kernels), sum(sum(k.stats.cache_misses.values()) for k in kernels))
+"""
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_the_compiled_kernels_from_the_disk_cache(tmp_path):
+    """numba's cache misses for closures (keyed on their cells): the kernels are module-level so it hits."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+
+    def hits_and_misses():
+        out = subprocess.run(
+            [sys.executable, "-c", _CACHED_SOLVE], env=env, capture_output=True, text=True, check=True
+        )
+        return tuple(int(v) for v in out.stdout.split())
+
+    assert hits_and_misses() == (0, 3)  # the first process compiles each kernel
+    files = sorted(p.name for p in (tmp_path / "numba").rglob("*") if p.is_file())
+    assert hits_and_misses() == (3, 0)  # the second loads all three
+    assert sorted(p.name for p in (tmp_path / "numba").rglob("*") if p.is_file()) == files  # and writes nothing new
