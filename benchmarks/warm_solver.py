@@ -71,7 +71,9 @@ def main() -> None:
         for i in range(args.warm_runs):
             rows.append({"run": f"rank, process {i + 2} (cached)", "seconds": _timed(rank, env)})
 
-    print(f"| `rank --fisher-file`, N = {args.blocks}, M = {args.remove}, exact | seconds | vs import floor |")
+    print(
+        f"| `rank --fisher-file`, N = {args.blocks}, M = {args.remove}, exact | seconds | vs import floor |"
+    )
     print("|---|---|---|")
     for row in rows:
         row["ratio_to_floor"] = row["seconds"] / floor

@@ -50,6 +50,10 @@ _EXPORTS = {
     "CalibrationDataError": "errors",
     "SurgeryError": "errors",
     "OutputExistsError": "errors",
+    "OutputPathError": "errors",
+    "FisherFileError": "errors",
+    "ModelLoadError": "errors",
+    "HubUploadError": "errors",
     "BlockPruneWarning": "errors",
 }
 
@@ -81,7 +85,11 @@ if TYPE_CHECKING:
         BlockPruneWarning,
         CalibrationDataError,
         ConfigurationError,
+        FisherFileError,
+        HubUploadError,
+        ModelLoadError,
         OutputExistsError,
+        OutputPathError,
         SurgeryError,
         UnsupportedArchitectureError,
     )

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from typing import Literal, get_args, get_origin, get_type_hints
@@ -144,7 +145,11 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     _add_dataset_argument(parser, required=False)
     parser.add_argument("--output-dir", required=True, help="Where to write the pruned checkpoint and card.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output-dir.")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace a non-empty --output-dir (and an existing --save-fisher).",
+    )
     parser.add_argument("--fisher-file", default=None, help="Reuse a Fisher estimate saved by `estimate`.")
     parser.add_argument("--save-fisher", default=None, help="Also save the Fisher estimate to this file.")
     parser.add_argument(
@@ -162,6 +167,7 @@ def add_rank_arguments(parser: argparse.ArgumentParser) -> None:
         "--fisher-file", default=None, help="Rank from a saved Fisher estimate (no model needed)."
     )
     parser.add_argument("--json", default=None, metavar="PATH", help="Also write the ranking as JSON.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing --json file.")
     add_config_arguments(parser, exclude=("selected_state",))
     parser.set_defaults(handler=run_rank)
 
@@ -170,6 +176,7 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
     _add_dataset_argument(parser, required=True)
     parser.add_argument("--output", required=True, help="Fisher file to write (.safetensors).")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output file.")
     add_config_arguments(
         parser,
         exclude=(
@@ -189,9 +196,19 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
             "selection",
             "selection_metric",
             "num_selection_samples",
+            "verify_fisher_model",
         ),
     )
     parser.set_defaults(handler=run_estimate)
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", help="A directory written by `prune` (or `Pruner.save_pretrained`).")
+    parser.add_argument("repo_id", help="The Hub repository to upload to (created if missing).")
+    parser.add_argument("--private", action="store_true", help="Create the Hub repo as private.")
+    parser.add_argument("--revision", default=None, help="Branch to commit to.")
+    parser.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
+    parser.set_defaults(handler=run_push)
 
 
 SUBCOMMANDS = {
@@ -206,6 +223,10 @@ SUBCOMMANDS = {
     "estimate": (
         "Estimate the block Fisher once and save it, to rank or prune later for any M.",
         add_estimate_arguments,
+    ),
+    "push": (
+        "Upload a saved pruned model to the Hub (again: a retry re-sends only what the Hub lacks).",
+        add_push_arguments,
     ),
 }
 
@@ -246,10 +267,22 @@ def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalCo
     )
 
 
-def run_prune(args: argparse.Namespace) -> int:
+def _check_inputs(args: argparse.Namespace):
+    """What can fail without the model, checked before it loads: the data path, the Fisher file (read here)."""
     from .estimation import FisherEstimate
-    from .hub import ensure_writable_directory
+    from .estimation.calibration import check_calibration_source
+
+    if getattr(args, "dataset", None) is not None:
+        check_calibration_source(args.dataset, "--dataset")
+    fisher_file = getattr(args, "fisher_file", None)
+    return FisherEstimate.load(fisher_file) if fisher_file else None
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from .estimation.fisher import fisher_file_path
+    from .hub import ensure_writable_directory, push_folder_to_hub
     from .methods import get_method
+    from .utils import check_output_directory, check_output_file
 
     config = config_from_args(args)
     _require_data(args, "prune", config)
@@ -258,32 +291,38 @@ def run_prune(args: argparse.Namespace) -> int:
             f"--save-fisher saves the Fisher the ranking estimates, but --method {config.method} --energy "
             f"{config.energy} estimates none: add --energy paper (or a Fisher-based method), or drop --save-fisher."
         )
-    ensure_writable_directory(args.output_dir, args.overwrite)  # before any expensive work
+    # every output location before any expensive work
+    check_output_directory(args.output_dir, "--output-dir")
+    ensure_writable_directory(args.output_dir, args.overwrite)
+    if args.save_fisher:
+        check_output_file(fisher_file_path(args.save_fisher), "--save-fisher", overwrite=args.overwrite)
+    fisher = _check_inputs(args)
     pruner = _load_pruner(args)
-    fisher = FisherEstimate.load(args.fisher_file) if args.fisher_file else None
     result = pruner.prune(config, args.dataset, fisher=fisher)
     if args.save_fisher:
-        pruner.fisher.save(args.save_fisher)
+        pruner.fisher.save(args.save_fisher, overwrite=args.overwrite)
     print(pruner.ranking)
     print(
         f"\nRemoved blocks (0-based): {list(result.removed_blocks)}; parameters "
         f"{result.num_parameters_before:,} -> {result.num_parameters_after:,} ({100 * result.parameter_reduction:.1f}% fewer)"
     )
-    pruner.save_pretrained(args.output_dir, overwrite=args.overwrite)
+    pruner.save_pretrained(args.output_dir, overwrite=args.overwrite, repo_id=args.push_to_hub)
     print(f"Saved to {args.output_dir}")
-    if args.push_to_hub:
-        pruner.push_to_hub(args.push_to_hub, private=args.private or None)
+    if args.push_to_hub:  # the saved directory itself: a failed upload leaves it as it is, ready to retry
+        push_folder_to_hub(args.output_dir, args.push_to_hub, private=args.private or None)
         print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
     return 0
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    from .estimation import FisherEstimate
     from .selection import needs_calibration_data, rank_from_fisher
+    from .utils import check_output_file
 
     config = config_from_args(args)
     _require_data(args, "rank", config)
-    fisher = FisherEstimate.load(args.fisher_file) if args.fisher_file else None
+    if args.json:
+        check_output_file(args.json, "--json", overwrite=args.overwrite)
+    fisher = _check_inputs(args)
     if fisher is not None and not needs_calibration_data(config, has_fisher=True):
         ranking = rank_from_fisher(fisher, config)  # no model needed
     else:
@@ -305,12 +344,32 @@ def run_rank(args: argparse.Namespace) -> int:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
+    from .estimation.fisher import fisher_file_path
+    from .utils import check_output_file
+
     config = config_from_args(args)
+    check_output_file(fisher_file_path(args.output), "--output", overwrite=args.overwrite)
+    _check_inputs(args)
     fisher = _load_pruner(args).estimate(args.dataset, config)
-    path = fisher.save(args.output)
+    path = fisher.save(args.output, overwrite=args.overwrite)
     print(
         f"Saved the {fisher.metadata['fisher']} Fisher ({fisher.num_samples} samples x {fisher.num_gates} gates) to {path}"
     )
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder_to_hub
+
+    push_folder_to_hub(
+        args.directory,
+        args.repo_id,
+        private=args.private or None,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        require_saved_model=True,
+    )
+    print(f"Pushed {args.directory} to https://huggingface.co/{args.repo_id}")
     return 0
 
 
@@ -319,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="optimum-blockprune",
         description="Remove whole transformer blocks chosen by constrained binary optimisation (arXiv:2602.00161).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="Log DEBUG details.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="Log DEBUG details; show tracebacks.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments) in SUBCOMMANDS.items():
         add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))
@@ -327,12 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    """Run a parsed command; library errors become one clear line and exit status 2."""
+    """Run a parsed command; library errors become one clear line and exit status 2 (with the traceback under
+    `--verbose`)."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     try:
         return args.handler(args)
     except BlockPruneError as error:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
         message = f"optimum-blockprune {getattr(args, 'command', '') or ''}: error: {error}"
         print(message, file=sys.stderr)
         return 2

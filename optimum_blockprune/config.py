@@ -216,6 +216,13 @@ class BlockRemovalConfig:
     dataset_config_name: str | None = field(
         default=None, metadata={"help": "Subset of a Hub dataset, if it has several."}
     )
+    verify_fisher_model: bool = field(
+        default=True,
+        metadata={
+            "help": "Refuse a given Fisher estimate made on another model (architecture, block count, weights "
+            "fingerprint). Turn off only when it fits other weights on purpose, e.g. a quantized copy."
+        },
+    )
     forced_blocks: tuple[int, ...] = field(
         default=(),
         metadata={
@@ -332,6 +339,13 @@ class BlockRemovalConfig:
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 f"`{name}` must be a positive integer, got {value!r}.",
             )
+        from .problem import MIN_SELECTION_SAMPLES
+
+        _check(
+            self.selection != "auto" or self.num_selection_samples >= MIN_SELECTION_SAMPLES,
+            f"`num_selection_samples`={self.num_selection_samples}: `selection='auto'` compares states on at least "
+            f"{MIN_SELECTION_SAMPLES} held-out samples; raise it (default 16) or use `selection='ground'`.",
+        )
         _check(
             isinstance(self.selected_state, int) and 0 <= self.selected_state < self.num_states,
             f"`selected_state` must be an integer in [0, num_states={self.num_states}), got {self.selected_state!r}. "

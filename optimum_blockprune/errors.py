@@ -31,5 +31,21 @@ class OutputExistsError(BlockPruneError, FileExistsError):
     """The output directory is not empty and ``overwrite=True`` was not given."""
 
 
+class OutputPathError(BlockPruneError, OSError):
+    """An output location cannot be written (missing or read-only directory, a file in the way)."""
+
+
+class FisherFileError(BlockPruneError, ValueError):
+    """A Fisher estimate cannot be read, is corrupted, or was made on another model."""
+
+
+class ModelLoadError(BlockPruneError, OSError):
+    """The model (or its configuration) cannot be found or loaded from the given id or directory."""
+
+
+class HubUploadError(BlockPruneError, OSError):
+    """An upload to the Hugging Face Hub failed; the local files are kept."""
+
+
 class BlockPruneWarning(UserWarning):
     """Warnings about choices that work but deserve the user's attention."""

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .config import CONFIG_NAME
-from .errors import OutputExistsError
+from .errors import HubUploadError, OutputExistsError, OutputPathError
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -165,11 +168,46 @@ def save_pruned_model(
     Everything is written to a temporary sibling directory first and moved into place at the end, so an
     interrupted save never leaves a half-written model, and an existing one is replaced only when complete.
     """
+    from .utils import check_output_directory
+
     save_directory = os.path.abspath(os.fspath(save_directory))
+    check_output_directory(save_directory, "save_directory")
     ensure_writable_directory(save_directory, overwrite)
     parent = os.path.dirname(save_directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(save_directory)}.tmp-")
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would become the saved directory's mode
+    with _terminate_as_interrupt():
+        _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, save_kwargs)
+    logger.info("Saved the pruned model to %s.", save_directory)
+    return save_directory
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM raises like Ctrl-C while saving, so the staging directory is cleaned up either way (a plain
+    SIGTERM ends the process without running any cleanup)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum} while saving")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, save_kwargs) -> None:
     try:
         model.save_pretrained(staging, **save_kwargs)
         if tokenizer is not None:
@@ -184,8 +222,6 @@ def save_pruned_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("Saved the pruned model to %s.", save_directory)
-    return save_directory
 
 
 def _move_into_place(staging: str, target: str) -> None:
@@ -212,19 +248,44 @@ def push_folder_to_hub(
     revision: str | None = None,
     commit_message: str = DEFAULT_COMMIT_MESSAGE,
     create_pr: bool = False,
+    require_saved_model: bool = False,
+    retry_hint: str | None = None,
 ):
-    """Create the repo if needed and upload `folder` in one commit. The local folder is never modified."""
+    """Create the repo if needed and upload `folder` in one commit. The local folder is never modified.
+
+    A retry after a failure re-sends only what the Hub lacks (large files already uploaded are recognised by their
+    hash), so calling it again resumes an interrupted upload.
+
+    Raises:
+        OutputPathError: `folder` is not a directory (or, with `require_saved_model`, holds no saved pruned model).
+        HubUploadError: the upload failed (no network, no permission, ...); the local files are untouched.
+    """
     from huggingface_hub import HfApi
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=os.fspath(folder),
-        repo_type="model",
-        revision=revision,
-        commit_message=commit_message,
-        create_pr=create_pr,
-    )
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise OutputPathError(f"`folder`={folder!r} is not a directory; save the model there first.")
+    if require_saved_model and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise OutputPathError(
+            f"{folder!r} has no {CONFIG_NAME}: it is not a model saved by optimum-blockprune (`prune --output-dir` "
+            "or `Pruner.save_pretrained`)."
+        )
+    retry = retry_hint or f"`optimum-blockprune push {folder} {repo_id}`"
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            repo_type="model",
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+        )
+    except Exception as error:  # httpx, requests and Hub HTTP errors alike: the local save is what matters
+        raise HubUploadError(
+            f"Uploading {folder!r} to {repo_id!r} failed ({type(error).__name__}: {error}). The local files are "
+            f"intact; retry with {retry} (only what the Hub lacks is sent again)."
+        ) from error
     logger.info("Pushed %s to https://huggingface.co/%s.", folder, repo_id)
     return info

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .architectures import get_adapter, model_type_of, supported_model_types
 from .architectures.base import TASKS
+from .errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -44,6 +45,24 @@ def _without_gguf_quantizer(model: nn.Module) -> nn.Module:
     return plain.eval()
 
 
+def _load_config(model_id: str, shared: dict[str, Any]):
+    """The model's config, or one clear error: a missing local directory is named as such (transformers would
+    call it an invalid repo id, after trying the Hub)."""
+    from transformers import AutoConfig
+
+    local = model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
+    if not os.path.isdir(model_id) and (local or os.path.exists(model_id)):
+        what = "is a file, not a model directory" if os.path.exists(model_id) else "does not exist"
+        raise ModelLoadError(
+            f"`model`={model_id!r} {what} (looked in {os.getcwd()!r}); give a model directory (with config.json) "
+            "or a Hub model id such as 'HuggingFaceTB/SmolLM2-135M-Instruct'."
+        )
+    try:
+        return AutoConfig.from_pretrained(model_id, **shared)
+    except (OSError, ValueError) as error:  # not found, offline, gated, malformed config.json, invalid id
+        raise ModelLoadError(f"Could not load the model config of {model_id!r}: {error}") from error
+
+
 def load_pretrained(
     model_id: str | os.PathLike,
     *,
@@ -56,11 +75,11 @@ def load_pretrained(
     none; token-id calibration data needs none). An unregistered architecture fails before loading weights.
     `kwargs` go to `from_pretrained` (`dtype`, `device_map`, `revision`, `gguf_file`, ...)."""
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_id = os.fspath(model_id)
     shared = {k: kwargs[k] for k in _SHARED_LOAD_KWARGS if k in kwargs}
-    model_config = AutoConfig.from_pretrained(model_id, **shared)
+    model_config = _load_config(model_id, shared)
     task = "causal-lm"
     if not allow_generic or model_type_of(model_config) in supported_model_types():
         task = get_adapter(model_config).task  # fails before loading any weights

@@ -3,6 +3,7 @@ config), so `Pruner`, the CLI and the training callback share them and a bad req
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .constraints import kind_limit, parameter_budget
-from .errors import ConfigurationError, SurgeryError
+from .errors import BlockPruneWarning, CalibrationDataError, ConfigurationError, SurgeryError
 from .qubo import QUBO, CardinalityProblem
 
 if TYPE_CHECKING:
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from .config import BlockRemovalConfig
     from .estimation.fisher import FisherEstimate
     from .result import Ranking
+
+#: Below this many scoring samples a ranking is noisy enough to deserve a warning (the benchmarks use 16; the
+#: paper 2048).
+MIN_CALIBRATION_SAMPLES = 16
+#: `selection='auto'` compares states on a held-out slice; below this many samples it refuses.
+MIN_SELECTION_SAMPLES = 4
 
 
 def removal_problem(
@@ -189,7 +196,25 @@ def check_request(
                 "left out (only architectures with one mixer per block, such as nemotron_h, can store it). Use "
                 "`Pruner.estimate` + `Pruner.solve` to study sublayer scores, or `granularity='block'` to prune."
             )
+    check_feasible(problem)
     return problem
+
+
+def check_feasible(problem: CardinalityProblem, time_limit_s: float = 10.0) -> None:
+    """Refuse a request no state satisfies (a parameter budget above what M blocks hold, a contiguous run that
+    the protected blocks break, ...) before any calibration: a certified search for one feasible state of the
+    zero-energy problem, skipped when only the count constrains (always feasible once `removal_problem` passed).
+
+    Raises:
+        ConfigurationError: the search proved that no state is feasible.
+    """
+    if not problem.constraints and not problem.contiguous:
+        return
+    from .solvers import solve_ranking
+
+    found = solve_ranking(problem, 1, solver="exact", time_limit_s=time_limit_s)
+    if not found.states and found.proven:
+        require_states(found)
 
 
 def check_fisher(
@@ -206,6 +231,8 @@ def check_fisher(
             f"The Fisher estimate covers {fisher.num_gates} gates but the model has {num_gates}; it was "
             "estimated on a different model."
         )
+    if fisher.num_samples < fisher.num_gates:
+        check_sample_count(fisher.num_samples, fisher.num_gates, fisher=True, source="the Fisher estimate")
     units = fisher.metadata.get("blocks") or []
     if len(units) != fisher.num_gates:
         raise ConfigurationError(
@@ -219,6 +246,29 @@ def check_fisher(
             "re-estimate with the config's granularity or change it."
         )
     return units
+
+
+def check_sample_count(num_samples: int, num_gates: int, *, fisher: bool, source: str = "the data") -> None:
+    """Refuse a Fisher from fewer samples than gates (H = AᵀA/m has rank at most m, so the energy cannot tell the
+    removals apart); warn below `MIN_CALIBRATION_SAMPLES` for any method.
+
+    Raises:
+        CalibrationDataError: `fisher` and `num_samples < num_gates`.
+    """
+    if fisher and num_samples < num_gates:
+        raise CalibrationDataError(
+            f"{num_samples} calibration sample(s) from {source} for a Fisher over {num_gates} gates: H = AᵀA/m has "
+            f"rank at most {num_samples}, so it cannot rank the removals. Give at least {num_gates} samples "
+            f"(`num_calibration_samples`; {MIN_CALIBRATION_SAMPLES} or more recommended): more or longer "
+            "documents, `pack_samples=True`, or a smaller `max_length` to cut long documents into more samples."
+        )
+    if num_samples < MIN_CALIBRATION_SAMPLES:
+        warnings.warn(
+            f"Only {num_samples} calibration sample(s) from {source} (fewer than {MIN_CALIBRATION_SAMPLES}): the "
+            "ranking rests on very little data; give more samples before trusting it.",
+            BlockPruneWarning,
+            stacklevel=3,
+        )
 
 
 def require_states(ranking: Ranking) -> Ranking:

@@ -15,7 +15,7 @@ from .architectures import BlockInfo, get_adapter
 from .config import BlockRemovalConfig
 from .errors import ConfigurationError, SurgeryError
 from .estimation.measurements import MeasurementCache
-from .problem import check_request, fisher_type
+from .problem import check_request, check_sample_count, fisher_type
 from .result import PruningResult, RankedState, Ranking
 from .selection import Selection, rank_from_fisher, resolve_state, select_removal
 
@@ -151,9 +151,13 @@ class Pruner:
         config = config or BlockRemovalConfig()
         self._refuse_if_pruned("estimate")
         kind = fisher_type(self.adapter, config)
+        data = prepare_scoring_data(calibration_dataset, self.tokenizer, config, model=self.model)
+        check_sample_count(
+            data.num_samples, len(self.units(config.granularity)), fisher=True, source=data.source
+        )
         self.fisher = estimate_fisher(
             self.model,
-            prepare_scoring_data(calibration_dataset, self.tokenizer, config, model=self.model),
+            data,
             adapter=self.adapter,
             fisher=kind,
             granularity=config.granularity,
@@ -177,6 +181,10 @@ class Pruner:
             raise ConfigurationError("No Fisher estimate: call `estimate(...)` first or pass `fisher=`.")
         config = config or BlockRemovalConfig()
         check_fisher(fisher, config, len(self.units(config.granularity)))
+        if config.verify_fisher_model:
+            from .estimation.identity import check_fisher_identity
+
+            check_fisher_identity(fisher, self.model, self.adapter)
         self.ranking = rank_from_fisher(fisher, config, problem=self.check_config(config, applying=False))
         self.fisher, self.config = fisher, config
         return self.ranking
@@ -367,9 +375,10 @@ class Pruner:
         (`private`, `token`, `revision`, `commit_message`, `create_pr`) go to `hub.push_folder_to_hub`."""
         from .hub import push_folder_to_hub
 
+        hint = f"`pruner.save_pretrained(DIR)` (the pruned model is still in memory), then `optimum-blockprune push DIR {repo_id}`"
         with tempfile.TemporaryDirectory() as staging:
             folder = self.save_pretrained(os.path.join(staging, "model"), repo_id=repo_id)
-            return push_folder_to_hub(folder, repo_id, **kwargs)
+            return push_folder_to_hub(folder, repo_id, retry_hint=hint, **kwargs)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     def _select(

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigurationError
+
 
 @dataclass(frozen=True)
 class QUBO:
@@ -23,7 +25,10 @@ class QUBO:
         if q.ndim != 2 or q.shape[0] != q.shape[1]:
             raise ValueError(f"`matrix` must be square, got shape {q.shape}.")
         if not np.all(np.isfinite(q)):
-            raise ValueError("`matrix` contains NaN or infinite entries; the Fisher estimate is broken.")
+            raise ConfigurationError(
+                "The energy matrix contains NaN or infinite entries: the estimate it came from is broken (a bf16 "
+                "or fp16 overflow, or a diverged model). Re-estimate it in float32 (`dtype='float32'`)."
+            )
         object.__setattr__(self, "matrix", (q + q.T) / 2.0)
 
     @classmethod

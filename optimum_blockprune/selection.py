@@ -11,9 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
+from .errors import CalibrationDataError, ConfigurationError
 from .methods import RankingContext, get_method
-from .problem import check_fisher, fisher_type, removal_problem, require_states
+from .problem import (
+    MIN_SELECTION_SAMPLES,
+    check_fisher,
+    check_sample_count,
+    fisher_type,
+    removal_problem,
+    require_states,
+)
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -117,10 +124,12 @@ def calibration_split(
     prepared = prepare_scoring_data(calibration_dataset, tokenizer, config, model=model, num_samples=wanted)
     total = prepared.num_samples
     held = config.num_selection_samples if total >= wanted else min(config.num_selection_samples, total // 2)
-    if held < 1:
-        raise ConfigurationError(
-            f"`selection='auto'` holds calibration samples out for measuring states, but the data gave only "
-            f"{total} sample(s). Provide more calibration data or use `selection='ground'`."
+    if held < MIN_SELECTION_SAMPLES:
+        raise CalibrationDataError(
+            f"`selection='auto'` compares states on held-out calibration samples, but the data gave only {total} "
+            f"sample(s), {held} of which could be held out (at least {MIN_SELECTION_SAMPLES} are needed; "
+            f"{wanted} asked for: `num_calibration_samples` + `num_selection_samples`). Provide more calibration "
+            "data or use `selection='ground'`."
         )
     if total < wanted:
         logger.warning(
@@ -260,6 +269,10 @@ def select_removal(
     unit_dicts = [unit.to_dict() for unit in units]
     if fisher is not None:
         check_fisher(fisher, config, len(units))
+        if config.verify_fisher_model:
+            from .estimation.identity import check_fisher_identity
+
+            check_fisher_identity(fisher, model, adapter)
     scoring = held_out = None
     if needs_calibration_data(config, has_fisher=fisher is not None):
         if calibration_dataset is None:
@@ -269,6 +282,9 @@ def select_removal(
                 + (" or `fisher=`." if "fisher" in needs and config.selection != "auto" else ".")
             )
         scoring, held_out = calibration_split(calibration_dataset, tokenizer, config, model=model)
+        # an energy built on H needs H of full rank; Taylor's g and the diagonal H_ii do not
+        estimates_fisher = fisher is None and "fisher" in needs and method.uses_energy
+        check_sample_count(scoring.num_samples, len(units), fisher=estimates_fisher, source=scoring.source)
     context = RankingContext(
         config,
         model=model,

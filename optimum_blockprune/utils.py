@@ -2,22 +2,89 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
+
+
+def _default_file_mode() -> int:
+    """0o666 less the process umask: what `open(path, "w")` would give (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_destination(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path in `path`'s directory; on success it is renamed over `path` (with the usual file
+    mode), on any failure (an interrupt included) removed, so `path` holds either the old or the whole new file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, _default_file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same directory and an atomic rename."""
+    with atomic_destination(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def check_output_file(path: str | os.PathLike, argument: str, *, overwrite: bool = False) -> str:
+    """Fail before any work if `path` cannot be written as a new file: its directory is missing or not writable,
+    it is a directory, or it exists and `overwrite` is False. Returns the path.
+
+    Raises:
+        OutputExistsError: `path` exists (and `overwrite` is False) or is a directory.
+        OutputPathError: its directory does not exist or cannot be written.
+    """
+    from .errors import OutputExistsError, OutputPathError
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise OutputExistsError(f"`{argument}`={path!r} is a directory; give a file path.")
+    if os.path.exists(path) and not overwrite:
+        raise OutputExistsError(
+            f"`{argument}`={path!r} already exists; choose another path or pass `overwrite=True` (`--overwrite`) "
+            "to replace it."
+        )
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if not os.path.isdir(directory):
+        raise OutputPathError(
+            f"`{argument}`={path!r}: the directory {directory!r} does not exist; create it first "
+            f"(`mkdir -p {directory}`) or choose another path."
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputPathError(f"`{argument}`={path!r}: the directory {directory!r} is not writable.")
+    return path
+
+
+def check_output_directory(path: str | os.PathLike, argument: str) -> None:
+    """Fail before any work if the directory `path` could not be created: an ancestor is a file, or the nearest
+    existing ancestor is not writable.
+
+    Raises:
+        OutputPathError: naming the argument, the path and the blocking ancestor.
+    """
+    from .errors import OutputPathError
+
+    path = os.path.abspath(os.fspath(path))
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise OutputPathError(
+            f"`{argument}`={path!r} cannot be created: {ancestor!r} is a file, not a directory. Choose another path."
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputPathError(f"`{argument}`={path!r} cannot be created: {ancestor!r} is not writable.")
 
 
 def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it"):

@@ -173,13 +173,13 @@ def test_fisher_and_ranking_run_end_to_end(arch, tokenizer, texts):
     config = BlockRemovalConfig(
         num_blocks_to_remove=len(removed),
         contiguous=arch == "jamba",
-        num_calibration_samples=4,
+        num_calibration_samples=num_layers,  # a Fisher needs at least one sample per gate
         max_length=24,
         batch_size=2,
         show_progress=False,
     )
     fisher = pruner.estimate(texts, config)  # the paper's energy: every gate must receive gradients
-    assert fisher.gradients.shape == (4, num_layers) and np.all(np.isfinite(fisher.hessian))
+    assert fisher.gradients.shape == (num_layers, num_layers) and np.all(np.isfinite(fisher.hessian))
     assert np.abs(fisher.gradients).max() > 0, "every architecture's gates must receive gradients"
     result = pruner.prune(config, texts)  # the default energy: measured removals through the gates
     assert (

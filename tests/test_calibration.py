@@ -9,6 +9,7 @@ import pytest
 from conftest import TEXTS
 
 from optimum_blockprune import BlockRemovalConfig, CalibrationDataError, prepare_calibration_data
+from optimum_blockprune.estimation.calibration import join_short_documents, split_documents
 
 
 def _config(**overrides):
@@ -61,8 +62,13 @@ def test_missing_column_and_missing_chat_template_are_explained(tokenizer):
 def test_local_files(tokenizer, tmp_path):
     txt = tmp_path / "play.txt"
     txt.write_text("\n\n".join(TEXTS))
-    document = prepare_calibration_data(str(txt), tokenizer, **_config(max_length=400))
-    assert document.num_samples == 1 and document.source == "file:play.txt"  # a .txt file is one document
+    options = _config(max_length=120, shuffle=False, num_calibration_samples=500)
+    documents = prepare_calibration_data(str(txt), tokenizer, **options)
+    assert documents.source == "file:play.txt"
+    # paragraphs joined in file order while they fit: every sample full-ish, nothing cut, nothing lost
+    assert documents.num_samples > 1 and all(len(s) <= 120 for s in documents.samples)
+    text = "".join(_decoded(tokenizer, documents)).replace("<1>", "")
+    assert all(t in text for t in TEXTS) and text.index(TEXTS[0]) < text.index(TEXTS[-1])
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_text("\n".join(json.dumps({"text": t}) for t in TEXTS))
     records = prepare_calibration_data(jsonl, tokenizer, **_config())
@@ -186,3 +192,43 @@ def test_text_without_a_tokenizer_and_odd_records_are_explained(tokenizer):
         prepare_calibration_data(records, tokenizer, **_config()).samples
         == prepare_calibration_data(TEXTS, tokenizer, **_config()).samples
     )
+
+
+def test_text_files_split_into_documents():
+    assert split_documents("a b\nc\n\n  \nd\n\n\ne\n") == ["a b\nc", "d", "e"]  # blank-line paragraphs
+    assert split_documents("one\ntwo\n\nthree") == ["one\ntwo", "three"]
+    assert split_documents("one\ntwo\nthree\n") == ["one", "two", "three"]  # no blank line: one per line
+    assert split_documents(" \n\n ") == []
+    assert join_short_documents(["a", "b", "c", "d"], [3, 3, 5, 9], 6) == ["a\n\nb", "c", "d"]
+    assert join_short_documents(["a", "b"], [7, 7], 6) == [
+        "a",
+        "b",
+    ]  # too long alone: kept alone (truncated later)
+
+
+def test_a_long_text_file_gives_many_samples_not_one(tokenizer, tmp_path):
+    """A 17 KB file of 40 paragraphs used to become one sample cut at `max_length`, the rest thrown away."""
+    paragraphs = [" ".join(TEXTS[(i + j) % len(TEXTS)] for j in range(9)) for i in range(40)]
+    path = tmp_path / "essay.txt"
+    path.write_text("\n\n".join(paragraphs))
+    data = prepare_calibration_data(
+        str(path), tokenizer, **_config(max_length=512, num_calibration_samples=500)
+    )
+    assert data.num_samples >= 30 and data.num_tokens >= 0.95 * len(path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("bad.jsonl", '{"text": "ok"}\n{"text": "broken\n', "line 2, is not valid JSON"),
+        ("empty.jsonl", "", "is empty"),
+        ("blank.txt", "\n  \n\n", "only whitespace"),
+        ("empty.csv", "", "is empty"),
+        ("header.csv", "text\n", "holds no records"),
+    ],
+)
+def test_unreadable_files_fail_with_one_clear_error(tokenizer, tmp_path, name, content, match):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CalibrationDataError, match=match):
+        prepare_calibration_data(str(path), tokenizer, **_config())

@@ -164,6 +164,7 @@ def test_rank_with_constraints_and_a_chosen_solver(tiny_model_dir, calibration_f
             "--contiguous",
             "--json",
             str(json_path),
+            "--overwrite",  # the first ranking's file: replaced only when asked
             "--energy",
             "paper",
             "--no-show-progress",
@@ -201,7 +202,7 @@ def test_baselines_and_auto_selection_from_the_command_line(
     json_path = tmp_path / "auto.json"
     code = main(
         ["rank", str(tiny_model_dir), "--dataset", str(calibration_file), "--fisher-file", str(fisher_file),
-         "--selection", "auto", "--num-selection-samples", "3", "--num-blocks-to-remove", "2", "--num-states", "4",
+         "--selection", "auto", "--num-selection-samples", "4", "--num-blocks-to-remove", "2", "--num-states", "4",
          "--auto-candidates", "last_blocks", "--json", str(json_path), *FAST]
     )  # fmt: skip
     ranking = json.loads(json_path.read_text())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -195,3 +197,21 @@ def test_bfloat16_model_gives_the_float32_fisher_within_bf16_precision(tokenizer
     correlation = np.corrcoef(half.gradients.ravel(), reference.gradients.ravel())[0, 1]
     assert correlation > 0.95
     np.testing.assert_allclose(np.diag(half.hessian), np.diag(reference.hessian), rtol=0.3)
+
+
+def test_a_fisher_from_fewer_samples_than_blocks_is_refused_before_the_pass(llama, tokenizer):
+    """H = AᵀA/m has rank at most m: with m < N it cannot rank removals (it used to be labelled proven)."""
+    from optimum_blockprune import BlockPruneWarning, CalibrationDataError, Pruner
+
+    pruner = Pruner(llama, tokenizer)
+    few = BlockRemovalConfig(num_calibration_samples=4, max_length=24, show_progress=False)
+    with pytest.raises(CalibrationDataError, match="4 calibration sample.*over 6 gates.*at least 6 samples"):
+        pruner.estimate(TEXTS, few)
+    with pytest.raises(CalibrationDataError, match="for a Fisher over 6 gates"):
+        pruner.select(replace(few, energy="paper"), TEXTS)
+    assert pruner.fisher is None
+    with pytest.warns(BlockPruneWarning, match="Only 8 calibration sample"):  # enough, but little
+        fisher = pruner.estimate(TEXTS, replace(few, num_calibration_samples=8))
+    short = FisherEstimate(fisher.gradients[:4], fisher.hessian, fisher.mean_gradient, dict(fisher.metadata))
+    with pytest.raises(CalibrationDataError, match="from the Fisher estimate"):
+        pruner.solve(short, replace(few, energy="paper"))

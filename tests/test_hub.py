@@ -73,7 +73,7 @@ def _pruned(llama, tokenizer):
     pruner = Pruner(llama, tokenizer, model_id="tiny/llama")
     pruner.prune(
         BlockRemovalConfig(
-            num_blocks_to_remove=2, num_calibration_samples=4, max_length=16, show_progress=False
+            num_blocks_to_remove=2, num_calibration_samples=6, max_length=16, show_progress=False
         ),
         TEXTS,
     )

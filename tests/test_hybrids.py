@@ -28,7 +28,7 @@ from optimum_blockprune.errors import (
 from optimum_blockprune.selection import rank_from_fisher
 
 ARCHITECTURES = supported_model_types()
-FAST = dict(num_calibration_samples=4, max_length=24, batch_size=2, show_progress=False, energy="paper")
+FAST = dict(num_calibration_samples=12, max_length=24, batch_size=2, show_progress=False, energy="paper")
 
 
 @pytest.fixture(params=ARCHITECTURES)
@@ -85,9 +85,15 @@ def test_sublayer_gates_at_zero_equal_the_block_gate_at_zero(arch, tokenizer):
 def test_sublayer_fisher_and_ranking_run_end_to_end(arch, tokenizer):
     model = build_tiny_model(arch)
     pruner = Pruner(model, tokenizer)
-    config = BlockRemovalConfig(num_blocks_to_remove=2, granularity="sublayer", **FAST)
-    fisher = pruner.estimate(TEXTS, config)
     units = pruner.units("sublayer")
+    # a Fisher needs a sample per gate: packing cuts the twelve texts into enough 24-token windows
+    samples = max(FAST["num_calibration_samples"], len(units))
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2,
+        granularity="sublayer",
+        **{**FAST, "num_calibration_samples": samples, "pack_samples": samples > len(TEXTS)},
+    )
+    fisher = pruner.estimate(TEXTS, config)
     assert fisher.num_gates == len(units) and fisher.metadata["granularity"] == "sublayer"
     assert np.all(np.isfinite(fisher.hessian)) and np.abs(fisher.gradients).max() > 0
     ranking = pruner.solve(fisher, config)

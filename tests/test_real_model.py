@@ -73,7 +73,7 @@ def test_fisher_of_a_trained_model_protects_the_first_blocks():
 
     pruner = load_smollm2_pruner()
     config = BlockRemovalConfig(
-        num_blocks_to_remove=6, energy="paper", num_calibration_samples=16, max_length=64, show_progress=False
+        num_blocks_to_remove=6, energy="paper", num_calibration_samples=32, max_length=64, show_progress=False
     )
     fisher = pruner.estimate(shakespeare_passages(CALIBRATION_PLAYS), config)
     most_important = set(np.argsort(np.diag(fisher.hessian))[::-1][:4].tolist())

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from optimum_blockprune import (
     BlockRemovalConfig,
+    CalibrationDataError,
     ConfigurationError,
     Pruner,
     Ranking,
@@ -195,11 +196,14 @@ def test_one_shot_baselines_remove_the_least_important_blocks(llama, tokenizer, 
     assert 0 not in {b for s in pruner.ranking for b in s.removed_blocks}
 
 
+TEN_SAMPLES = {**FAST, "num_calibration_samples": 10}  # a Fisher over ten blocks needs ten samples
+
+
 def test_taylor_plus_keeps_the_first_four_and_last_two_blocks_unless_it_must(tokenizer):
     model = build_tiny_model("llama", num_hidden_layers=10)
     pruner = Pruner(model, tokenizer)
     state = pruner.select(
-        BlockRemovalConfig(num_blocks_to_remove=3, method="taylor_plus", **FAST), TEXTS
+        BlockRemovalConfig(num_blocks_to_remove=3, method="taylor_plus", **TEN_SAMPLES), TEXTS
     ).state
     scores = np.abs(pruner.fisher.mean_gradient)
     middle = [i for i in np.argsort(scores, kind="stable") if 4 <= i <= 7]
@@ -207,7 +211,7 @@ def test_taylor_plus_keeps_the_first_four_and_last_two_blocks_unless_it_must(tok
     assert pruner.ranking.label == "taylor+"
     # six blocks: the middle four and then the cheapest edge block by |g|
     state = pruner.select(
-        BlockRemovalConfig(num_blocks_to_remove=5, method="taylor_plus", **FAST), TEXTS
+        BlockRemovalConfig(num_blocks_to_remove=5, method="taylor_plus", **TEN_SAMPLES), TEXTS
     ).state
     edge = min((0, 1, 2, 3, 8, 9), key=lambda i: scores[i])
     assert state.removed_blocks == tuple(sorted((4, 5, 6, 7, edge)))
@@ -348,8 +352,11 @@ def test_selection_errors_come_before_any_work(llama, tokenizer):
     pruner = Pruner(llama, tokenizer)
     with pytest.raises(ConfigurationError, match="needs calibration data"):
         pruner.select(BlockRemovalConfig(method="sleb"))
-    with pytest.raises(ConfigurationError, match="only 1 sample"):
-        pruner.select(BlockRemovalConfig(selection="auto", **FAST), TEXTS[:1])
+    for texts in (TEXTS[:1], TEXTS[:4]):  # four texts used to go ahead with two scoring and two held out
+        with pytest.raises(CalibrationDataError, match=f"only {len(texts)} sample.*at least 4 are needed"):
+            pruner.select(BlockRemovalConfig(selection="auto", **FAST), texts)
+    with pytest.raises(ConfigurationError, match="`num_selection_samples`=3: .* at least 4 held-out"):
+        BlockRemovalConfig(selection="auto", num_selection_samples=3)
     bert = Pruner(build_tiny_model("bert"), tokenizer)
     for config in (BlockRemovalConfig(selection="auto"), BlockRemovalConfig(method="sleb")):
         with pytest.raises(ConfigurationError, match="need next-token predictions"):

@@ -384,4 +384,6 @@ def test_a_second_process_loads_the_compiled_kernels_from_the_disk_cache(tmp_pat
     assert hits_and_misses() == (0, 3)  # the first process compiles each kernel
     files = sorted(p.name for p in (tmp_path / "numba").rglob("*") if p.is_file())
     assert hits_and_misses() == (3, 0)  # the second loads all three
-    assert sorted(p.name for p in (tmp_path / "numba").rglob("*") if p.is_file()) == files  # and writes nothing new
+    assert (
+        sorted(p.name for p in (tmp_path / "numba").rglob("*") if p.is_file()) == files
+    )  # and writes nothing new

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import random
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -158,9 +161,120 @@ def _load_file(path: str, options: dict[str, Any]) -> list[Any]:
         raise CalibrationDataError(
             f"Calibration file {path!r} has an unsupported extension; use one of {', '.join(_FILE_BUILDERS)}."
         )
-    kwargs = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document
-    dataset = datasets.load_dataset(builder, data_files=[path], split="train", **kwargs)
+    if os.path.getsize(path) == 0:
+        raise CalibrationDataError(f"Calibration file {path!r} is empty; give it at least one text.")
+    if builder == "text":
+        return text_file_documents(path, options.get("tokenizer"), options.get("max_length"))
+    if path.endswith(".jsonl"):
+        _check_json_lines(path)
+    try:
+        with _quiet_datasets():
+            dataset = datasets.load_dataset(builder, data_files=[path], split="train")
+    except Exception as error:  # datasets wraps parse errors in several types; keep the cause attached
+        cause = error.__cause__ or error
+        if "corresponds to no data" in str(cause):  # datasets' words for a file with a header and no rows
+            raise CalibrationDataError(
+                f"Calibration file {path!r} holds no records; give it at least one text."
+            ) from error
+        raise CalibrationDataError(
+            f"Could not read calibration file {path!r} as {builder} ({type(cause).__name__}: {cause}). Check that "
+            + (
+                'every line is one JSON object such as {"text": "..."}'
+                if path.endswith(".jsonl")
+                else f"it is valid {builder}"
+            )
+            + "."
+        ) from error
+    if len(dataset) == 0:
+        raise CalibrationDataError(f"Calibration file {path!r} holds no records; give it at least one text.")
     return _records_from_dataset(dataset, options)
+
+
+def _check_json_lines(path: str) -> None:
+    """Name the first line of a `.jsonl` file that is not one JSON object (datasets' error names no line)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CalibrationDataError(
+                    f"Calibration file {path!r}, line {number}, is not valid JSON ({error.msg}); every line is one "
+                    'JSON object such as {"text": "..."}.'
+                ) from None
+            if not isinstance(record, dict):
+                raise CalibrationDataError(
+                    f"Calibration file {path!r}, line {number}, is a JSON {type(record).__name__}; every line is "
+                    'one JSON object such as {"text": "..."}.'
+                )
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """datasets logs a failed parse with its traceback on stderr before raising (the raised error says it all),
+    and draws a bar for building a local file's split."""
+    import datasets
+
+    datasets_logger = logging.getLogger("datasets")
+    level, bars_were_on = datasets_logger.level, not datasets.are_progress_bars_disabled()
+    datasets_logger.setLevel(logging.CRITICAL + 1)
+    datasets.disable_progress_bars()  # "Generating train split" for a local file: instant, and noise in logs
+    try:
+        yield
+    finally:
+        datasets_logger.setLevel(level)
+        if bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def split_documents(text: str) -> list[str]:
+    """The documents of a plain-text file: paragraphs separated by blank lines, or, in a file without blank lines,
+    one document per line (pure)."""
+    paragraphs = [p.strip() for p in re.split(r"\n[ \t]*\n", text) if p.strip()]
+    if len(paragraphs) == 1:
+        paragraphs = [line.strip() for line in paragraphs[0].splitlines() if line.strip()]
+    return paragraphs
+
+
+def join_short_documents(documents: Sequence[str], lengths: Sequence[int], max_length: int) -> list[str]:
+    """Consecutive documents joined (by a blank line) while their token counts fit in `max_length`, so a file of
+    short paragraphs gives full samples and none of its text is cut off; a longer document stays alone (pure)."""
+    joined: list[str] = []
+    current: list[str] = []
+    used = 0
+    for document, length in zip(documents, lengths):
+        if current and used + length > max_length:
+            joined.append("\n\n".join(current))
+            current, used = [], 0
+        current.append(document)
+        used += length
+    if current:
+        joined.append("\n\n".join(current))
+    return joined
+
+
+def text_file_documents(path: str, tokenizer: Any = None, max_length: int | None = None) -> list[str]:
+    """A `.txt` file as calibration records: its documents (`split_documents`), short ones joined in file order
+    up to `max_length` tokens when a tokenizer is given (`join_short_documents`)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise CalibrationDataError(
+            f"Calibration file {path!r} is not UTF-8 text ({error}); convert it to UTF-8 or pass the texts as a list."
+        ) from None
+    documents = split_documents(text)
+    if not documents:
+        raise CalibrationDataError(
+            f"Calibration file {path!r} holds only whitespace; give it at least one text."
+        )
+    if tokenizer is None or max_length is None:
+        return documents
+    lengths = [
+        len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 1 for d in documents
+    ]  # +1: separator
+    return join_short_documents(documents, lengths, max_length - 1)  # -1: the BOS the tokenizer adds
 
 
 def _load_dataset_repository(name: str, options: dict[str, Any]) -> list[Any]:
@@ -179,6 +293,40 @@ def _load_dataset_repository(name: str, options: dict[str, Any]) -> list[Any]:
     return _records_from_dataset(dataset, options)
 
 
+def _looks_like_local_path(name: str) -> bool:
+    """A name the Hub could not hold: a known file extension, a leading ./ ../ / ~, a backslash, or more than one
+    slash (Hub dataset names are 'name' or 'owner/name')."""
+    return (
+        os.path.splitext(name)[1] in _FILE_BUILDERS
+        or name.startswith((".", "/", "~"))
+        or "\\" in name
+        or name.count("/") > 1
+    )
+
+
+def check_calibration_source(data: Any, argument: str = "calibration_dataset") -> None:
+    """Fail at once, before any model is loaded or any Hub request is made, on a path that cannot be calibration
+    data: a local-looking path that does not exist, or a file with an unsupported extension.
+
+    Raises:
+        CalibrationDataError: naming the argument, the path and the fix.
+    """
+    if not isinstance(data, (str, os.PathLike)):
+        return
+    path = os.fspath(data)
+    if os.path.isfile(path):
+        if os.path.splitext(path)[1] not in _FILE_BUILDERS:
+            raise CalibrationDataError(
+                f"`{argument}`={path!r} has an unsupported extension; use one of {', '.join(_FILE_BUILDERS)}."
+            )
+        return
+    if not os.path.exists(path) and _looks_like_local_path(path):
+        raise CalibrationDataError(
+            f"`{argument}`={path!r} does not exist (looked in {os.getcwd()!r}); fix the path. A Hub dataset is "
+            "named 'name' or 'owner/name'."
+        )
+
+
 def _records(data: Any, options: dict[str, Any]) -> tuple[Iterable[Any], str]:
     """Any supported input as an iterable of records (shuffled with the seed where asked) and a description."""
     shuffle, seed = options["shuffle"], options["seed"]
@@ -189,6 +337,7 @@ def _records(data: Any, options: dict[str, Any]) -> tuple[Iterable[Any], str]:
         return records
 
     if isinstance(data, (str, os.PathLike)):
+        check_calibration_source(data)
         path = os.fspath(data)
         if os.path.isfile(path):
             return shuffled(_load_file(path, options)), f"file:{os.path.basename(path)}"
@@ -299,6 +448,8 @@ def prepare_calibration_data(
         "seed": seed,
         "dataset_split": dataset_split,
         "dataset_config_name": dataset_config_name,
+        "tokenizer": tokenizer,
+        "max_length": max_length,
     }
     wanted = float("inf") if num_samples < 0 else num_samples
     records, source = _records(data, options)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FISHER_FILE_NAME = "blockprune_fisher.safetensors"
+FISHER_FORMAT = "optimum-blockprune-fisher"
 
 
 # -- pure math -------------------------------------------------------------------------------------------
@@ -158,40 +159,76 @@ class FisherEstimate:
     def energy_matrix(self, first_order: bool = False) -> np.ndarray:
         return energy_matrix(self.hessian, self.mean_gradient if first_order else None)
 
-    def save(self, path: str | os.PathLike) -> str:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> str:
         """Write a `.safetensors` file (arrays) with the metadata as JSON in its header; a directory gets
-        `blockprune_fisher.safetensors`. Written atomically."""
+        `blockprune_fisher.safetensors`. Written atomically; an existing file is replaced only with `overwrite`.
+
+        Raises:
+            OutputExistsError: the file exists and `overwrite` is False.
+            OutputPathError: its directory is missing or not writable.
+        """
         from safetensors.numpy import save_file
 
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, FISHER_FILE_NAME)
-        tmp = path + ".tmp"
-        save_file(
-            {
-                "gradients": np.ascontiguousarray(self.gradients),
-                "hessian": np.ascontiguousarray(self.hessian),
-                "mean_gradient": np.ascontiguousarray(self.mean_gradient),
-            },
-            tmp,
-            metadata={"blockprune": json.dumps(self.metadata), "format": "optimum-blockprune-fisher"},
-        )
-        os.replace(tmp, path)
+        from ..utils import atomic_destination, check_output_file
+
+        path = fisher_file_path(path)
+        check_output_file(path, "path", overwrite=overwrite)
+        with atomic_destination(path) as tmp:
+            save_file(
+                {
+                    "gradients": np.ascontiguousarray(self.gradients),
+                    "hessian": np.ascontiguousarray(self.hessian),
+                    "mean_gradient": np.ascontiguousarray(self.mean_gradient),
+                },
+                tmp,
+                metadata={"blockprune": json.dumps(self.metadata), "format": FISHER_FORMAT},
+            )
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FisherEstimate:
-        from safetensors import safe_open
+        """Read a file written by `save`, checking that its arrays agree (H = AᵀA/m, g = mean A) and are finite.
 
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            path = os.path.join(path, FISHER_FILE_NAME)
-        with safe_open(path, framework="np") as handle:
-            header = handle.metadata() or {}
-            arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
-        if header.get("format") != "optimum-blockprune-fisher":
-            raise ValueError(f"{path!r} is not a Fisher file written by `FisherEstimate.save`.")
-        return cls(metadata=json.loads(header["blockprune"]), **arrays)
+        Raises:
+            FisherFileError: the file is missing, not a safetensors file (truncated, garbage), not written by
+                `save`, or its arrays disagree.
+        """
+        from safetensors import SafetensorError, safe_open
+
+        from ..errors import FisherFileError
+        from .identity import check_fisher_arrays
+
+        path = fisher_file_path(path)
+        if not os.path.isfile(path):
+            raise FisherFileError(
+                f"Fisher file {path!r} does not exist; write one with `optimum-blockprune estimate MODEL --dataset "
+                "DATA --output FILE` (or `Pruner.estimate(...).save(FILE)`), or fix the path."
+            )
+        try:
+            with safe_open(path, framework="np") as handle:
+                header = handle.metadata() or {}
+                arrays = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (not a dict)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise FisherFileError(
+                f"Fisher file {path!r} is not a readable safetensors file ({error}): it may be truncated or not a "
+                "Fisher file at all. Re-estimate it."
+            ) from None
+        if header.get("format") != FISHER_FORMAT:
+            raise FisherFileError(f"{path!r} is not a Fisher file written by `FisherEstimate.save`.")
+        try:
+            estimate = cls(metadata=json.loads(header["blockprune"]), **arrays)
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            raise FisherFileError(
+                f"Fisher file {path!r} lacks part of what `FisherEstimate.save` writes ({error}); re-estimate it."
+            ) from None
+        check_fisher_arrays(estimate, f"Fisher file {path!r}")
+        return estimate
+
+
+def fisher_file_path(path: str | os.PathLike) -> str:
+    """The file a Fisher path means: `path` itself, or `blockprune_fisher.safetensors` inside a directory."""
+    path = os.fspath(path)
+    return os.path.join(path, FISHER_FILE_NAME) if os.path.isdir(path) else path
 
 
 class _GateGradients:
@@ -264,6 +301,7 @@ def estimate_fisher(
     import torch
 
     from ..architectures import get_adapter
+    from .identity import model_identity
 
     adapter = adapter or get_adapter(model)
     allowed = adapter.task_info.fisher_types
@@ -307,7 +345,7 @@ def estimate_fisher(
         "library_version": __version__,
         "granularity": granularity,
         "blocks": [unit.to_dict() for unit in units],
-        "model_type": adapter.model_type,
+        **model_identity(model, adapter),
     }
     if len(removed):
         info["expanded_at_removed"] = sorted(int(i) for i in removed)

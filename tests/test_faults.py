@@ -1,0 +1,336 @@
+"""The fault catalogue: one test per class of bad input or fault, through the Python API and the command line.
+
+Each asserts the error type, that the message names the argument and the fix, that the failure comes before the
+expensive work (no model loaded, no calibration pass), and that nothing is left behind or overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import TEXTS, build_tiny_model
+
+from optimum_blockprune import (
+    BlockRemovalConfig,
+    CalibrationDataError,
+    ConfigurationError,
+    FisherEstimate,
+    FisherFileError,
+    HubUploadError,
+    ModelLoadError,
+    OutputExistsError,
+    OutputPathError,
+    Pruner,
+)
+from optimum_blockprune.cli import main
+
+FAST = ["--num-calibration-samples", "6", "--max-length", "24", "--batch-size", "3", "--no-show-progress"]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the CLI gets as far as loading the model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was found")
+
+    monkeypatch.setattr(Pruner, "from_pretrained", classmethod(refuse))
+
+
+@pytest.fixture(scope="module")
+def fisher_file(tiny_model_dir, calibration_file, tmp_path_factory):
+    path = tmp_path_factory.mktemp("faults") / "fisher.safetensors"
+    args = ["estimate", str(tiny_model_dir), "--dataset", str(calibration_file), "--output", str(path), *FAST]
+    assert main(args) == 0
+    return path
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip()
+    errors = [line for line in err.splitlines() if line.startswith("optimum-blockprune")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _listing(directory):
+    return sorted(os.listdir(directory))
+
+
+# -- calibration data ---------------------------------------------------------------------------------------------
+BAD_DATA = {
+    "malformed.jsonl": ('{"text": "fine"}\n{"text": "cut off\n', "line 2, is not valid JSON"),
+    "empty.jsonl": ("", "is empty"),
+    "blank.txt": ("\n \n", "only whitespace"),
+    "table.xml": ("<a/>", "unsupported extension"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_DATA))
+def test_bad_calibration_files(name, llama, tokenizer, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    content, message = BAD_DATA[name]
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CalibrationDataError, match=message):
+        Pruner(llama, tokenizer).select(BlockRemovalConfig(show_progress=False), str(path))
+    if name == "table.xml":  # found from the name alone: before the model loads
+        monkeypatch.setattr(Pruner, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("loaded")))
+    code = main(["rank", str(tiny_model_dir), "--dataset", str(path), *FAST])
+    assert code == 2
+    _one_line_error(capsys, message)
+
+
+def test_a_mistyped_data_path_fails_before_the_model_loads(no_model_load, tiny_model_dir, tmp_path, capsys):
+    missing = os.path.join("data", "calibraton.jsonl")  # relative, with a typo
+    with pytest.raises(CalibrationDataError, match="does not exist"):
+        Pruner(build_tiny_model("llama")).estimate(missing)
+    assert (
+        main(["prune", str(tiny_model_dir), "--dataset", missing, "--output-dir", str(tmp_path / "o")]) == 2
+    )
+    _one_line_error(capsys, "`--dataset`='data/calibraton.jsonl' does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_too_little_calibration_data(llama, tokenizer, tiny_model_dir, tmp_path, capsys):
+    few = BlockRemovalConfig(num_calibration_samples=4, max_length=24, show_progress=False)
+    with pytest.raises(CalibrationDataError, match="over 6 gates"):  # a rank-4 Fisher cannot rank 6 blocks
+        Pruner(llama, tokenizer).estimate(TEXTS, few)
+    with pytest.raises(CalibrationDataError, match="at least 4 are needed"):  # auto's held-out slice
+        Pruner(llama, tokenizer).select(BlockRemovalConfig(selection="auto", show_progress=False), TEXTS[:4])
+    out = tmp_path / "f.safetensors"
+    args = ["estimate", str(tiny_model_dir), "--dataset", str(tmp_path / "d.jsonl"), "--output", str(out)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS[:3]))
+    assert main([*args, *FAST]) == 2
+    _one_line_error(capsys, "3 calibration sample(s)", "at least 6 samples")
+    assert not out.exists()
+
+
+# -- model ----------------------------------------------------------------------------------------------------------
+def test_a_missing_model_directory_is_named(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        Pruner.from_pretrained(missing)
+    assert main(["rank", missing, "--dataset", str(tmp_path), *FAST]) == 2
+    _one_line_error(capsys, "no-such-model", "does not exist")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="is a file, not a model directory"):
+        Pruner.from_pretrained(str(tmp_path / "weights.bin"))
+
+
+# -- Fisher files ---------------------------------------------------------------------------------------------------
+def _garbage(path, fisher_file):
+    path.write_bytes(b"\x00garbage" * 100)
+
+
+def _truncated(path, fisher_file):
+    path.write_bytes(fisher_file.read_bytes()[:-200])
+
+
+def _edited(path, fisher_file):
+    fisher = FisherEstimate.load(fisher_file)
+    fisher.hessian[0, 0] *= 3.0
+    fisher.save(path)
+
+
+def _nan(path, fisher_file):
+    fisher = FisherEstimate.load(fisher_file)
+    fisher.gradients[1, 2] = np.nan
+    fisher.save(path)
+
+
+FISHER_FAULTS = {
+    "missing": (None, "does not exist"),
+    "garbage": (_garbage, "not a readable safetensors file"),
+    "truncated": (_truncated, "not a readable safetensors file"),
+    "edited": (_edited, "not what its per-sample gradients give"),
+    "nan": (_nan, "NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FISHER_FAULTS))
+def test_broken_fisher_files(fault, fisher_file, tiny_model_dir, tmp_path, capsys, no_model_load):
+    make, message = FISHER_FAULTS[fault]
+    path = tmp_path / "broken.safetensors"
+    if make is not None:
+        make(path, fisher_file)
+    with pytest.raises(FisherFileError, match=message):
+        FisherEstimate.load(path)
+    assert main(["rank", str(tiny_model_dir), "--fisher-file", str(path), "--energy", "paper"]) == 2
+    _one_line_error(capsys, message)
+
+
+def test_a_fisher_from_another_model_is_refused(fisher_file, tokenizer, tiny_model_dir, capsys):
+    other = Pruner(build_tiny_model("llama", seed=1), tokenizer)  # same shape, other weights
+    fisher = FisherEstimate.load(fisher_file)
+    config = BlockRemovalConfig(num_blocks_to_remove=2, energy="paper", show_progress=False)
+    with pytest.raises(FisherFileError, match="weights fingerprint"):
+        other.solve(fisher, config)
+    with pytest.raises(FisherFileError, match="weights fingerprint"):
+        other.select(config, fisher=fisher)
+    # the expert override: a Fisher known to fit (here: the same architecture) is used as it is
+    assert other.solve(fisher, replace(config, verify_fisher_model=False)).states
+    # the model it came from accepts it
+    assert Pruner.from_pretrained(tiny_model_dir).solve(fisher, config).states
+    for key in ("model", "architecture", "num_blocks", "weights_fingerprint", "model_type"):
+        assert fisher.metadata[key], key
+
+
+# -- outputs --------------------------------------------------------------------------------------------------------
+def test_output_locations_are_checked_before_any_work(
+    no_model_load, fisher_file, tiny_model_dir, calibration_file, tmp_path, capsys
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    data = ["--dataset", str(calibration_file)]
+    cases = [
+        (["prune", str(tiny_model_dir), *data, "--output-dir", str(blocker / "out")], "is a file"),
+        (["prune", str(tiny_model_dir), *data, "--output-dir", str(blocker)], "existing file"),
+        (
+            ["estimate", str(tiny_model_dir), *data, "--output", str(tmp_path / "no" / "f.safetensors")],
+            "mkdir",
+        ),
+        (
+            [
+                "rank",
+                "--fisher-file",
+                str(fisher_file),
+                "--energy",
+                "paper",
+                "--json",
+                str(tmp_path / "n" / "r"),
+            ],
+            "mkdir",
+        ),
+        (["estimate", str(tiny_model_dir), *data, "--output", str(blocker)], "already exists"),
+        (
+            ["rank", "--fisher-file", str(fisher_file), "--energy", "paper", "--json", str(blocker)],
+            "already exists",
+        ),
+        (
+            ["prune", str(tiny_model_dir), *data, "--output-dir", str(tmp_path / "o"), "--energy", "paper"]
+            + ["--save-fisher", str(blocker)],
+            "already exists",
+        ),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        _one_line_error(capsys, message)
+    assert blocker.read_text() == "mine" and _listing(tmp_path) == ["a-file"]
+    with pytest.raises(OutputExistsError, match="already exists"):
+        FisherEstimate.load(fisher_file).save(blocker)
+    with pytest.raises(OutputPathError, match="is a file"):
+        _pruned().save_pretrained(blocker / "model")
+
+
+def _pruned():
+    pruner = Pruner(build_tiny_model("llama"))
+    pruner.apply((4, 5))
+    return pruner
+
+
+def test_saved_files_get_the_modes_save_pretrained_gives(tmp_path, fisher_file):
+    mask = os.umask(0o022)
+    try:
+        saved = _pruned().save_pretrained(tmp_path / "model")
+        FisherEstimate.load(fisher_file).save(tmp_path / "f.safetensors")
+    finally:
+        os.umask(mask)
+    assert os.stat(saved).st_mode & 0o777 == 0o755
+    assert os.stat(tmp_path / "f.safetensors").st_mode & 0o777 == 0o644
+    assert _listing(tmp_path) == ["f.safetensors", "model"]  # no staging or temporary file left
+
+
+_SAVE_AND_HANG = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from conftest import build_tiny_model
+    from optimum_blockprune import Pruner
+
+    pruner = Pruner(build_tiny_model("llama"))
+    pruner.apply((4, 5))
+    def slow_save(directory, **kwargs):
+        open(directory + "/model.safetensors", "wb").write(b"partial")
+        print("writing", flush=True)
+        time.sleep(60)
+    pruner.model.save_pretrained = slow_save
+    pruner.save_pretrained({target!r})
+    """
+)
+
+
+def test_sigterm_during_save_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "model"
+    script = _SAVE_AND_HANG.format(tests=os.path.dirname(__file__), target=str(target))
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) != 0
+    assert _listing(tmp_path) == []  # no half-written model, no hidden staging directory
+
+
+# -- budgets --------------------------------------------------------------------------------------------------------
+class _Untouchable:
+    """Calibration data that fails the test if anything reads it."""
+
+    def __getattr__(self, name):
+        raise AssertionError("calibration data was read before the infeasible request was refused")
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"min_parameters_removed": 10**12},
+        {"contiguous": True, "num_blocks_to_remove": 3, "protected_blocks": (1, 4)},
+    ],
+    ids=["parameters-above-the-total", "contiguous-run-broken-by-protection"],
+)
+def test_infeasible_requests_fail_before_calibration(request_, llama, tokenizer, tiny_model_dir, capsys):
+    config = BlockRemovalConfig(**{"num_blocks_to_remove": 2, **request_}, show_progress=False)
+    with pytest.raises(ConfigurationError, match="No way to remove the requested blocks"):
+        Pruner(llama, tokenizer).select(config, _Untouchable())
+    flags = [f"--{k.replace('_', '-')}" + ("" if v is True else f"={','.join(map(str, v)) if isinstance(v, tuple) else v}")
+             for k, v in request_.items()]  # fmt: skip
+    assert main(["rank", str(tiny_model_dir), "--dataset", str(tiny_model_dir), *flags, *FAST]) == 2
+    _one_line_error(capsys, "No way to remove the requested blocks")
+
+
+def test_nan_in_an_in_memory_estimate_is_one_clear_error(fisher_file, tiny_model_dir, capsys):
+    fisher = FisherEstimate.load(fisher_file)
+    fisher.hessian[0, 1] = np.inf
+    config = BlockRemovalConfig(num_blocks_to_remove=2, energy="paper", verify_fisher_model=False)
+    with pytest.raises(ConfigurationError, match="NaN or infinite .* float32"):
+        Pruner.from_pretrained(tiny_model_dir).solve(fisher, config)
+
+
+# -- the Hub --------------------------------------------------------------------------------------------------------
+def test_an_offline_push_keeps_the_local_save_and_says_how_to_retry(
+    tiny_model_dir, calibration_file, tmp_path, capsys, monkeypatch
+):
+    import huggingface_hub
+
+    monkeypatch.setattr(
+        huggingface_hub.constants, "HF_HUB_OFFLINE", True
+    )  # any request fails, like no network
+    out = tmp_path / "out"
+    args = ["prune", str(tiny_model_dir), "--dataset", str(calibration_file), "--output-dir", str(out)]
+    assert main([*args, "--energy", "paper", "--push-to-hub", "me/pruned", *FAST]) == 2
+    _one_line_error(capsys, "The local files are intact", f"optimum-blockprune push {out} me/pruned")
+    saved = _listing(out)
+    assert "config.json" in saved and "README.md" in saved
+    assert main(["push", str(out), "me/pruned"]) == 2  # the retry command, still offline: the same clear line
+    _one_line_error(capsys, "failed")
+    assert _listing(out) == saved
+    assert main(["push", str(tmp_path), "me/pruned"]) == 2  # not a saved model
+    _one_line_error(capsys, "not a model saved by optimum-blockprune")
+    with pytest.raises(HubUploadError, match="pruner.save_pretrained"):
+        _pruned().push_to_hub("me/pruned")
