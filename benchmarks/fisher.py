@@ -19,6 +19,8 @@ import platform
 import statistics
 import time
 
+from _report import relative
+
 
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as handle:
@@ -161,7 +163,7 @@ def main(argv=None):
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     payload = {
-        "args": vars(args),
+        "args": {**vars(args), "output": relative(args.output)},
         "machine": platform.platform(),
         "results": results,
         "ratios": {

@@ -23,6 +23,7 @@ import statistics
 import time
 
 import numpy as np
+from _report import relative
 
 from optimum_blockprune.qubo import CardinalityProblem
 from optimum_blockprune.solvers import available_solvers, get_solver
@@ -185,7 +186,12 @@ def main(argv=None):
         print(f"| {row['kind']} | {row['N']} | {row['M']}{label} | " + " | ".join(cells) + " |")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as handle:
-        json.dump({"args": vars(args), "results": results}, handle, indent=2, default=float)
+        json.dump(
+            {"args": {**vars(args), "output": relative(args.output)}, "results": results},
+            handle,
+            indent=2,
+            default=float,
+        )
     print(f"\nWrote {args.output}")
 
 

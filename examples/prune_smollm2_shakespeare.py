@@ -15,7 +15,7 @@ import argparse
 import logging
 import time
 
-from optimum_blockprune import BlockRemovalConfig, evaluate_perplexity
+from optimum_blockprune import BlockRemovalConfig
 from optimum_blockprune.demo import (
     CALIBRATION_PLAYS,
     HELD_OUT_PLAYS,
@@ -54,13 +54,15 @@ def main(argv=None) -> dict:
         **({"energy": args.energy} if args.energy else {}),
     )
     held_out = held_out_data(pruner.tokenizer, num_samples=args.num_eval_samples, max_length=args.max_length)
-    pad = pruner.tokenizer.pad_token_id or 0
-    before = evaluate_perplexity(pruner.model, held_out, batch_size=args.batch_size, pad_token_id=pad)
+    held_out_name = f"Shakespeare: {', '.join(HELD_OUT_PLAYS)} (held out)"
+    before = pruner.evaluate(
+        held_out, batch_size=args.batch_size, dataset_name=held_out_name
+    )  # shown in the card
 
     start = time.perf_counter()
     result = pruner.prune(config, calibration_dataset=shakespeare_passages(CALIBRATION_PLAYS))
     prune_seconds = time.perf_counter() - start
-    after = evaluate_perplexity(pruner.model, held_out, batch_size=args.batch_size, pad_token_id=pad)
+    after = pruner.evaluate(held_out, batch_size=args.batch_size, dataset_name=held_out_name)
 
     print()
     print(pruner.ranking)

@@ -301,7 +301,7 @@ def run_prune(args: argparse.Namespace) -> int:
     result = pruner.prune(config, args.dataset, fisher=fisher)
     if args.save_fisher:
         pruner.fisher.save(args.save_fisher, overwrite=args.overwrite)
-    print(pruner.ranking)
+    print(pruner.ranking.describe(selected_rank=result.selected_rank))
     print(
         f"\nRemoved blocks (0-based): {list(result.removed_blocks)}; parameters "
         f"{result.num_parameters_before:,} -> {result.num_parameters_after:,} ({100 * result.parameter_reduction:.1f}% fewer)"
@@ -325,6 +325,7 @@ def run_rank(args: argparse.Namespace) -> int:
     fisher = _check_inputs(args)
     if fisher is not None and not needs_calibration_data(config, has_fisher=True):
         ranking = rank_from_fisher(fisher, config)  # no model needed
+        chosen = config.selected_state
     else:
         if args.model is None:
             raise BlockPruneError(
@@ -333,9 +334,9 @@ def run_rank(args: argparse.Namespace) -> int:
                 "`--fisher-file` alone)."
             )
         pruner = _load_pruner(args)
-        pruner.select(config, args.dataset, fisher=fisher)
+        chosen = pruner.select(config, args.dataset, fisher=fisher).state.rank
         ranking = pruner.ranking
-    print(ranking)
+    print(ranking.describe(selected_rank=chosen))  # the state `prune` would apply is marked
     if args.json:
         from .utils import atomic_write_text
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .estimation.calibration import CalibrationData
 
 
-def _as_calibration_data(data: Any, tokenizer, max_length: int) -> CalibrationData:
+def as_evaluation_data(data: Any, tokenizer, max_length: int) -> CalibrationData:
     from .estimation.calibration import CalibrationData, prepare_calibration_data
 
     if isinstance(data, CalibrationData):
@@ -252,7 +252,7 @@ def evaluate_perplexity(
     `CalibrationData`. Every real token after the first of each sample is predicted once, so the value does
     not depend on `batch_size` or padding.
     """
-    data = _as_calibration_data(data, tokenizer, max_length)
+    data = as_evaluation_data(data, tokenizer, max_length)
     loss = evaluate_removals(
         model,
         data,

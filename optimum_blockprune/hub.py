@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +48,8 @@ def pruning_provenance(
     blocks: list[Any],
     fisher: Any = None,
     distillation: dict[str, Any] | None = None,
+    evaluations: list[dict[str, Any]] | None = None,
+    loaded_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything `blockprune_config.json` and the model card record about how a model was pruned: the model,
     the config, the method's and energy's names and one-line descriptions (from their registries), the result
@@ -76,7 +75,34 @@ def pruning_provenance(
         if fisher is not None and ranked
         else None,
         "distillation": distillation,
+        "evaluations": list(evaluations or []),
+        "loaded_from": loaded_from,
+        "base_card": base_card_metadata(model_id),
     }
+
+
+def base_card_metadata(model_id: str | None) -> dict[str, Any]:
+    """The licence, datasets and languages the base model's card declares, to carry into the pruned model's
+    card: read from a local directory's README.md, or from the Hub (skipped quietly when offline)."""
+    if not model_id:
+        return {}
+    from huggingface_hub import ModelCard
+
+    readme = os.path.join(model_id, "README.md")
+    try:
+        if os.path.isdir(model_id):
+            if not os.path.isfile(readme):
+                return {}
+            card = ModelCard.load(readme)
+        elif model_id.count("/") == 1:
+            card = ModelCard.load(model_id)
+        else:
+            return {}
+    except Exception as error:  # offline, gated, no card: the card then says nothing about these fields
+        logger.debug("No base model card for %s (%s).", model_id, error)
+        return {}
+    data = card.data.to_dict()
+    return {key: data[key] for key in ("license", "datasets", "language") if data.get(key)}
 
 
 def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) -> str:
@@ -89,11 +115,22 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
     is_hub_id = base_model.count("/") == 1 and not os.path.exists(base_model)
     result = provenance["result"]
     ranking = Ranking.from_dict(result["ranking"]) if result.get("ranking") else None
+    loaded_from = provenance.get("loaded_from") or {}
+    carried = {**(provenance.get("base_card") or {})}
+    if loaded_from.get("license") and "license" not in carried:
+        carried["license"] = loaded_from["license"]
+    if loaded_from.get("languages") and "language" not in carried:
+        carried["language"] = loaded_from["languages"]
+    evaluations = provenance.get("evaluations") or []
+    name = repo_id or os.path.basename(os.path.normpath(base_model)) + "-blockpruned"
     card_data = ModelCardData(
         base_model=base_model if is_hub_id else None,
         library_name="transformers",
-        tags=["optimum-blockprune", "block-pruning", "pruned"],
+        tags=["optimum-blockprune", "block-pruning", "pruned", *(["gguf"] if loaded_from else [])],
         pipeline_tag=provenance.get("pipeline_tag"),
+        model_name=name if evaluations else None,
+        eval_results=_eval_results(evaluations, provenance.get("pipeline_tag")) or None,
+        **carried,
     )
     template = (
         resources.files("optimum_blockprune.templates").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
@@ -102,7 +139,13 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
     card = ModelCard.from_template(
         card_data,
         template_str=template,
-        model_name=(repo_id or os.path.basename(os.path.normpath(base_model)) + "-blockpruned"),
+        model_name=name,
+        quality=_quality_rows(evaluations),
+        retrained=bool(provenance.get("distillation")),
+        figures=provenance.get("figures") or {},
+        saved=provenance.get("saved"),
+        loaded_from=loaded_from,
+        calibration=_calibration(provenance, ranking),
         repo_id=repo_id or "path/to/this/model",
         base_model=base_model,
         base_model_url=f"https://huggingface.co/{base_model}" if is_hub_id else "#",
@@ -126,6 +169,55 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         auto_class=provenance.get("auto_class") or "AutoModelForCausalLM",
     )
     return str(card)
+
+
+_STAGES = ("unpruned", "pruned", "pruned + distilled")
+
+
+def _quality_rows(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per held-out dataset (by fingerprint), the latest value of each stage measured on it."""
+    rows: dict[str, dict[str, Any]] = {}
+    for entry in evaluations:
+        row = rows.setdefault(
+            entry["fingerprint"],
+            {"dataset": entry["dataset"], "metric": entry["metric"], "num_tokens": entry["num_tokens"]},
+        )
+        row[entry["stage"]] = entry["value"]
+    return [{**row, "stages": [row.get(stage) for stage in _STAGES]} for row in rows.values()]
+
+
+def _eval_results(evaluations: list[dict[str, Any]], pipeline_tag: str | None) -> list[Any]:
+    """model-index entries for this model's own (latest-stage) measurements."""
+    from huggingface_hub import EvalResult
+
+    latest: dict[str, dict[str, Any]] = {}
+    for entry in evaluations:
+        if entry["stage"] != "unpruned":
+            latest[entry["fingerprint"]] = entry
+    return [
+        EvalResult(
+            task_type=pipeline_tag or "text-generation",
+            dataset_type=entry["dataset"],
+            dataset_name=entry["dataset"],
+            metric_type="perplexity",
+            metric_value=round(float(entry["value"]), 4),
+            metric_name=f"held-out perplexity ({entry['stage']})",
+        )
+        for entry in latest.values()
+    ]
+
+
+def _calibration(provenance: dict[str, Any], ranking: Any) -> dict[str, Any] | None:
+    """The calibration data the choice read: the Fisher's record, else what the ranking recorded."""
+    fisher = provenance.get("fisher")
+    if fisher:
+        return {
+            "source": fisher.get("calibration_source"),
+            "num_samples": fisher.get("num_samples"),
+            "num_tokens": fisher.get("num_tokens"),
+            "fingerprint": fisher.get("calibration_hash"),
+        }
+    return (ranking.stats.get("calibration") if ranking is not None else None) or None
 
 
 def choice_cost(stats: dict[str, Any]) -> str | None:
@@ -168,7 +260,7 @@ def save_pruned_model(
     Everything is written to a temporary sibling directory first and moved into place at the end, so an
     interrupted save never leaves a half-written model, and an existing one is replaced only when complete.
     """
-    from .utils import check_output_directory
+    from .utils import check_output_directory, terminate_as_interrupt
 
     save_directory = os.path.abspath(os.fspath(save_directory))
     check_output_directory(save_directory, "save_directory")
@@ -177,10 +269,22 @@ def save_pruned_model(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(save_directory)}.tmp-")
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would become the saved directory's mode
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, save_kwargs)
     logger.info("Saved the pruned model to %s.", save_directory)
     return save_directory
+
+
+def _saved_weights(model: nn.Module, directory: str) -> dict[str, Any]:
+    """The dtype and on-disk size of the weights just written (the card says what a download costs)."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    size = sum(
+        os.path.getsize(os.path.join(directory, name))
+        for name in os.listdir(directory)
+        if name.endswith((".safetensors", ".bin"))
+    )
+    shown = f"{size / 1e6:.0f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    return {"dtype": dtype, "size_bytes": size, "size": shown}
 
 
 def _umask() -> int:
@@ -189,29 +293,20 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM raises like Ctrl-C while saving, so the staging directory is cleaned up either way (a plain
-    SIGTERM ends the process without running any cleanup)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum} while saving")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, save_kwargs) -> None:
     try:
         model.save_pretrained(staging, **save_kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        provenance = {**provenance, "saved": _saved_weights(model, staging)}
+        ranking = provenance["result"].get("ranking")
+        if ranking:
+            from .figures import save_card_figures
+            from .result import Ranking
+
+            provenance["figures"] = save_card_figures(
+                Ranking.from_dict(ranking), staging, provenance["result"].get("selected_rank")
+            )
         payload = {"library_version": __version__, **provenance}
         with open(os.path.join(staging, CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2)

@@ -38,6 +38,7 @@ def _without_gguf_quantizer(model: nn.Module) -> nn.Module:
     plain model from its config (minus `quantization_config`) with the same weights."""
     config_dict = model.config.to_dict()
     config_dict.pop("quantization_config", None)
+    config_dict.pop("_model_name_or_path", None)  # the GGUF's own name for the model, not a config field
     config = type(model.config).from_dict(config_dict)
     plain = type(model)(config).to(dtype=next(model.parameters()).dtype)
     plain.load_state_dict(model.state_dict(), strict=True)
@@ -98,3 +99,32 @@ def load_pretrained(
                 error,
             )
     return model, tokenizer
+
+
+def gguf_provenance(model_id: str, gguf_file: str) -> dict[str, Any]:
+    """What the card says about weights read from a GGUF file: its name, quantisation, and the licence and
+    languages it declares (read with the `gguf` package where the file is local and the package installed)."""
+    info: dict[str, Any] = {"format": "gguf", "gguf_file": os.path.basename(gguf_file)}
+    path = gguf_file if os.path.isabs(gguf_file) else os.path.join(model_id, gguf_file)
+    try:
+        import gguf
+    except ImportError:
+        return info
+    if not os.path.isfile(path):
+        return info
+    fields = gguf.GGUFReader(path).fields
+
+    def value(key):
+        field = fields.get(key)
+        return field.contents() if field is not None else None
+
+    file_type = value("general.file_type")
+    if file_type is not None:
+        try:
+            info["quantization"] = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")
+        except ValueError:
+            info["quantization"] = f"file type {file_type}"
+    for key, name in (("general.license", "license"), ("general.languages", "languages")):
+        if value(key) is not None:
+            info[name] = value(key)
+    return info

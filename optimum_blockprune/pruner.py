@@ -74,6 +74,10 @@ class Pruner:
         self.config: BlockRemovalConfig | None = None
         self.result: PruningResult | None = None
         self.distillation: dict[str, Any] | None = None
+        #: held-out measurements of this model at each stage (`evaluate`), shown in the card
+        self.evaluations: list[dict[str, Any]] = []
+        #: where the weights came from when not a plain checkpoint (a GGUF file), for the card
+        self.loaded_from: dict[str, Any] | None = None
         #: removals measured on calibration data, reused by later selections on the same model and data
         self.measurements = MeasurementCache()
 
@@ -94,7 +98,12 @@ class Pruner:
         model, tokenizer = load_pretrained(
             model_id, tokenizer=tokenizer, auto_class=auto_class, allow_generic=allow_generic, **kwargs
         )
-        return cls(model, tokenizer, model_id=os.fspath(model_id), allow_generic=allow_generic)
+        pruner = cls(model, tokenizer, model_id=os.fspath(model_id), allow_generic=allow_generic)
+        if kwargs.get("gguf_file"):
+            from .loading import gguf_provenance
+
+            pruner.loaded_from = gguf_provenance(os.fspath(model_id), kwargs["gguf_file"])
+        return pruner
 
     # -- properties ---------------------------------------------------------------------------------------------
     @property
@@ -328,6 +337,36 @@ class Pruner:
             self.push_to_hub(repo_id, private=private, token=token)
         return result
 
+    def evaluate(
+        self, data: Any, *, max_length: int = 512, batch_size: int = 8, dataset_name: str | None = None
+    ) -> float:
+        """Held-out next-token perplexity of the model as it is now (unpruned, pruned, or pruned and distilled),
+        recorded for the model card, which shows the stages measured on the same data side by side.
+
+        `data`: texts (tokenised in order, truncated to `max_length`) or `CalibrationData`; it should be held out
+        from the calibration data. `dataset_name` names it in the card (default: its source).
+        """
+        from .evaluation import as_evaluation_data, evaluate_perplexity
+
+        prepared = as_evaluation_data(data, self.tokenizer, max_length)
+        value = evaluate_perplexity(
+            self.model, prepared, batch_size=batch_size, pad_token_id=self.pad_token_id
+        )
+        stage = "unpruned" if self.result is None else "pruned + distilled" if self.distillation else "pruned"
+        self.evaluations.append(
+            {
+                "metric": "perplexity",
+                "stage": stage,
+                "value": value,
+                "dataset": dataset_name or prepared.source,
+                "num_samples": prepared.num_samples,
+                "num_tokens": prepared.num_tokens,
+                "fingerprint": prepared.fingerprint,
+            }
+        )
+        logger.info("Held-out perplexity (%s): %.4g on %d tokens.", stage, value, prepared.num_tokens)
+        return value
+
     # -- output ---------------------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
         """Everything `blockprune_config.json` and the model card record about how the model was pruned."""
@@ -343,6 +382,8 @@ class Pruner:
             blocks=self.original_blocks,
             fisher=self.fisher,
             distillation=self.distillation,
+            evaluations=self.evaluations,
+            loaded_from=self.loaded_from,
         )
 
     def save_pretrained(

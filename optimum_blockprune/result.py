@@ -156,13 +156,17 @@ class Ranking:
         return "\n".join(lines)
 
     def __str__(self) -> str:
+        return self.describe()
+
+    def describe(self, selected_rank: int | None = None) -> str:
+        """The header line and the table, with the state that was (or would be) applied marked."""
         header = (
             f"{len(self)} {self.label} states (lowest {self.objective} first) removing {self.num_blocks_to_remove} "
             f"of {self.num_blocks} "
             f"{'sublayers' if self.granularity == 'sublayer' else 'blocks'} "
             f"(solver: {self.solver}, {'proven' if self.proven else 'not proven'}, {self.solve_time_s:.3f} s)"
         )
-        return header + "\n" + self.to_markdown()
+        return header + "\n" + self.to_markdown(selected_rank=selected_rank)
 
 
 @dataclass(frozen=True)

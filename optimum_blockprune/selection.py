@@ -297,6 +297,13 @@ def select_removal(
         measurements=measurements,
     )
     ranking = finish_ranking(method.run(problem, context), unit_dicts, config)
+    if scoring is not None:  # named in the card whatever the method (a Fisher's metadata has its own)
+        ranking.stats["calibration"] = {
+            "source": scoring.source,
+            "num_samples": scoring.num_samples,
+            "num_tokens": scoring.num_tokens,
+            "fingerprint": scoring.fingerprint,
+        }
     if config.selection == "auto":
         ranking = add_candidates(ranking, problem, context)
         ranking = measure_states(model, adapter, ranking, config, held_out, pad_token_id=pad_token_id)

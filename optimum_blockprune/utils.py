@@ -23,12 +23,34 @@ def atomic_destination(path: str | os.PathLike) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     os.close(fd)
     try:
-        yield tmp
-        os.chmod(tmp, _default_file_mode())
-        os.replace(tmp, path)
+        with terminate_as_interrupt():
+            yield tmp
+            os.chmod(tmp, _default_file_mode())
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises like Ctrl-C inside the block, so cleanup code runs either way (a plain SIGTERM ends the
+    process without running any). Only in the main thread, where signal handlers can be set."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -88,7 +110,69 @@ def check_output_directory(path: str | os.PathLike, argument: str) -> None:
 
 
 def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it"):
-    """A tqdm bar from huggingface_hub's wrapper, so `HF_HUB_DISABLE_PROGRESS_BARS=1` silences it too."""
+    """A tqdm bar from huggingface_hub's wrapper (`HF_HUB_DISABLE_PROGRESS_BARS=1` silences it too) on a
+    terminal; when stderr is not a terminal (a log file, CI), log lines instead (`LoggedProgress`)."""
+    import sys
+
+    if enabled and total and iterable is None and not _is_terminal(sys.stderr):
+        return LoggedProgress(total, desc=desc or "Progress", unit=unit)
     from huggingface_hub.utils import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not enabled or None, unit=unit)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class LoggedProgress:
+    """Progress as log lines, every `step` of the total (5 %), with the rate and the time left: what a log file
+    can show of a bar that redraws itself."""
+
+    def __init__(self, total: int, *, desc: str, unit: str = "it", step: float = 0.05, clock=None):
+        import logging
+        import time
+
+        self.total, self.desc, self.unit = total, desc, unit
+        self.clock = clock or time.perf_counter
+        self.start = self.clock()
+        self.done = 0
+        self.next_report = step * total
+        self.step = step
+        self.logger = logging.getLogger("optimum_blockprune.progress")
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.done >= self.next_report or self.done >= self.total:
+            self._report()
+            while self.next_report <= self.done:
+                self.next_report += self.step * self.total
+
+    def _report(self) -> None:
+        elapsed = max(self.clock() - self.start, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        self.logger.info(
+            "%s: %d%% (%d/%d %ss), %.3g %ss/s, %.0f s elapsed, ETA %.0f s",
+            self.desc,
+            100 * self.done // self.total,
+            self.done,
+            self.total,
+            self.unit,
+            rate,
+            self.unit,
+            elapsed,
+            left,
+        )
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LoggedProgress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -26,7 +26,9 @@ def test_list_of_strings_truncated_to_max_length(tokenizer):
     data = prepare_calibration_data(TEXTS, tokenizer, **_config(max_length=10))
     assert data.num_samples == 4 and all(len(s) == 10 for s in data.samples)
     assert data.samples[0][0] == tokenizer.bos_token_id
-    assert data.source == "list"
+    assert (
+        data.source == f"a list of {len(TEXTS)} texts"
+    )  # how the card names it (it once read "from `list`")
 
 
 def test_dataset_text_column_and_messages_with_chat_template(tokenizer):

@@ -254,3 +254,14 @@ def test_ranking_from_a_fisher_alone_refuses_methods_that_need_data(llama, token
     assert pruner.solve(
         fisher, BlockRemovalConfig(num_blocks_to_remove=2, method="fisher_diagonal")
     ).method == ("fisher_diagonal")
+
+
+def test_committed_results_record_no_absolute_paths():
+    """Results are read on other machines: paths in them are relative to the repository."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in [*(root / "benchmarks" / "results").glob("*.json"), *(root / "model_cards").rglob("*.json")]:
+        text = path.read_text()
+        assert not re.search(r'"(/(work|tmp|root|home|Users)/|[A-Z]:\\\\)', text), path.name

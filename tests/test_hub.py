@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
-from conftest import TEXTS
+from conftest import TEXTS, build_tiny_model
 
 from optimum_blockprune import BlockRemovalConfig, Pruner
 
@@ -106,3 +107,44 @@ def test_failed_upload_leaves_local_files_intact(llama, tokenizer, mock_hub, tmp
     with pytest.raises(Exception, match="403|write access"):
         pruner.push_to_hub("me/tiny-pruned", token="hf_fake")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_card_shows_quality_pictures_metadata_and_says_it_was_not_retrained(tokenizer, tmp_path):
+    import yaml
+
+    base = tmp_path / "base"
+    build_tiny_model("llama").save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    (base / "README.md").write_text("---\nlicense: mit\ndatasets:\n- me/corpus\nlanguage: en\n---\n# tiny\n")
+    pruner = Pruner.from_pretrained(base)
+    held_out = TEXTS[8:]
+    before = pruner.evaluate(held_out, max_length=24, dataset_name="held-out proverbs")
+    config = BlockRemovalConfig(num_blocks_to_remove=2, num_calibration_samples=8, max_length=16)
+    pruner.prune(config, TEXTS[:8])
+    after = pruner.evaluate(held_out, max_length=24, dataset_name="held-out proverbs")
+    out = pruner.save_pretrained(tmp_path / "pruned")
+    card = (tmp_path / "pruned" / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["license"] == "mit" and metadata["datasets"] == [
+        "me/corpus"
+    ]  # carried from the base card
+    result = metadata["model-index"][0]["results"][0]
+    assert result["metrics"][0]["type"] == "perplexity" and result["metrics"][0]["value"] == round(after, 4)
+    assert "**Not retrained.**" in card and f"{before:.1f} → {after:.1f}" in card
+    assert "| perplexity on `held-out proverbs` (" in card and f"| {before:.2f} | {after:.2f} | – |" in card
+    assert "Weights are saved in float32" in card and "from a list of 8 texts" in card
+    for picture in ("blockprune_energy_spectrum.png", "blockprune_removal_map.png"):
+        assert f"](./{picture})" in card and (tmp_path / "pruned" / picture).read_bytes()[:4] == b"\x89PNG"
+    provenance = json.loads((tmp_path / "pruned" / "blockprune_config.json").read_text())
+    assert [e["stage"] for e in provenance["evaluations"]] == ["unpruned", "pruned"]
+    assert os.path.isdir(out)
+
+
+def test_the_committed_sample_cards_are_what_the_template_renders():
+    """model_cards/<name>/README.md is rendered from the provenance its run saved: it cannot go stale."""
+    import runpy
+    from pathlib import Path
+
+    render = runpy.run_path(str(Path(__file__).resolve().parents[1] / "model_cards" / "render.py"))
+    assert render["samples"](), "no sample card"
+    assert render["main"](["--check"]) == 0, "run `python model_cards/render.py` and commit the cards"

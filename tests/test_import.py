@@ -49,3 +49,25 @@ def test_readme_method_and_energy_tables_are_generated_from_the_registries():
     for name, table in (("method", method_table()), ("energy", energy_table())):
         start, end = f"<!-- {name}-table:start -->\n", f"\n<!-- {name}-table:end -->"
         assert readme[readme.index(start) + len(start) : readme.index(end)] == table
+
+
+def test_progress_in_a_log_file_is_lines_with_rate_and_time_left(caplog):
+    """Without a terminal a bar cannot redraw: the progress of long passes is logged every 5 %."""
+    import logging
+
+    from optimum_blockprune.utils import LoggedProgress, progress_bar
+
+    ticks = iter(range(100))
+    progress = LoggedProgress(40, desc="Fisher estimation", unit="sample", clock=lambda: float(next(ticks)))
+    with caplog.at_level(logging.INFO, logger="optimum_blockprune.progress"):
+        for _ in range(10):
+            progress.update(4)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10 and lines[0].startswith("Fisher estimation: 10% (4/40 samples)")
+    assert (
+        lines[-1].startswith("Fisher estimation: 100% (40/40 samples), 4 samples/s")
+        and "ETA 0 s" in lines[-1]
+    )
+    assert "ETA 9 s" in lines[0]  # 36 samples left at 4 per second
+    assert isinstance(progress_bar(total=10, desc="x"), LoggedProgress)  # pytest's stderr is not a terminal
+    assert not isinstance(progress_bar(total=10, desc="x", enabled=False), LoggedProgress)

@@ -49,6 +49,12 @@ def test_demo_prunes_smollm2_and_the_checkpoint_reloads(tmp_path):
     provenance = json.loads((out / "blockprune_config.json").read_text())
     assert provenance["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert len(provenance["result"]["kept_blocks"]) == 26
+    # the card a Hub user reads: measured quality, the GGUF origin, the licence the GGUF declares, no stray keys
+    card = (out / "README.md").read_text()
+    assert f"{summary['perplexity_before']:.1f} → {summary['perplexity_after']:.1f}" in card
+    assert "**Not retrained.**" in card and "license: apache-2.0" in card
+    assert "de-quantised from the GGUF file `SmolLM2-135M-Instruct.Q4_1.gguf` (Q4_1)" in card
+    assert "_model_name_or_path" not in (out / "config.json").read_text()
 
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)

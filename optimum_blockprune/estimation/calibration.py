@@ -359,8 +359,7 @@ def _records(data: Any, options: dict[str, Any]) -> tuple[Iterable[Any], str]:
         if len(data) == 0:
             raise CalibrationDataError("`calibration_dataset` is an empty list; pass at least one text.")
         records = [_record(item, options) for item in data]
-        kind = "token ids" if all(_is_token_ids(r) for r in records) else "list"
-        return shuffled(records), kind
+        return shuffled(records), _describe_records(records)
     raise CalibrationDataError(
         f"`calibration_dataset` of type {type(data).__name__} is not supported. Pass a `datasets.Dataset` or "
         f"`IterableDataset` (with a `{options['text_column']}`, `messages` or `input_ids` column), a list of "
@@ -368,6 +367,19 @@ def _records(data: Any, options: dict[str, Any]) -> tuple[Iterable[Any], str]:
         "`CalibrationData`, a local file (.txt, .json, .jsonl, .csv, .parquet), a dataset directory, or a Hub "
         "dataset name."
     )
+
+
+def _describe_records(records: Sequence[Any]) -> str:
+    """How a card names an in-memory list: 'token ids' or 'a list of 64 texts' (chats, records)."""
+    if all(_is_token_ids(r) for r in records):
+        return "token ids"
+    if all(isinstance(r, str) for r in records):
+        what = "texts"
+    elif all(isinstance(r, list) for r in records):
+        what = "chats"
+    else:
+        what = "records"
+    return f"a list of {len(records)} {what}"
 
 
 def _datasets_module():

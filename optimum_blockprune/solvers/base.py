@@ -92,6 +92,13 @@ class Solver(ABC):
             if reduced.num_selected == 0:
                 outcome = SearchOutcome([()], True, {"all_forced": True})
             else:
+                logger.info(  # a log file shows what is running, however long the search takes
+                    "Solver %s: the %d lowest of C(%d, %d) states...",
+                    self.name,
+                    num_states,
+                    reduced.qubo.num_variables,
+                    reduced.num_selected,
+                )
                 outcome = self._search(reduced, num_states, seed=seed, show_progress=show_progress)
             forced = tuple(problem.forced)
             states = [tuple(sorted((*forced, *(int(index[i]) for i in s)))) for s in outcome.states]

@@ -1,0 +1,88 @@
+"""The model card's two pictures: the energy spectrum of the ranked states, and which blocks each state removes.
+
+matplotlib is optional (`pip install "optimum-blockprune[plots]"`); without it the card simply has no pictures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .result import Ranking
+
+logger = logging.getLogger(__name__)
+
+SPECTRUM_FILE = "blockprune_energy_spectrum.png"
+REMOVAL_MAP_FILE = "blockprune_removal_map.png"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        logger.info("matplotlib is not installed: the model card gets no pictures (pip install matplotlib).")
+        return None
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_card_figures(ranking: Ranking, directory: str, selected_rank: int | None) -> dict[str, str]:
+    """Write the two PNGs into `directory`; returns {"spectrum": name, "removal_map": name} of those written."""
+    plt = _pyplot()
+    if plt is None or not ranking.states:
+        return {}
+    written = {}
+    states = list(ranking.states)
+    label = ranking.label
+    objective = "energy" if ranking.objective == "energy" else ranking.objective
+
+    energies = [s.energy for s in states]
+    priced = [(s.rank, s.energy) for s in states if not math.isnan(s.energy)]
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    if priced:
+        axis.plot([r for r, _ in priced], [e for _, e in priced], "o-", color="tab:blue", label=objective)
+    if selected_rank is not None and selected_rank < len(states) and not math.isnan(energies[selected_rank]):
+        axis.plot(
+            [selected_rank],
+            [energies[selected_rank]],
+            "o",
+            ms=12,
+            mfc="none",
+            color="tab:red",
+            label="applied",
+        )
+    scored = [(s.rank, s.score) for s in states if s.score is not None]
+    if scored:
+        other = axis.twinx()
+        other.plot([r for r, _ in scored], [v for _, v in scored], "s", color="tab:orange", ms=4)
+        other.set_ylabel(f"held-out {ranking.selection_metric}", color="tab:orange")
+    axis.set_xlabel(f"state ({label}:k)")
+    axis.set_ylabel(objective)
+    axis.set_title(
+        f"The {len(states)} ranked states, removing {ranking.num_blocks_to_remove} of {ranking.num_blocks}"
+    )
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(os.path.join(directory, SPECTRUM_FILE), dpi=110)
+    plt.close(figure)
+    written["spectrum"] = SPECTRUM_FILE
+
+    figure, axis = plt.subplots(figsize=(7, 0.28 * len(states) + 1.2))
+    grid = [[1.0 if b in s.removed_blocks else 0.0 for b in range(ranking.num_blocks)] for s in states]
+    axis.imshow(grid, aspect="auto", cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
+    if selected_rank is not None and selected_rank < len(states):
+        axis.axhline(selected_rank, color="tab:red", lw=6, alpha=0.25)
+    axis.set_yticks(range(len(states)), [f"{label}:{s.rank}" for s in states], fontsize=7)
+    axis.set_xticks(range(ranking.num_blocks), [str(b) for b in range(ranking.num_blocks)], fontsize=7)
+    axis.set_xlabel("block (0-based; dark = removed)")
+    axis.set_title("Which blocks each low-energy state removes", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(os.path.join(directory, REMOVAL_MAP_FILE), dpi=110)
+    plt.close(figure)
+    written["removal_map"] = REMOVAL_MAP_FILE
+    return written
