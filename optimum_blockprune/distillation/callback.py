@@ -226,8 +226,8 @@ class BlockPruningCallback(TrainerCallback):
         if not os.path.isdir(checkpoint):
             return
         if not self.is_pruned and self._rows:
-            self._local_fisher().save(
-                os.path.join(checkpoint, PARTIAL_FISHER_NAME.format(rank=args.process_index))
+            self._local_fisher().save(  # part of the Trainer's checkpoint, which it rewrites as it sees fit
+                os.path.join(checkpoint, PARTIAL_FISHER_NAME.format(rank=args.process_index)), overwrite=True
             )
         if args.should_save:
             atomic_write_text(
