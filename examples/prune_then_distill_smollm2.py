@@ -19,7 +19,7 @@ import json
 import logging
 import time
 
-from optimum_blockprune import BlockRemovalConfig, evaluate_perplexity
+from optimum_blockprune import BlockRemovalConfig
 from optimum_blockprune.demo import (
     CALIBRATION_PLAYS,
     HELD_OUT_PLAYS,
@@ -61,13 +61,13 @@ def main(argv=None) -> dict:
         max_length=args.max_length,
     )
     held_out = held_out_data(pruner.tokenizer, num_samples=args.num_eval_samples, max_length=args.max_length)
-    pad = pruner.pad_token_id
-    perplexity = {"unpruned": evaluate_perplexity(pruner.model, held_out, pad_token_id=pad)}
+    name = f"Shakespeare: {', '.join(HELD_OUT_PLAYS)} (held out)"  # each stage is recorded for the card
+    perplexity = {"unpruned": pruner.evaluate(held_out, dataset_name=name)}
 
     teacher = copy.deepcopy(pruner.model)  # the unpruned model teaches the pruned one
     calibration_texts = shakespeare_passages(CALIBRATION_PLAYS)
     result = pruner.prune(config, calibration_dataset=calibration_texts)
-    perplexity["pruned"] = evaluate_perplexity(pruner.model, held_out, pad_token_id=pad)
+    perplexity["pruned"] = pruner.evaluate(held_out, dataset_name=name)
 
     lora_config = None
     if args.lora_rank:
@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
         num_train_samples=args.max_steps * args.train_batch_size,
     )
     train_seconds = time.perf_counter() - start
-    perplexity["distilled"] = evaluate_perplexity(pruner.model, held_out, pad_token_id=pad)
+    perplexity["distilled"] = pruner.evaluate(held_out, dataset_name=name)
 
     print()
     print(pruner.ranking)
