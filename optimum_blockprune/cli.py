@@ -1,4 +1,4 @@
-"""Command line: `optimum-blockprune {prune,rank,estimate}` (also `optimum-cli blockprune ...`).
+"""Command line: `optimum-blockprune {prune,rank,estimate,push}` (also `optimum-cli blockprune ...`).
 
 Every `BlockRemovalConfig` field is an option (`num_blocks_to_remove` -> `--num-blocks-to-remove`), so the
 command line and the Python API cannot drift apart.

@@ -1,4 +1,4 @@
-"""Registers `optimum-cli blockprune {prune,rank,estimate}`.
+"""Registers `optimum-cli blockprune {prune,rank,estimate,push}`.
 
 Installed as `optimum/commands/register/blockprune.py`, a PEP 420 namespace module that optimum-cli imports
 at start-up; keep its imports light (the heavy ones happen when a command runs).
