@@ -39,7 +39,7 @@ def save_card_figures(ranking: Ranking, directory: str, selected_rank: int | Non
     written = {}
     states = list(ranking.states)
     label = ranking.label
-    objective = "energy" if ranking.objective == "energy" else ranking.objective
+    objective = ranking.objective
 
     energies = [s.energy for s in states]
     priced = [(s.rank, s.energy) for s in states if not math.isnan(s.energy)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ def pruning_provenance(
     distillation: dict[str, Any] | None = None,
     evaluations: list[dict[str, Any]] | None = None,
     loaded_from: dict[str, Any] | None = None,
+    base_card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything `blockprune_config.json` and the model card record about how a model was pruned: the model,
     the config, the method's and energy's names and one-line descriptions (from their registries), the result
@@ -77,13 +79,19 @@ def pruning_provenance(
         "distillation": distillation,
         "evaluations": list(evaluations or []),
         "loaded_from": loaded_from,
-        "base_card": base_card_metadata(model_id),
+        "base_card": dict(base_card or {}),
     }
 
 
 def base_card_metadata(model_id: str | None) -> dict[str, Any]:
     """The licence, datasets and languages the base model's card declares, to carry into the pruned model's
-    card: read from a local directory's README.md, or from the Hub (skipped quietly when offline)."""
+    card: read from a local directory's README.md, or from the Hub (skipped quietly when offline). Read once per
+    model id and process: every save and push renders a card."""
+    return dict(_base_card_metadata(model_id))
+
+
+@functools.lru_cache(maxsize=32)
+def _base_card_metadata(model_id: str | None) -> dict[str, Any]:
     if not model_id:
         return {}
     from huggingface_hub import ModelCard
@@ -260,7 +268,7 @@ def save_pruned_model(
     Everything is written to a temporary sibling directory first and moved into place at the end, so an
     interrupted save never leaves a half-written model, and an existing one is replaced only when complete.
     """
-    from .utils import check_output_directory, terminate_as_interrupt
+    from .utils import check_output_directory, current_umask, terminate_as_interrupt
 
     save_directory = os.path.abspath(os.fspath(save_directory))
     check_output_directory(save_directory, "save_directory")
@@ -268,7 +276,7 @@ def save_pruned_model(
     parent = os.path.dirname(save_directory)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(save_directory)}.tmp-")
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would become the saved directory's mode
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would become the saved directory's mode
     with terminate_as_interrupt():
         _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, save_kwargs)
     logger.info("Saved the pruned model to %s.", save_directory)
@@ -285,12 +293,6 @@ def _saved_weights(model: nn.Module, directory: str) -> dict[str, Any]:
     )
     shown = f"{size / 1e6:.0f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
     return {"dtype": dtype, "size_bytes": size, "size": shown}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, save_kwargs) -> None:

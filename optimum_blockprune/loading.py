@@ -51,8 +51,9 @@ def _load_config(model_id: str, shared: dict[str, Any]):
     call it an invalid repo id, after trying the Hub)."""
     from transformers import AutoConfig
 
-    local = model_id.startswith((".", "/", "~")) or "\\" in model_id or model_id.count("/") > 1
-    if not os.path.isdir(model_id) and (local or os.path.exists(model_id)):
+    from .utils import looks_like_local_path
+
+    if not os.path.isdir(model_id) and (looks_like_local_path(model_id) or os.path.exists(model_id)):
         what = "is a file, not a model directory" if os.path.exists(model_id) else "does not exist"
         raise ModelLoadError(
             f"`model`={model_id!r} {what} (looked in {os.getcwd()!r}); give a model directory (with config.json) "

@@ -17,7 +17,7 @@ from .errors import ConfigurationError, SurgeryError
 from .estimation.measurements import MeasurementCache
 from .problem import check_request, check_sample_count, fisher_type
 from .result import PruningResult, RankedState, Ranking
-from .selection import Selection, rank_from_fisher, resolve_state, select_removal
+from .selection import Selection, check_given_fisher, rank_from_fisher, resolve_state, select_removal
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -183,17 +183,17 @@ class Pruner:
     ) -> Ranking:
         """Rank the `config.num_states` best ways to remove `config.num_blocks_to_remove` blocks from a Fisher
         estimate alone (CBO's energy, or a Fisher-based baseline); the model is not run."""
-        from .problem import check_fisher
-
         fisher = fisher if fisher is not None else self.fisher
         if fisher is None:
             raise ConfigurationError("No Fisher estimate: call `estimate(...)` first or pass `fisher=`.")
         config = config or BlockRemovalConfig()
-        check_fisher(fisher, config, len(self.units(config.granularity)))
-        if config.verify_fisher_model:
-            from .estimation.identity import check_fisher_identity
-
-            check_fisher_identity(fisher, self.model, self.adapter)
+        check_given_fisher(
+            fisher,
+            config,
+            model=self.model,
+            adapter=self.adapter,
+            num_gates=len(self.units(config.granularity)),
+        )
         self.ranking = rank_from_fisher(fisher, config, problem=self.check_config(config, applying=False))
         self.fisher, self.config = fisher, config
         return self.ranking
@@ -359,9 +359,7 @@ class Pruner:
                 "stage": stage,
                 "value": value,
                 "dataset": dataset_name or prepared.source,
-                "num_samples": prepared.num_samples,
-                "num_tokens": prepared.num_tokens,
-                "fingerprint": prepared.fingerprint,
+                **prepared.summary(),
             }
         )
         logger.info("Held-out perplexity (%s): %.4g on %d tokens.", stage, value, prepared.num_tokens)
@@ -370,7 +368,7 @@ class Pruner:
     # -- output ---------------------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
         """Everything `blockprune_config.json` and the model card record about how the model was pruned."""
-        from .hub import pruning_provenance
+        from .hub import base_card_metadata, pruning_provenance
 
         if self.result is None:
             raise SurgeryError("Nothing has been pruned yet; call `prune` or `apply` first.")
@@ -384,6 +382,7 @@ class Pruner:
             distillation=self.distillation,
             evaluations=self.evaluations,
             loaded_from=self.loaded_from,
+            base_card=base_card_metadata(self.model_id),
         )
 
     def save_pretrained(

@@ -244,6 +244,23 @@ def choose(ranking: Ranking, config: BlockRemovalConfig) -> RankedState:
     return ranking[config.selected_state]
 
 
+def check_given_fisher(
+    fisher: FisherEstimate,
+    config: BlockRemovalConfig,
+    *,
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    num_gates: int,
+) -> None:
+    """A Fisher the caller passed must fit the config and the model's gates (`check_fisher`) and, unless
+    `verify_fisher_model=False`, come from this model's weights (`check_fisher_identity`)."""
+    check_fisher(fisher, config, num_gates)
+    if config.verify_fisher_model:
+        from .estimation.identity import check_fisher_identity
+
+        check_fisher_identity(fisher, model, adapter)
+
+
 def select_removal(
     problem: CardinalityProblem,
     config: BlockRemovalConfig,
@@ -268,11 +285,7 @@ def select_removal(
     needs = method.requirements(config)
     unit_dicts = [unit.to_dict() for unit in units]
     if fisher is not None:
-        check_fisher(fisher, config, len(units))
-        if config.verify_fisher_model:
-            from .estimation.identity import check_fisher_identity
-
-            check_fisher_identity(fisher, model, adapter)
+        check_given_fisher(fisher, config, model=model, adapter=adapter, num_gates=len(units))
     scoring = held_out = None
     if needs_calibration_data(config, has_fisher=fisher is not None):
         if calibration_dataset is None:
@@ -298,12 +311,7 @@ def select_removal(
     )
     ranking = finish_ranking(method.run(problem, context), unit_dicts, config)
     if scoring is not None:  # named in the card whatever the method (a Fisher's metadata has its own)
-        ranking.stats["calibration"] = {
-            "source": scoring.source,
-            "num_samples": scoring.num_samples,
-            "num_tokens": scoring.num_tokens,
-            "fingerprint": scoring.fingerprint,
-        }
+        ranking.stats["calibration"] = scoring.summary()
     if config.selection == "auto":
         ranking = add_candidates(ranking, problem, context)
         ranking = measure_states(model, adapter, ranking, config, held_out, pad_token_id=pad_token_id)

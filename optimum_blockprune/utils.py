@@ -8,11 +8,22 @@ import tempfile
 from collections.abc import Iterator
 
 
-def _default_file_mode() -> int:
-    """0o666 less the process umask: what `open(path, "w")` would give (mkstemp gives 0o600)."""
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _default_file_mode() -> int:
+    """0o666 less the process umask: what `open(path, "w")` would give (mkstemp gives 0o600)."""
+    return 0o666 & ~current_umask()
+
+
+def looks_like_local_path(name: str) -> bool:
+    """A name no Hub repository can have: a leading ./ ../ / ~, a backslash, or more than one slash (Hub ids are
+    'name' or 'owner/name'), so a missing one is a mistyped path, not something to look up online."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
 
 @contextlib.contextmanager

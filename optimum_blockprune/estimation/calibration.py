@@ -47,6 +47,15 @@ class CalibrationData:
             digest.update(b"".join(int(t).to_bytes(4, "little", signed=True) for t in sample))
         return digest.hexdigest()
 
+    def summary(self) -> dict[str, Any]:
+        """What a card and a ranking record about the data: source, sample and token counts, fingerprint."""
+        return {
+            "source": self.source,
+            "num_samples": self.num_samples,
+            "num_tokens": self.num_tokens,
+            "fingerprint": self.fingerprint,
+        }
+
     def check_vocabulary(self, vocab_size: int) -> None:
         """Refuse token ids outside `0..vocab_size - 1` (they would index past the embedding) before any forward.
 
@@ -293,17 +302,6 @@ def _load_dataset_repository(name: str, options: dict[str, Any]) -> list[Any]:
     return _records_from_dataset(dataset, options)
 
 
-def _looks_like_local_path(name: str) -> bool:
-    """A name the Hub could not hold: a known file extension, a leading ./ ../ / ~, a backslash, or more than one
-    slash (Hub dataset names are 'name' or 'owner/name')."""
-    return (
-        os.path.splitext(name)[1] in _FILE_BUILDERS
-        or name.startswith((".", "/", "~"))
-        or "\\" in name
-        or name.count("/") > 1
-    )
-
-
 def check_calibration_source(data: Any, argument: str = "calibration_dataset") -> None:
     """Fail at once, before any model is loaded or any Hub request is made, on a path that cannot be calibration
     data: a local-looking path that does not exist, or a file with an unsupported extension.
@@ -320,7 +318,10 @@ def check_calibration_source(data: Any, argument: str = "calibration_dataset") -
                 f"`{argument}`={path!r} has an unsupported extension; use one of {', '.join(_FILE_BUILDERS)}."
             )
         return
-    if not os.path.exists(path) and _looks_like_local_path(path):
+    from ..utils import looks_like_local_path
+
+    local = os.path.splitext(path)[1] in _FILE_BUILDERS or looks_like_local_path(path)
+    if not os.path.exists(path) and local:
         raise CalibrationDataError(
             f"`{argument}`={path!r} does not exist (looked in {os.getcwd()!r}); fix the path. A Hub dataset is "
             "named 'name' or 'owner/name'."
