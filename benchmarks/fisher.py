@@ -2,11 +2,17 @@
 
     python benchmarks/fisher.py                       # random 12-layer llama (hidden 256, vocab 32000)
     python benchmarks/fisher.py --model smollm2       # the real SmolLM2-135M-Instruct from pip
+    python benchmarks/fisher.py --scale               # peak memory vs model size; int8 weights; disk offload
 
 All three phases run in the same invocation on the same model and the same calibration batches; each phase runs
 in its own process so its peak memory (RSS high-water mark above the loaded model, or CUDA peak) is its own.
 Times are the median of `--repeats` runs after one warm-up batch. Prints a table, writes JSON.
 Target (issue 2): Fisher pass <= 2.5x forward-only on CPU.
+
+`--scale` (issue 15) runs, for random llamas of each `--hidden-sizes`, the forward and the Fisher pass held in
+memory, with frozen int8 weights (optimum-quanto) and with every other block offloaded to disk (accelerate), each
+in its own process: tokens/s, the Fisher / forward ratio of the same placement, peak RSS above the loaded model,
+and the model's size. Writes results/fisher_scale.json.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import platform
 import statistics
 import time
 
-from _report import relative
+from _report import relative, write_json
 
 
 def _rss_kib(field: str) -> int:
@@ -121,6 +127,143 @@ def _phase(name, args, queue):
     )
 
 
+def _scale_model(hidden: int, path: str) -> None:
+    """A random 12-block llama of width `hidden`, saved (placement and quantizers load from a checkpoint)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=12,
+        num_attention_heads=max(4, hidden // 64),
+        num_key_value_heads=max(4, hidden // 64),
+        max_position_embeddings=4096,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+
+
+def _scale_phase(path: str, placement: str, pass_name: str, args, queue) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, QuantoConfig
+
+    from optimum_blockprune import estimate_fisher
+    from optimum_blockprune.estimation.calibration import CalibrationData
+    from optimum_blockprune.estimation.forward import GatedForward
+
+    torch.set_num_threads(args.threads)
+    before = _rss_kib("VmRSS")
+    kwargs = {"dtype": torch.float32}
+    if placement == "int8":
+        kwargs["quantization_config"] = QuantoConfig(weights="int8")
+    elif placement == "offload":
+        kwargs["device_map"] = {
+            "model.embed_tokens": "cpu",
+            "model.rotary_emb": "cpu",
+            "model.norm": "cpu",
+            "lm_head": "cpu",
+        }
+        kwargs["device_map"].update({f"model.layers.{i}": "disk" if i % 2 else "cpu" for i in range(12)})
+        kwargs["offload_folder"] = os.path.join(path, "offload")
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+    loaded = _rss_kib("VmRSS")
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 32000, (args.samples, args.seq_len), generator=generator)
+    data = CalibrationData(samples=ids.tolist(), source="random")
+
+    def run_once():
+        if pass_name == "forward":
+            with GatedForward(model, data, gates=False, batch_size=args.batch_size) as run:
+                for batch in run:
+                    run.outputs(batch)
+        else:
+            estimate_fisher(model, data, batch_size=args.batch_size, show_progress=False)
+
+    run_once()  # warm-up
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        run_once()
+        times.append(time.perf_counter() - start)
+    queue.put(
+        {
+            "seconds": statistics.median(times),
+            "tokens_per_s": data.num_tokens / statistics.median(times),
+            "model_mib": (loaded - before) / 1024,
+            "peak_extra_mib": (_rss_kib("VmHWM") - loaded) / 1024,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+    )
+
+
+def run_scale(args) -> None:
+    import tempfile
+
+    context = mp.get_context("spawn")
+    rows = []
+    output = (
+        args.output
+        if args.output_given
+        else os.path.join(os.path.dirname(__file__), "results", "fisher_scale.json")
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        for hidden in args.hidden_sizes:
+            path = os.path.join(scratch, f"llama-{hidden}")
+            process = context.Process(target=_scale_model, args=(hidden, path))
+            process.start()
+            process.join()
+            for placement in ("memory", "int8", "offload"):
+                measured = {}
+                for pass_name in ("forward", "fisher"):
+                    queue = context.Queue()
+                    process = context.Process(
+                        target=_scale_phase, args=(path, placement, pass_name, args, queue)
+                    )
+                    process.start()
+                    measured[pass_name] = queue.get()
+                    process.join()
+                rows.append(
+                    {
+                        "hidden": hidden,
+                        "placement": placement,
+                        "parameters": measured["fisher"]["parameters"],
+                        "forward": measured["forward"],
+                        "fisher": measured["fisher"],
+                        "fisher_over_forward": measured["fisher"]["seconds"] / measured["forward"]["seconds"],
+                    }
+                )
+                r = rows[-1]
+                print(
+                    f"hidden {hidden} {placement}: forward {r['forward']['tokens_per_s']:.0f} tok/s, Fisher "
+                    f"{r['fisher']['tokens_per_s']:.0f} tok/s ({r['fisher_over_forward']:.2f}x), model "
+                    f"{r['fisher']['model_mib']:.0f} MiB, Fisher peak +{r['fisher']['peak_extra_mib']:.0f} MiB",
+                    flush=True,
+                )
+                write_json(
+                    output,
+                    {
+                        "args": {**vars(args), "output": relative(output)},
+                        "machine": platform.platform(),
+                        "rows": rows,
+                    },
+                )
+    print(
+        "\n| hidden | parameters | weights | model in RSS (MiB) | forward tok/s | Fisher tok/s | Fisher / forward | "
+        "Fisher peak above model (MiB) | Fisher tok/s vs in memory |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    memory = {r["hidden"]: r for r in rows if r["placement"] == "memory"}
+    for r in rows:
+        versus = r["fisher"]["tokens_per_s"] / memory[r["hidden"]]["fisher"]["tokens_per_s"]
+        print(
+            f"| {r['hidden']} | {r['parameters'] / 1e6:.0f}M | {r['placement']} | {r['fisher']['model_mib']:.0f} | "
+            f"{r['forward']['tokens_per_s']:.0f} | {r['fisher']['tokens_per_s']:.0f} | {r['fisher_over_forward']:.2f} | "
+            f"{r['fisher']['peak_extra_mib']:.0f} | {versus:.2f} |"
+        )
+    print(f"Wrote {relative(output)}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -132,8 +275,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "fisher.json"))
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--scale", action="store_true", help="memory vs size, int8 weights, disk offload")
+    parser.add_argument("--hidden-sizes", type=int, nargs="+", default=[256, 512])
     args = parser.parse_args(argv)
+    args.output_given = args.output is not None
+    if args.scale:
+        return run_scale(args)
+    args.output = args.output or os.path.join(os.path.dirname(__file__), "results", "fisher.json")
 
     context = mp.get_context("spawn")
     results = {}

@@ -38,6 +38,7 @@ _TYPES = {
     "max_parameters_removed": float,
     "dataset_config_name": str,
     "correction_rounds": int,
+    "max_tokens_per_batch": int,
 }
 
 
@@ -177,6 +178,14 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     _add_dataset_argument(parser, required=True)
     parser.add_argument("--output", required=True, help="Fisher file to write (.safetensors).")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing --output file.")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="Write the rows done so far here; rerun the same command after a crash to resume from them.",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=64, help="Samples between checkpoint writes (default: 64)."
+    )
     add_config_arguments(
         parser,
         exclude=(
@@ -278,6 +287,13 @@ def _check_inputs(args: argparse.Namespace):
     return FisherEstimate.load(fisher_file) if fisher_file else None
 
 
+def _is_main_process() -> bool:
+    """Under several processes (`accelerate launch`, `torchrun`) all compute the same result; the first writes."""
+    from .estimation.parallel import current_processes
+
+    return current_processes().is_main
+
+
 def run_prune(args: argparse.Namespace) -> int:
     from .estimation.fisher import fisher_file_path
     from .hub import ensure_writable_directory, push_folder_to_hub
@@ -299,6 +315,8 @@ def run_prune(args: argparse.Namespace) -> int:
     fisher = _check_inputs(args)
     pruner = _load_pruner(args)
     result = pruner.prune(config, args.dataset, fisher=fisher)
+    if not _is_main_process():  # under `accelerate launch` every process holds the result; one writes it
+        return 0
     if args.save_fisher:
         pruner.fisher.save(args.save_fisher, overwrite=args.overwrite)
     print(pruner.ranking.describe(selected_rank=result.selected_rank))
@@ -336,6 +354,8 @@ def run_rank(args: argparse.Namespace) -> int:
         pruner = _load_pruner(args)
         chosen = pruner.select(config, args.dataset, fisher=fisher).state.rank
         ranking = pruner.ranking
+        if not _is_main_process():
+            return 0
     print(ranking.describe(selected_rank=chosen))  # the state `prune` would apply is marked
     if args.json:
         from .utils import atomic_write_text
@@ -351,7 +371,13 @@ def run_estimate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     check_output_file(fisher_file_path(args.output), "--output", overwrite=args.overwrite)
     _check_inputs(args)
-    fisher = _load_pruner(args).estimate(args.dataset, config)
+    if args.checkpoint_every < 1:
+        raise BlockPruneError(f"--checkpoint-every must be at least 1 sample, got {args.checkpoint_every}.")
+    fisher = _load_pruner(args).estimate(
+        args.dataset, config, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every
+    )
+    if not _is_main_process():  # every process holds the estimate; one writes it
+        return 0
     path = fisher.save(args.output, overwrite=args.overwrite)
     print(
         f"Saved the {fisher.metadata['fisher']} Fisher ({fisher.num_samples} samples x {fisher.num_gates} gates) to {path}"

@@ -154,6 +154,21 @@ class BlockRemovalConfig:
         default=8,
         metadata={"help": "Samples per forward/backward pass. Every sample still gets its own gradient row."},
     )
+    max_tokens_per_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Batch by a token budget instead of `batch_size`: samples sorted by length and packed while "
+            "rows x longest <= this many tokens, so long and short samples pad little and memory is bounded "
+            "(whole conversations without truncation). Rows and measurements do not change."
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute block activations in the Fisher's backward instead of keeping them (about one "
+            "more forward of time, far less activation memory): for very long samples."
+        },
+    )
     fisher: FisherType = field(
         default="auto",
         metadata={
@@ -339,6 +354,16 @@ class BlockRemovalConfig:
                 isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                 f"`{name}` must be a positive integer, got {value!r}.",
             )
+        _check(
+            self.max_tokens_per_batch is None
+            or (
+                isinstance(self.max_tokens_per_batch, int)
+                and not isinstance(self.max_tokens_per_batch, bool)
+                and self.max_tokens_per_batch >= 1
+            ),
+            f"`max_tokens_per_batch` must be a positive number of tokens or None (batches of `batch_size`), got "
+            f"{self.max_tokens_per_batch!r}.",
+        )
         from .problem import MIN_SELECTION_SAMPLES
 
         _check(

@@ -39,6 +39,10 @@ class FisherFileError(BlockPruneError, ValueError):
     """A Fisher estimate cannot be read, is corrupted, or was made on another model."""
 
 
+class CheckpointError(BlockPruneError, ValueError):
+    """A resumable-estimation checkpoint cannot be read or belongs to another run (other data, model or Fisher)."""
+
+
 class ModelLoadError(BlockPruneError, OSError):
     """The model (or its configuration) cannot be found or loaded from the given id or directory."""
 

@@ -68,6 +68,7 @@ def removal_losses(
     adapter: ArchitectureAdapter | None = None,
     granularity: str = "block",
     batch_size: int = 8,
+    max_tokens_per_batch: int | None = None,
     pad_token_id: int = 0,
     show_progress: bool = False,
     reuse_prefix: bool = False,
@@ -84,6 +85,10 @@ def removal_losses(
     in the same call (`estimation.residual_cache.plan_resumption`): a removal starting at block k costs (N - k) / N
     of a forward (`share_prefixes=False`: from the unpruned stream only). Block granularity only.
 
+    `max_tokens_per_batch` batches length-sorted samples under a token budget (`batching.batch_plan`); under
+    several processes each measures its share of the batches and every process gets all sums
+    (`parallel.sum_over_processes`). Neither changes any sample's values.
+
     Raises:
         ValueError: unknown `metric`, a model without next-token logits, gates that do not remove blocks, or
             `reuse_prefix` on a model whose blocks cannot be resumed from the residual stream.
@@ -93,6 +98,7 @@ def removal_losses(
 
     from .architectures import get_adapter
     from .estimation.forward import GatedForward, next_token_targets
+    from .estimation.parallel import sum_over_processes
     from .estimation.residual_cache import BlockInputs, plan_resumption
 
     if metric not in REMOVAL_METRICS:
@@ -107,7 +113,7 @@ def removal_losses(
         _check_removals_measurable(adapter, granularity, next_token=metric != "distortion")
     sums = np.zeros((len(removals), data.num_samples), dtype=np.float64)
     tokens = np.zeros(data.num_samples, dtype=np.float64)
-    offset = 0
+    first = True
     with GatedForward(
         model,
         data,
@@ -115,9 +121,11 @@ def removal_losses(
         granularity=granularity,
         gates=needs_gates,
         batch_size=batch_size,
+        max_tokens_per_batch=max_tokens_per_batch,
         pad_token_id=pad_token_id,
         show_progress=show_progress,
         desc="Evaluating",
+        shard=True,
     ) as run:
         num_blocks = len(adapter.block_list(model)) if reuse_prefix else 0
         plan = plan_resumption(removals, num_blocks, share=share_prefixes) if reuse_prefix else None
@@ -127,12 +135,12 @@ def removal_losses(
             else:
                 targets = next_token_targets(batch["labels"])
                 real = targets != -100
-            rows = real.nonzero(as_tuple=True)[0].cpu() + offset
+            rows = torch.as_tensor(run.indices)[real.nonzero(as_tuple=True)[0].cpu()]  # each token's sample
             reference = unpruned = None
             if needs_gates and (compares or reuse_prefix):
                 run.gates.alpha = None
                 unpruned = BlockInputs(run, batch)
-                if reuse_prefix and offset == 0:
+                if reuse_prefix and first:
                     unpruned.check(run, batch)
                 if metric == "kl":
                     reference = F.log_softmax(unpruned.outputs.logits[real].float(), dim=-1)
@@ -158,7 +166,10 @@ def removal_losses(
                 per_sample.index_add_(0, rows, values.double().cpu())
                 sums[list(removal_rows)] += per_sample.numpy()
             tokens += np.bincount(rows.numpy(), minlength=data.num_samples)
-            offset += batch["input_ids"].shape[0]
+            first = False
+        if run.processes.num_processes > 1:
+            sums = sum_over_processes(sums, run.processes)
+            tokens = sum_over_processes(tokens, run.processes)
     if tokens.sum() == 0:
         raise ValueError("The evaluation data has no sample with at least 2 tokens.")
     return RemovalLosses(sums, tokens)

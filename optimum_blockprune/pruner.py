@@ -147,12 +147,25 @@ class Pruner:
             applying=applying,
         )
 
-    def estimate(self, calibration_dataset: Any, config: BlockRemovalConfig | None = None) -> FisherEstimate:
+    def estimate(
+        self,
+        calibration_dataset: Any,
+        config: BlockRemovalConfig | None = None,
+        *,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 64,
+    ) -> FisherEstimate:
         """Estimate the block Fisher (per-sample gradients A, Hessian H, mean gradient g) on calibration data.
 
-        Uses `config`'s calibration fields (samples, length, batch size, Fisher type, seed); `calibration_dataset`
-        is anything `prepare_calibration_data` reads (texts, token ids, datasets, files, `CalibrationData`). The
-        result is kept on the pruner and can be saved with `FisherEstimate.save` and reused for any M.
+        Uses `config`'s calibration fields (samples, length, batch size or token budget, Fisher type, seed);
+        `calibration_dataset` is anything `prepare_calibration_data` reads (texts, token ids, datasets, files,
+        `CalibrationData`). The result is kept on the pruner and can be saved with `FisherEstimate.save` and reused
+        for any M. With `checkpoint_dir`, the rows done so far are written there every `checkpoint_every` samples;
+        run the same call again after a crash and it resumes from them. Under `accelerate launch` each process
+        estimates its share of the samples and every process returns the whole estimate.
+
+        Raises:
+            CheckpointError: `checkpoint_dir` holds rows of another pass (other data, model or Fisher settings).
         """
         from .estimation import estimate_fisher
         from .selection import prepare_scoring_data
@@ -175,6 +188,10 @@ class Pruner:
             pad_token_id=self.pad_token_id,
             show_progress=config.show_progress,
             metadata={"model": self.model_id, "max_length": config.max_length},
+            max_tokens_per_batch=config.max_tokens_per_batch,
+            gradient_checkpointing=config.gradient_checkpointing,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
         )
         return self.fisher
 

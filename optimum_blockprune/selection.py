@@ -212,6 +212,7 @@ def measure_states(
         adapter=adapter,
         granularity=ranking.granularity,
         batch_size=config.batch_size,
+        max_tokens_per_batch=config.max_tokens_per_batch,
         pad_token_id=pad_token_id,
         show_progress=config.show_progress,
     )

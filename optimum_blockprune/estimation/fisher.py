@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,7 @@ def per_sample_token_mean_loss(logits: torch.Tensor, labels: torch.Tensor) -> to
 def loss_and_logit_gradient(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     workspace: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample token-mean cross-entropy [batch] and its gradient with respect to the logits, in closed form.
@@ -79,8 +80,8 @@ def loss_and_logit_gradient(
     d(sum_s loss_s)/d logits[s, t] = (softmax(logits[s, t]) - onehot(target)) / n_s on real tokens, 0 elsewhere.
     This replaces autograd's log-softmax forward and backward over [batch, seq, vocab] with a few in-place
     passes over one buffer; pass the same flat float32 `workspace` for every batch so that buffer is allocated
-    (and page-faulted) once, not per batch. With a `generator`, real targets are first redrawn from the
-    model's own distribution (the 'model' Fisher). Returns the same values as autograd through
+    (and page-faulted) once, not per batch. With a `generator` (or one per sample, `sample_generators`), real
+    targets are first redrawn from the model's own distribution (the 'model' Fisher). Returns the same values as autograd through
     `per_sample_token_mean_loss` (tested).
     """
     import torch
@@ -100,12 +101,19 @@ def loss_and_logit_gradient(
         probs.div_(row_sum)  # softmax
         log_normaliser = (row_max + row_sum.log()).squeeze(-1)
         real = targets != -100
-        if generator is not None:
+        if isinstance(generator, torch.Generator):
             flat = probs.view(-1, probs.shape[-1])
             draws = (
                 torch.multinomial(flat.cpu(), 1, generator=generator).view(targets.shape).to(targets.device)
             )
             targets = torch.where(real, draws, targets)
+        elif generator is not None:  # one generator per sample: its draws do not depend on batching
+            targets = targets.clone()
+            for row, row_generator in enumerate(generator):
+                positions = real[row].nonzero(as_tuple=True)[0]
+                if len(positions):
+                    drawn = torch.multinomial(probs[row, positions].cpu(), 1, generator=row_generator)
+                    targets[row, positions] = drawn.view(-1).to(targets.device)
         safe = targets.clamp_min(0).unsqueeze(-1)
         weights = real.to(compute_dtype)
         counts = weights.sum(dim=1).clamp_min(1.0)
@@ -116,7 +124,9 @@ def loss_and_logit_gradient(
 
 
 def output_probe_gradient(
-    hidden: torch.Tensor, attention_mask: torch.Tensor, generator: torch.Generator
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    generator: torch.Generator | Sequence[torch.Generator],
 ) -> torch.Tensor:
     """Gradient of a Gaussian probe loss on final hidden states, for models without an LM head (encoders).
 
@@ -127,10 +137,32 @@ def output_probe_gradient(
     """
     import torch
 
-    noise = torch.randn(hidden.shape, generator=generator, dtype=torch.float32).to(hidden.device)
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(hidden.shape, generator=generator, dtype=torch.float32)
+    else:  # one generator per sample, drawing for its real tokens only: independent of padding and batching
+        noise = torch.zeros(hidden.shape, dtype=torch.float32)
+        for row, row_generator in enumerate(generator):
+            positions = attention_mask[row].nonzero(as_tuple=True)[0].cpu()
+            noise[row, positions] = torch.randn(
+                (len(positions), hidden.shape[-1]), generator=row_generator, dtype=torch.float32
+            )
+    noise = noise.to(hidden.device)
     mask = attention_mask.to(torch.float32)
     scale = mask / mask.sum(dim=1, keepdim=True).clamp_min(1.0).sqrt()
     return (-noise * scale.unsqueeze(-1)).to(hidden.dtype)
+
+
+def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One generator per sample, seeded from (`seed`, sample index): the 'model' Fisher's labels and the output
+    probe's noise then depend on the sample alone, not on its batch, its process or whether the run resumed."""
+    import torch
+
+    return [
+        torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, int(i)]).generate_state(1, np.uint64)[0])
+        )
+        for i in indices
+    ]
 
 
 # -- the estimate object -----------------------------------------------------------------------------------
@@ -236,12 +268,10 @@ class _GateGradients:
 
     Keeps one reusable buffer for the [batch, seq, vocab] logit gradient across batches."""
 
-    def __init__(
-        self, run: GatedForward, fisher: str, generator: torch.Generator, removed: tuple[int, ...] = ()
-    ):
+    def __init__(self, run: GatedForward, fisher: str, seed: int, removed: tuple[int, ...] = ()):
         self.run = run
         self.fisher = fisher
-        self.generator = generator
+        self.seed = seed
         self.removed = list(removed)
         self.workspace: torch.Tensor | None = None
 
@@ -255,7 +285,8 @@ class _GateGradients:
         run.gates.alpha = alpha
         if self.fisher == "output":
             output = run.outputs(batch).last_hidden_state
-            output_grad = output_probe_gradient(output, batch["attention_mask"], self.generator)
+            generators = sample_generators(self.seed, run.indices)
+            output_grad = output_probe_gradient(output, batch["attention_mask"], generators)
             losses = torch.zeros(labels.shape[0])  # the probe's distortion is 0 at alpha = 1
         else:
             output = run.logits(batch)
@@ -265,11 +296,11 @@ class _GateGradients:
             losses, output_grad = loss_and_logit_gradient(
                 output,
                 next_token_targets(labels),
-                self.generator if self.fisher == "model" else None,
+                sample_generators(self.seed, run.indices) if self.fisher == "model" else None,
                 self.workspace,
             )
         output.backward(output_grad)
-        return alpha.grad.detach().to(torch.float32).cpu().numpy(), losses
+        return alpha.grad.detach().to(torch.float32).cpu().numpy(), losses.detach().double().cpu().numpy()
 
 
 # -- estimation on a model -----------------------------------------------------------------------------------
@@ -281,11 +312,15 @@ def estimate_fisher(
     fisher: str = "empirical",
     granularity: str = "block",
     batch_size: int = 8,
+    max_tokens_per_batch: int | None = None,
+    gradient_checkpointing: bool = False,
     seed: int = 42,
     pad_token_id: int = 0,
     show_progress: bool = True,
     metadata: dict[str, Any] | None = None,
     removed: tuple[int, ...] | list[int] = (),
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 64,
 ) -> FisherEstimate:
     """Run the calibration data through `model` with coupling gates and collect per-sample gate gradients.
 
@@ -295,13 +330,21 @@ def estimate_fisher(
     gate per block) or 'sublayer' (one per attention/Mamba/MLP... branch group). With `removed`, the expansion
     point is the model with those gates at 0 (the others at 1): a partly pruned model, for re-expansion.
 
+    Scale: `max_tokens_per_batch` batches length-sorted samples under a token budget instead of `batch_size`
+    at a time (`batching.batch_plan`); `gradient_checkpointing` recomputes block activations in the backward.
+    Under several processes (`accelerate launch`, see `parallel`) each runs its share of the batches and all
+    get every row, in sample order. With `checkpoint_dir`, the rows done so far are written there every
+    `checkpoint_every` samples and a rerun resumes from them (`checkpoint.FisherCheckpoint`). None of these
+    change any sample's row: its labels (or probe noise) are drawn from a generator seeded by (`seed`, its index).
+
     Raises:
         ValueError: `fisher` does not suit the model, or `granularity` is unknown.
+        CheckpointError: `checkpoint_dir` holds rows of another pass (other data, model or Fisher settings).
     """
-    import torch
-
     from ..architectures import get_adapter
+    from .checkpoint import FisherCheckpoint, RowStore
     from .identity import model_identity
+    from .parallel import current_processes, gather_rows
 
     adapter = adapter or get_adapter(model)
     allowed = adapter.task_info.fisher_types
@@ -310,9 +353,31 @@ def estimate_fisher(
             f"`fisher`={fisher!r} does not suit a `{adapter.model_type}` model ({adapter.task}); use one of "
             f"{allowed} (or 'auto' in `BlockRemovalConfig`)."
         )
-    generator = torch.Generator().manual_seed(seed)
-    rows: list[np.ndarray] = []
-    total_loss, total_tokens = 0.0, 0
+    identity = model_identity(model, adapter)
+    removed = tuple(sorted(int(i) for i in removed))
+    processes = current_processes()
+    store, checkpoint = RowStore(), None
+    if checkpoint_dir is not None:
+        key = {
+            "calibration_hash": calibration.fingerprint,
+            "num_samples": calibration.num_samples,
+            "fisher": fisher,
+            "granularity": granularity,
+            "seed": seed,
+            "removed": list(removed),
+            **identity,
+        }
+        checkpoint = FisherCheckpoint(
+            checkpoint_dir, key, every=checkpoint_every, process_index=processes.process_index
+        )
+        store = checkpoint.load()
+        if store.rows:
+            logger.info(
+                "Resuming the Fisher pass from %s: %d of %d samples already done.",
+                checkpoint_dir,
+                len(store.rows),
+                calibration.num_samples,
+            )
     with GatedForward(
         model,
         calibration,
@@ -320,35 +385,53 @@ def estimate_fisher(
         granularity=granularity,
         grad=True,
         batch_size=batch_size,
+        max_tokens_per_batch=max_tokens_per_batch,
+        gradient_checkpointing=gradient_checkpointing,
         pad_token_id=pad_token_id,
         show_progress=show_progress,
         desc="Fisher estimation",
+        shard=True,
+        skip=store.rows.keys(),
     ) as run:
         num_gates, units = run.gates.num_gates, run.gates.units
-        hessian_sum = np.zeros((num_gates, num_gates), dtype=np.float64)
-        backward = _GateGradients(run, fisher, generator, tuple(int(i) for i in removed))
+        backward = _GateGradients(run, fisher, seed, removed)
         for batch in run:
             block_rows, losses = backward(batch)
-            rows.append(block_rows)
-            hessian_sum += block_rows.astype(np.float64).T @ block_rows.astype(np.float64)
-            total_loss += float(losses.sum())
-            total_tokens += int(batch["attention_mask"].sum())
-    gradients = np.concatenate(rows, axis=0)
+            store.add(run.indices, block_rows, losses, batch["attention_mask"].sum(dim=1).cpu().numpy())
+            if checkpoint is not None:
+                checkpoint.update(store, len(run.indices))
+        if checkpoint is not None:
+            checkpoint.update(store, 0, final=True)
+    arrays = store.arrays()
+    if arrays["rows"].shape[0] == 0:
+        arrays["rows"] = np.zeros((0, num_gates), dtype=np.float32)
+    gradients, present = gather_rows(
+        list(arrays["indices"]), arrays["rows"], calibration.num_samples, processes
+    )
+    per_sample, _ = gather_rows(
+        list(arrays["indices"]),
+        np.stack([arrays["losses"], arrays["tokens"].astype(np.float64)], axis=1),
+        calibration.num_samples,
+        processes,
+    )
+    if not present.all():  # a bug, not a user error: every sample belongs to one batch of one process
+        raise RuntimeError(f"Fisher rows missing for samples {np.flatnonzero(~present)[:10].tolist()}.")
     num_samples = gradients.shape[0]
+    rows64 = gradients.astype(np.float64)
     info = {
         "fisher": fisher,
         "num_samples": num_samples,
-        "num_tokens": total_tokens,
+        "num_tokens": int(per_sample[:, 1].sum()),
         "calibration_hash": calibration.fingerprint,
         "calibration_source": calibration.source,
-        "mean_calibration_loss": total_loss / num_samples,
+        "mean_calibration_loss": float(per_sample[:, 0].sum()) / num_samples,
         "library_version": __version__,
         "granularity": granularity,
         "blocks": [unit.to_dict() for unit in units],
-        **model_identity(model, adapter),
+        **identity,
     }
-    if len(removed):
-        info["expanded_at_removed"] = sorted(int(i) for i in removed)
+    if removed:
+        info["expanded_at_removed"] = list(removed)
     info.update(metadata or {})
     logger.info(
         "Estimated the %s Fisher over %d %ss from %d samples (%d tokens); mean calibration loss %.4f.",
@@ -356,12 +439,12 @@ def estimate_fisher(
         num_gates,
         granularity,
         num_samples,
-        total_tokens,
+        info["num_tokens"],
         info["mean_calibration_loss"],
     )
     return FisherEstimate(
         gradients=gradients,
-        hessian=hessian_sum / num_samples,
-        mean_gradient=gradients.astype(np.float64).mean(axis=0),
+        hessian=rows64.T @ rows64 / num_samples,
+        mean_gradient=rows64.mean(axis=0),
         metadata=info,
     )

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import FisherFileError
 
 if TYPE_CHECKING:
+    import torch
     import torch.nn as nn
 
     from ..architectures import ArchitectureAdapter
@@ -26,18 +27,30 @@ _VALUES_PER_TENSOR = 1024  # strided samples: the fingerprint of a 70B model cos
 def weights_fingerprint(model: nn.Module) -> str:
     """sha256 (first 16 hex digits) over every parameter's name, shape, dtype and `_VALUES_PER_TENSOR` evenly
     strided values. Tensors on the `meta` device (offloaded by accelerate) contribute their name and shape."""
-    import torch
 
     digest = hashlib.sha256()
     for name, parameter in model.named_parameters():
         digest.update(f"{name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
         if parameter.device.type == "meta" or parameter.numel() == 0:
             continue
-        flat = parameter.detach().reshape(-1)
-        step = max(1, flat.numel() // _VALUES_PER_TENSOR)
-        values = flat[::step][:_VALUES_PER_TENSOR].to(device="cpu", dtype=torch.float32)
-        digest.update(values.numpy().tobytes())
+        values = _strided_values(parameter.detach())
+        if values is not None:
+            digest.update(values.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _strided_values(tensor: torch.Tensor) -> torch.Tensor | None:
+    """`_VALUES_PER_TENSOR` evenly strided values as float32 on the CPU. Quantized weight tensors (torchao,
+    quanto) may not support views: their de-quantised values, or None when they have no `dequantize`."""
+    import torch
+
+    try:
+        flat = tensor.reshape(-1)
+        step = max(1, flat.numel() // _VALUES_PER_TENSOR)
+        return flat[::step][:_VALUES_PER_TENSOR].to(device="cpu", dtype=torch.float32)
+    except (NotImplementedError, RuntimeError, TypeError):
+        dequantize = getattr(tensor, "dequantize", None)
+        return _strided_values(dequantize()) if callable(dequantize) else None
 
 
 def model_identity(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, Any]:
@@ -50,7 +63,19 @@ def model_identity(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, 
         "num_blocks": len(adapter.blocks(model)),
         "revision": getattr(config, "_commit_hash", None),
         "weights_fingerprint": weights_fingerprint(model),
+        "quantization": quantization_method(model),
     }
+
+
+def quantization_method(model: nn.Module) -> str | None:
+    """The transformers quantizer the weights were loaded with ('quanto', 'torchao', 'bitsandbytes' ...), or None."""
+    config = getattr(getattr(model, "hf_quantizer", None), "quantization_config", None)
+    if config is None:
+        config = getattr(model.config, "quantization_config", None)
+    method = (
+        getattr(config, "quant_method", None) if not isinstance(config, dict) else config.get("quant_method")
+    )
+    return None if method is None else str(getattr(method, "value", method))
 
 
 def check_fisher_identity(fisher: FisherEstimate, model: nn.Module, adapter: ArchitectureAdapter) -> None:

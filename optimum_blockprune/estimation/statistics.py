@@ -52,6 +52,7 @@ def collect_residual_statistics(
     adapter: ArchitectureAdapter | None = None,
     removed: Sequence[int] = (),
     batch_size: int = 8,
+    max_tokens_per_batch: int | None = None,
     pad_token_id: int = 0,
     show_progress: bool = False,
 ) -> ResidualStatistics:
@@ -64,6 +65,7 @@ def collect_residual_statistics(
 
     from ..architectures import get_adapter
     from .forward import GatedForward
+    from .parallel import sum_over_processes
     from .residual_cache import BlockInputs
 
     adapter = adapter or get_adapter(model)
@@ -77,9 +79,11 @@ def collect_residual_statistics(
         data,
         adapter=adapter,
         batch_size=batch_size,
+        max_tokens_per_batch=max_tokens_per_batch,
         pad_token_id=pad_token_id,
         show_progress=show_progress,
         desc="Residual statistics",
+        shard=True,
     ) as run:
         if removed:
             run.set_removed(removed)
@@ -97,6 +101,11 @@ def collect_residual_statistics(
                 angular += (torch.arccos(cos) / torch.pi).sum(dim=0).double().cpu().numpy()
             norm_ratio += (norms[:, 1:] / norms[:, :-1]).sum(dim=0).double().cpu().numpy()
             num_tokens += int(real.sum())
+        if run.processes.num_processes > 1:  # token sums: each process holds its batches' share
+            cosine, angular, norm_ratio = (
+                sum_over_processes(a, run.processes) for a in (cosine, angular, norm_ratio)
+            )
+            num_tokens = int(sum_over_processes(np.array([num_tokens], dtype=np.float64), run.processes)[0])
     if num_tokens == 0:
         raise ValueError("The calibration data has no real tokens.")
     return ResidualStatistics(

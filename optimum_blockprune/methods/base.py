@@ -181,6 +181,7 @@ class RankingContext:
     def forward_options(self) -> dict[str, Any]:
         return {
             "batch_size": self.config.batch_size,
+            "max_tokens_per_batch": self.config.max_tokens_per_batch,
             "pad_token_id": self.pad_token_id,
             "show_progress": self.config.show_progress,
         }
@@ -201,6 +202,7 @@ class RankingContext:
                 seed=self.config.seed,
                 removed=self.removed,
                 metadata=self.fisher_metadata,
+                gradient_checkpointing=self.config.gradient_checkpointing,
                 **self.forward_options,
             )
             self._spent("fisher", self.estimates["fisher"].num_samples, start)
