@@ -120,7 +120,9 @@ def config_from_args(args: argparse.Namespace) -> BlockRemovalConfig:
     return BlockRemovalConfig(**values)
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+def _add_model_arguments(
+    parser: argparse.ArgumentParser, *, required: bool = True, quantization: bool = True
+) -> None:
     parser.add_argument("model", nargs=None if required else "?", help="Hub model id or local directory.")
     group = parser.add_argument_group("model loading (passed to from_pretrained)")
     group.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -128,6 +130,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tr
         "--device-map", default=None, help="e.g. 'cpu', 'cuda', 'auto' (accelerate placement)."
     )
     group.add_argument("--revision", default=None)
+    if (
+        quantization
+    ):  # `estimate` and `rank` only: `prune` saves the model, which must be the full-precision one
+        group.add_argument(
+            "--quantization",
+            default=None,
+            choices=sorted(QUANTIZATIONS),
+            help="Load frozen quantized weights (transformers' quantizers) for the Fisher and measured removals; "
+            "apply the ranking to the full-precision checkpoint afterwards (README: Large models).",
+        )
     group.add_argument("--gguf-file", default=None, help="Load a GGUF file from the model directory/repo.")
     group.add_argument("--trust-remote-code", action="store_true")
 
@@ -143,7 +155,7 @@ def _add_dataset_argument(parser: argparse.ArgumentParser, required: bool) -> No
 
 
 def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_model_arguments(parser)
+    _add_model_arguments(parser, quantization=False)
     _add_dataset_argument(parser, required=False)
     parser.add_argument("--output-dir", required=True, help="Where to write the pruned checkpoint and card.")
     parser.add_argument(
@@ -249,7 +261,35 @@ def _load_pruner(args: argparse.Namespace):
             kwargs[name] = getattr(args, name)
     if args.trust_remote_code:
         kwargs["trust_remote_code"] = True
+    if getattr(args, "quantization", None):
+        kwargs["quantization_config"] = quantization_config(args.quantization)
     return Pruner.from_pretrained(args.model, **kwargs)
+
+
+#: `--quantization` values: the quantizer and its weight type (quanto and torchao run on CPU; bitsandbytes on CUDA)
+QUANTIZATIONS = {
+    "quanto-int8": "optimum-quanto",
+    "quanto-int4": "optimum-quanto",
+    "torchao-int8": "torchao",
+    "bnb-nf4": "bitsandbytes",
+}
+
+
+def quantization_config(name: str):
+    """The transformers quantization config a `--quantization` value names (its package imported only now)."""
+    import transformers
+
+    if name.startswith("quanto-"):
+        return transformers.QuantoConfig(weights=name.removeprefix("quanto-"))
+    if name == "torchao-int8":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return transformers.TorchAoConfig(Int8WeightOnlyConfig())
+    import torch
+
+    return transformers.BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
 
 
 def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalConfig) -> None:

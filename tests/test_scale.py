@@ -141,7 +141,8 @@ def test_two_gloo_processes_give_one_process_fisher_and_measured_removals(tmp_pa
     single = np.load(tmp_path / "1_0.npz")
     ranks = [np.load(tmp_path / f"2_{rank}.npz") for rank in (0, 1)]
     assert [tuple(r["process"]) for r in ranks] == [(0, 2), (1, 2)]
-    for name in ("gradients", "hessian", "loss", "sums", "tokens", "cosine", "states"):
+    assert len(single["scores"]) >= 3  # auto measured its candidates
+    for name in ("gradients", "hessian", "loss", "sums", "tokens", "cosine", "states", "scores"):
         for rank in ranks:  # the same batches, so the same floating-point operations: identical
             np.testing.assert_array_equal(rank[name], single[name], err_msg=name)
 
@@ -235,11 +236,25 @@ def test_offloaded_model_gives_the_in_memory_fisher_and_measurements(tmp_path):
         removal_losses(model, data, REMOVALS, batch_size=4, reuse_prefix=True).sums,
         rtol=1e-5,
     )
-    for method in ("sleb", "cbo"):
-        config = BlockRemovalConfig(num_blocks_to_remove=2, method=method, selection="ground", batch_size=4)
-        expected = Pruner(model).select(config, data).ranking
-        ranking = offloaded.select(config, data).ranking
-        assert [s.removed_blocks for s in ranking] == [s.removed_blocks for s in expected]
+    for method, selection in (("sleb", "ground"), ("cbo", "ground"), ("cbo", "auto")):
+        config = BlockRemovalConfig(
+            num_blocks_to_remove=2,
+            method=method,
+            selection=selection,
+            batch_size=4,
+            num_calibration_samples=9,
+            num_selection_samples=4,
+        )
+        expected = Pruner(model).select(config, data)
+        chosen = offloaded.select(config, data)
+        assert [s.removed_blocks for s in chosen.ranking] == [s.removed_blocks for s in expected.ranking]
+        assert chosen.state.removed_blocks == expected.state.removed_blocks
+        if (
+            selection == "auto"
+        ):  # the held-out scores of every candidate, measured through the offloaded blocks
+            np.testing.assert_allclose(
+                [s.score for s in chosen.ranking], [s.score for s in expected.ranking], rtol=1e-5
+            )
 
 
 # -- frozen quantized weights ------------------------------------------------------------------------------------
@@ -308,20 +323,32 @@ def _cli(arguments, launcher=(sys.executable, "-m")):
     return result
 
 
-def test_cli_estimate_under_two_processes_writes_the_one_process_file(tmp_path, tiny_model_dir, calibration_file):
+def test_cli_estimate_under_two_processes_writes_the_one_process_file(
+    tmp_path, tiny_model_dir, calibration_file
+):
     from optimum_blockprune import FisherEstimate
 
     common = ["estimate", str(tiny_model_dir), "--dataset", str(calibration_file), "--max-length", "24"]
     common += ["--no-shuffle", "--batch-size", "2", "--no-show-progress"]
     _cli([*common, "--output", str(tmp_path / "one.safetensors")])
-    torchrun = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1")
+    torchrun = (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+    )
     _cli(
         [*common, "--output", str(tmp_path / "two.safetensors"), "--checkpoint-dir", str(tmp_path / "ck")],
         launcher=(*torchrun, "--master_port", str(_free_port()), "-m"),
     )
     budget = [*common, "--output", str(tmp_path / "budget.safetensors"), "--max-tokens-per-batch", "40"]
     _cli(budget)
-    one, two, by_budget = (FisherEstimate.load(tmp_path / f"{n}.safetensors") for n in ("one", "two", "budget"))
+    one, two, by_budget = (
+        FisherEstimate.load(tmp_path / f"{n}.safetensors") for n in ("one", "two", "budget")
+    )
     np.testing.assert_array_equal(two.gradients, one.gradients)
     np.testing.assert_allclose(by_budget.gradients, one.gradients, rtol=1e-4, atol=1e-6)
     # both processes checkpointed their own share
@@ -349,3 +376,29 @@ def test_gpu_benchmark_script_runs_on_cpu_with_tiny_shapes(tmp_path):
     assert payload["rows"][2]["quantization"] == "quanto-int4"  # 4-bit weights (NF4 on CUDA)
     assert payload["distillation"]["tokens_per_s"] > 0
     assert "| Llama-3.1-8B |" in result.stdout
+
+
+def test_cli_two_step_quantized_estimate_then_full_precision_prune(
+    tmp_path, tiny_model_dir, calibration_file
+):
+    pytest.importorskip("optimum.quanto")
+    fisher = tmp_path / "int8.safetensors"
+    data = ["--dataset", str(calibration_file), "--max-length", "24", "--no-show-progress"]
+    _cli(["estimate", str(tiny_model_dir), *data, "--quantization", "quanto-int8", "--output", str(fisher)])
+    prune = ["prune", str(tiny_model_dir), "--fisher-file", str(fisher), "--energy", "paper"]
+    prune += ["--num-blocks-to-remove", "2", "--selection", "ground", "--no-show-progress"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "optimum_blockprune.cli", *prune, "--output-dir", str(tmp_path / "refused")],
+        env=_worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "verify-fisher-model" in refused.stderr
+    _cli([*prune, "--no-verify-fisher-model", "--output-dir", str(tmp_path / "pruned")])
+    from transformers import AutoModelForCausalLM
+
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")  # plain transformers, full precision
+    assert (
+        pruned.config.num_hidden_layers == 4 and getattr(pruned.config, "quantization_config", None) is None
+    )

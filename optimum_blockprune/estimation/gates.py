@@ -125,9 +125,11 @@ class CouplingGates:
 
     def _scale(self, branch: torch.Tensor, index: int) -> torch.Tensor:
         alpha = self.alpha
+        # A model placed across devices (`device_map`) runs each branch where its block lives: the gate goes there
+        # (a no-op on one device; autograd carries the gradient back to alpha's device).
         if alpha.dim() == 1:
-            return branch * alpha[index].to(branch.dtype)
-        column = alpha[:, index].to(branch.dtype)
+            return branch * alpha[index].to(device=branch.device, dtype=branch.dtype)
+        column = alpha[:, index].to(device=branch.device, dtype=branch.dtype)
         rows = branch.shape[0]
         if rows != column.shape[0]:
             # Some blocks flatten tokens sample-major to [batch * seq, hidden] (OPT's feed-forward): give every

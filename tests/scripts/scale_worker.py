@@ -46,16 +46,21 @@ def parallel(output_dir: str) -> None:
         model, data, [(), (1,), (2, 4), (0, 3, 5)], metric="kl", batch_size=2, reuse_prefix=True
     )
     statistics = collect_residual_statistics(model, data, batch_size=2)
-    states = []
-    for method in (
-        "sleb",
-        "cbo",
-    ):  # SLEB's greedy measurements; the default energy (measured pairs, corrected)
+    states, scores = [], []
+    # SLEB's greedy measurements; the default energy (measured pairs, corrected); auto's held-out scores
+    for method, selection in (("sleb", "ground"), ("cbo", "ground"), ("cbo", "auto")):
         config = BlockRemovalConfig(
-            num_blocks_to_remove=2, method=method, selection="ground", batch_size=2, num_states=3
+            num_blocks_to_remove=2,
+            method=method,
+            selection=selection,
+            batch_size=2,
+            num_states=3,
+            num_calibration_samples=9,
+            num_selection_samples=4,
         )
-        ranking = Pruner(model).select(config, data).ranking
-        states += [state.removed_blocks for state in ranking]
+        chosen = Pruner(model).select(config, data)
+        states += [state.removed_blocks for state in chosen.ranking] + [chosen.state.removed_blocks]
+        scores += [state.score for state in chosen.ranking if state.score is not None]
     np.savez(
         os.path.join(output_dir, f"{processes.num_processes}_{processes.process_index}.npz"),
         gradients=fisher.gradients,
@@ -65,6 +70,7 @@ def parallel(output_dir: str) -> None:
         tokens=losses.tokens,
         cosine=statistics.cosine,
         states=np.array(states),
+        scores=np.array(scores),
         process=np.array([processes.process_index, processes.num_processes]),
     )
 
