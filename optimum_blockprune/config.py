@@ -34,6 +34,11 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigurationError(message)
 
 
+def _is_count(value: Any, minimum: int) -> bool:
+    """An int (not a bool) of at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 @dataclass
 class BlockRemovalConfig:
     """How many blocks to remove from a model and how to choose them.
@@ -350,17 +355,9 @@ class BlockRemovalConfig:
             "batch_size",
         ):
             value = getattr(self, name)
-            _check(
-                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                f"`{name}` must be a positive integer, got {value!r}.",
-            )
+            _check(_is_count(value, 1), f"`{name}` must be a positive integer, got {value!r}.")
         _check(
-            self.max_tokens_per_batch is None
-            or (
-                isinstance(self.max_tokens_per_batch, int)
-                and not isinstance(self.max_tokens_per_batch, bool)
-                and self.max_tokens_per_batch >= 1
-            ),
+            self.max_tokens_per_batch is None or _is_count(self.max_tokens_per_batch, 1),
             f"`max_tokens_per_batch` must be a positive number of tokens or None (batches of `batch_size`), got "
             f"{self.max_tokens_per_batch!r}.",
         )
@@ -419,12 +416,7 @@ class BlockRemovalConfig:
             get_method(name)
         energy = get_energy(self.energy)
         _check(
-            self.correction_rounds is None
-            or (
-                isinstance(self.correction_rounds, int)
-                and not isinstance(self.correction_rounds, bool)
-                and self.correction_rounds >= 0
-            ),
+            self.correction_rounds is None or _is_count(self.correction_rounds, 0),
             f"`correction_rounds` must be a non-negative integer or None (the default for the energy), got "
             f"{self.correction_rounds!r}.",
         )
@@ -435,9 +427,7 @@ class BlockRemovalConfig:
             "use `method='cbo'` with `energy='measured_pairs'`, or `correction_rounds=0`.",
         )
         _check(
-            isinstance(self.reexpansion_interval, int)
-            and not isinstance(self.reexpansion_interval, bool)
-            and self.reexpansion_interval >= 0,
+            _is_count(self.reexpansion_interval, 0),
             f"`reexpansion_interval` must be a non-negative integer, got {self.reexpansion_interval!r}.",
         )
         _check(

@@ -159,10 +159,10 @@ def test_a_killed_fisher_pass_resumes_to_the_uninterrupted_rows(tmp_path):
     )
     try:
         deadline = time.monotonic() + 120
-        while not list(checkpoint.glob("*.safetensors")) and time.monotonic() < deadline:
+        while not list(checkpoint.glob("fisher_rows.process-*.safetensors")) and time.monotonic() < deadline:
             assert process.poll() is None, process.communicate()[1].decode()[-3000:]
             time.sleep(0.05)
-        assert list(checkpoint.glob("*.safetensors")), "no checkpoint was written"
+        assert list(checkpoint.glob("fisher_rows.process-*.safetensors")), "no checkpoint was written"
         process.send_signal(signal.SIGKILL)
     finally:
         process.communicate()
