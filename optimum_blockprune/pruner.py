@@ -139,6 +139,7 @@ class Pruner:
             ConfigurationError: the config cannot be met on this model, or (with `applying`) its result could not
                 be stored as a standard checkpoint.
         """
+        self._check_checkpointing(config)
         return check_request(
             self.adapter,
             self.units(config.granularity),
@@ -146,6 +147,15 @@ class Pruner:
             model_config=self.adapter.text_config(self.model),
             applying=applying,
         )
+
+    def _check_checkpointing(self, config: BlockRemovalConfig) -> None:
+        if config.gradient_checkpointing and not getattr(
+            self.model, "supports_gradient_checkpointing", False
+        ):
+            raise ConfigurationError(
+                f"`gradient_checkpointing=True`, but a `{type(self.model).__name__}` does not support activation "
+                "checkpointing; bound memory with a smaller `max_tokens_per_batch` instead."
+            )
 
     def estimate(
         self,
@@ -172,6 +182,7 @@ class Pruner:
 
         config = config or BlockRemovalConfig()
         self._refuse_if_pruned("estimate")
+        self._check_checkpointing(config)
         kind = fisher_type(self.adapter, config)
         data = prepare_scoring_data(calibration_dataset, self.tokenizer, config, model=self.model)
         check_sample_count(

@@ -118,6 +118,18 @@ def test_activation_checkpointing_gives_the_same_rows_and_is_switched_off_after(
     assert not any(m.training for m in model.modules())
 
 
+def test_checkpointing_a_model_that_cannot_is_refused_before_any_pass(tokenizer, texts, monkeypatch):
+    import optimum_blockprune.estimation as estimation
+
+    model = build_tiny_model("llama")
+    model.supports_gradient_checkpointing = False
+    monkeypatch.setattr(estimation, "estimate_fisher", lambda *a, **k: pytest.fail("the pass ran"))
+    config = BlockRemovalConfig(gradient_checkpointing=True, num_blocks_to_remove=2, energy="paper")
+    for call in (lambda p: p.estimate(texts, config), lambda p: p.select(config, texts)):
+        with pytest.raises(ConfigurationError, match="gradient_checkpointing"):
+            call(Pruner(model, tokenizer))
+
+
 # -- several processes -------------------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as sock:
