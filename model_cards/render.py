@@ -4,7 +4,8 @@
     python model_cards/render.py --check   # exit 1 if a committed card is not what the template renders (CI)
 
 Each sample is the `blockprune_config.json` (and pictures) of a real run, copied from its output directory:
-`python examples/prune_smollm2_shakespeare.py --energy paper --output-dir DIR` for the 6-of-30 card.
+`python examples/prune_smollm2_shakespeare.py --energy paper --output-dir DIR` for the 6-of-30 card,
+`python examples/prune_then_distill_smollm2.py --output-dir DIR` for the distilled one.
 """
 
 from __future__ import annotations
