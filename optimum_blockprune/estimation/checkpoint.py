@@ -37,14 +37,14 @@ class RowStore:
             self.losses[index] = float(losses[k])
             self.tokens[index] = int(tokens[k])
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self, num_gates: int) -> dict[str, np.ndarray]:
+        """The stored samples in index order; `num_gates` shapes the rows when there are none yet."""
         indices = sorted(self.rows)
-        width = next(iter(self.rows.values())).shape if self.rows else (0,)
         return {
             "indices": np.asarray(indices, dtype=np.int64),
             "rows": np.stack([self.rows[i] for i in indices])
             if indices
-            else np.zeros((0, *width), np.float32),
+            else np.zeros((0, num_gates), np.float32),
             "losses": np.asarray([self.losses[i] for i in indices], dtype=np.float64),
             "tokens": np.asarray([self.tokens[i] for i in indices], dtype=np.int64),
         }
@@ -57,11 +57,18 @@ class FisherCheckpoint:
         directory: created if missing.
         key: what the rows depend on; a checkpoint with another key is refused.
         every: write after at least this many new samples (and at the end).
+        num_gates: the width of a row (the file of a process that has finished nothing yet still has it).
         process_index: which process's file this process writes.
     """
 
     def __init__(
-        self, directory: str | os.PathLike, key: dict[str, Any], *, every: int, process_index: int = 0
+        self,
+        directory: str | os.PathLike,
+        key: dict[str, Any],
+        *,
+        every: int,
+        num_gates: int,
+        process_index: int = 0,
     ):
         if every < 1:
             from ..errors import ConfigurationError
@@ -70,6 +77,7 @@ class FisherCheckpoint:
         self.directory = os.fspath(directory)
         self.key = json.loads(json.dumps(key, sort_keys=True))  # normalised, as it reads back
         self.every = every
+        self.num_gates = num_gates
         self.path = os.path.join(self.directory, f"fisher_rows.process-{process_index}.safetensors")
         self._unsaved = 0
 
@@ -130,7 +138,7 @@ class FisherCheckpoint:
         os.makedirs(self.directory, exist_ok=True)
         with atomic_destination(self.path) as tmp:
             save_file(
-                store.arrays(),
+                store.arrays(self.num_gates),
                 tmp,
                 metadata={"format": CHECKPOINT_FORMAT, "key": json.dumps(self.key, sort_keys=True)},
             )

@@ -368,7 +368,11 @@ def estimate_fisher(
             **identity,
         }
         checkpoint = FisherCheckpoint(
-            checkpoint_dir, key, every=checkpoint_every, process_index=processes.process_index
+            checkpoint_dir,
+            key,
+            every=checkpoint_every,
+            num_gates=len(adapter.units(model, granularity)),
+            process_index=processes.process_index,
         )
         store = checkpoint.load()
         if store.rows:
@@ -402,18 +406,9 @@ def estimate_fisher(
                 checkpoint.update(store, len(run.indices))
         if checkpoint is not None:
             checkpoint.update(store, 0, final=True)
-    arrays = store.arrays()
-    if arrays["rows"].shape[0] == 0:
-        arrays["rows"] = np.zeros((0, num_gates), dtype=np.float32)
-    gradients, present = gather_rows(
-        list(arrays["indices"]), arrays["rows"], calibration.num_samples, processes
-    )
-    per_sample, _ = gather_rows(
-        list(arrays["indices"]),
-        np.stack([arrays["losses"], arrays["tokens"].astype(np.float64)], axis=1),
-        calibration.num_samples,
-        processes,
-    )
+    arrays = store.arrays(num_gates)
+    gathered, present = gather_rows(list(arrays.pop("indices")), arrays, calibration.num_samples, processes)
+    gradients = gathered["rows"]
     if not present.all():  # a bug, not a user error: every sample belongs to one batch of one process
         raise RuntimeError(f"Fisher rows missing for samples {np.flatnonzero(~present)[:10].tolist()}.")
     num_samples = gradients.shape[0]
@@ -421,10 +416,10 @@ def estimate_fisher(
     info = {
         "fisher": fisher,
         "num_samples": num_samples,
-        "num_tokens": int(per_sample[:, 1].sum()),
+        "num_tokens": int(gathered["tokens"].sum()),
         "calibration_hash": calibration.fingerprint,
         "calibration_source": calibration.source,
-        "mean_calibration_loss": float(per_sample[:, 0].sum()) / num_samples,
+        "mean_calibration_loss": float(gathered["losses"].sum()) / num_samples,
         "library_version": __version__,
         "granularity": granularity,
         "blocks": [unit.to_dict() for unit in units],

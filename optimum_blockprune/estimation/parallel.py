@@ -52,23 +52,26 @@ def current_processes() -> Processes:
 
 
 def gather_rows(
-    indices: list[int], rows: np.ndarray, num_samples: int, processes: Processes
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every process's rows (`rows[k]` belongs to sample `indices[k]`) put in sample order: returns the
-    [num_samples, ...] array and a boolean mask of the samples some process computed."""
-    parts = [(indices, rows)]
+    indices: list[int], columns: dict[str, np.ndarray], num_samples: int, processes: Processes
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every process's per-sample arrays (`columns[name][k]` belongs to sample `indices[k]`) put in sample order,
+    in one collective: returns each as a [num_samples, ...] array, and a boolean mask of the samples some process
+    computed."""
+    parts = [(list(indices), columns)]
     if processes.num_processes > 1:
         import torch.distributed as dist
 
         parts = [None] * processes.num_processes
-        dist.all_gather_object(parts, (list(indices), np.asarray(rows)))
-    width = next((part[1].shape[1:] for part in parts if len(part[0])), rows.shape[1:])
-    ordered = np.zeros((num_samples, *width), dtype=rows.dtype)
+        dist.all_gather_object(parts, (list(indices), {k: np.asarray(v) for k, v in columns.items()}))
+    ordered = {
+        name: np.zeros((num_samples, *array.shape[1:]), dtype=array.dtype) for name, array in columns.items()
+    }
     present = np.zeros(num_samples, dtype=bool)
-    for part_indices, part_rows in parts:
-        if len(part_indices):
-            ordered[list(part_indices)] = part_rows
-            present[list(part_indices)] = True
+    for part_indices, part_columns in parts:
+        if part_indices:
+            for name, array in part_columns.items():
+                ordered[name][part_indices] = array
+            present[part_indices] = True
     return ordered, present
 
 
