@@ -17,6 +17,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 from .config import BlockRemovalConfig
 from .errors import BlockPruneError
+from .version import __version__
 
 logger = logging.getLogger("optimum_blockprune")
 
@@ -446,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Remove whole transformer blocks chosen by constrained binary optimisation (arXiv:2602.00161).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="Log DEBUG details; show tracebacks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_arguments) in SUBCOMMANDS.items():
         add_arguments(subparsers.add_parser(name, help=help_text, description=help_text))

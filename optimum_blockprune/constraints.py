@@ -41,3 +41,28 @@ def kind_limit(
     return LinearConstraint(
         weights, at_least, np.inf if at_most is None else at_most, f"{kind} blocks removed"
     )
+
+
+def cache_holder_first(kinds: Sequence[str], cacheless_kinds: Sequence[str]) -> list[LinearConstraint]:
+    """Keep a block that holds a cache ahead of every kept block of `cacheless_kinds` (transformers asks layer 0
+    of the cache for its length, so a model must not start with a cache-less block).
+
+    One row per cache-less block j with cache holders before it: if j stays, one of those stays, i.e.
+    `x_j - sum_{i<j, holder} x_i >= 1 - (holders before j)`. A model that already starts with a cache-less block
+    gets no rows: no removal can make it worse.
+    """
+    cacheless = [kind in set(cacheless_kinds) for kind in kinds]
+    if not kinds or cacheless[0]:
+        return []
+    holder_kinds = " or ".join(sorted({k for k, c in zip(kinds, cacheless) if not c}))
+    name = f"the first kept block is {holder_kinds} (the cache reads its length from layer 0)"
+    rows = []
+    for j, is_cacheless in enumerate(cacheless):
+        if not is_cacheless:
+            continue
+        holders = [i for i in range(j) if not cacheless[i]]
+        weights = np.zeros(len(kinds))
+        weights[j] = 1.0
+        weights[holders] = -1.0
+        rows.append(LinearConstraint(weights, 1.0 - len(holders), np.inf, name))
+    return rows

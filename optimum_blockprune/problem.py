@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .constraints import kind_limit, parameter_budget
+from .constraints import cache_holder_first, kind_limit, parameter_budget
 from .errors import BlockPruneWarning, CalibrationDataError, ConfigurationError, SurgeryError
 from .qubo import QUBO, CardinalityProblem
 
@@ -32,13 +32,14 @@ def removal_problem(
     config: BlockRemovalConfig,
     energy: np.ndarray | None = None,
     *,
-    unremovable_kinds: Sequence[str] = (),
+    adapter: ArchitectureAdapter | None = None,
 ) -> CardinalityProblem:
     """The constrained problem for `config` over the gates described by `units` (`BlockInfo.to_dict()`s).
 
     Pure and cheap: with `energy=None` it runs on a zero matrix (a method fills in its own objective). Besides
     `config`'s own constraints, at least one attention gate always stays (a cache with no attention layer breaks
-    cached generation in transformers), and blocks of `unremovable_kinds` are never candidates.
+    cached generation in transformers) and, with an `adapter`, its rules: blocks of its `unremovable_kinds` are
+    never candidates, and a block of its `cacheless_kinds` never becomes the first one.
 
     Raises:
         ConfigurationError: the request cannot be met, with the reason and what to change.
@@ -54,6 +55,7 @@ def removal_problem(
             f"Block kinds {unknown} (from `candidate_kinds` / `*_removed_per_kind`) do not occur in this model at "
             f"granularity={config.granularity!r}; its kinds are {present}."
         )
+    unremovable_kinds = adapter.unremovable_kinds if adapter is not None else ()
     allowed = set(config.candidate_kinds or present) - set(unremovable_kinds)
     protected = set(config.protected_blocks)
     candidates = [i for i in range(num_gates) if i not in protected and kinds[i] in allowed]
@@ -69,6 +71,8 @@ def removal_problem(
         kind_limit(kinds, kind, at_least=low, at_most=high) for kind, (low, high) in sorted(limits.items())
     ]
     _check_forced_within_limits(config, kinds, limits, num_attention)
+    if adapter is not None and adapter.cacheless_kinds:
+        constraints += cache_holder_first(kinds, adapter.cacheless_kinds)
     removable_per_kind = Counter(kinds[i] for i in candidates)
     reachable = sum(
         count if limits.get(kind, [0, None])[1] is None else min(count, limits[kind][1])
@@ -182,9 +186,7 @@ def check_request(
             "make. Use a method without next-token needs ('cbo', 'fisher_diagonal' or a hidden-state baseline) "
             "and `selection='ground'`."
         )
-    problem = removal_problem(
-        [u.to_dict() for u in units], config, unremovable_kinds=adapter.unremovable_kinds
-    )
+    problem = removal_problem([u.to_dict() for u in units], config, adapter=adapter)
     if applying:
         reason = adapter.config_error(config.num_blocks_to_remove, config.contiguous, model_config)
         if reason:
@@ -214,7 +216,7 @@ def check_feasible(problem: CardinalityProblem, time_limit_s: float = 10.0) -> N
 
     found = solve_ranking(problem, 1, solver="exact", time_limit_s=time_limit_s)
     if not found.states and found.proven:
-        require_states(found)
+        require_states(found, problem)
 
 
 def check_fisher(
@@ -271,11 +273,13 @@ def check_sample_count(num_samples: int, num_gates: int, *, fisher: bool, source
         )
 
 
-def require_states(ranking: Ranking) -> Ranking:
+def require_states(ranking: Ranking, problem: CardinalityProblem | None = None) -> Ranking:
     if not ranking.states:
+        rules = sorted({c.name for c in problem.constraints}) if problem is not None else []
+        named = f"; here also: {'; '.join(rules)}" if rules else ""
         raise ConfigurationError(
             "No way to remove the requested blocks satisfies every constraint (count, protected/forced blocks, "
-            "kinds, parameter budget, contiguity). Relax one of them."
+            f"kinds, parameter budget, contiguity{named}). Relax one of them."
         )
     return ranking
 

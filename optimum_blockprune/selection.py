@@ -71,10 +71,13 @@ def needs_calibration_data(config: BlockRemovalConfig, *, has_fisher: bool) -> b
     )
 
 
-def finish_ranking(ranking: Ranking, units: Sequence[dict[str, Any]], config: BlockRemovalConfig) -> Ranking:
-    """A method's ranking with the variables' granularity and kinds; refuses an empty one."""
+def finish_ranking(
+    ranking: Ranking, problem: CardinalityProblem, units: Sequence[dict[str, Any]], config: BlockRemovalConfig
+) -> Ranking:
+    """A method's ranking with the variables' granularity and kinds; refuses an empty one, naming the problem's
+    constraints."""
     return replace(
-        require_states(ranking),
+        require_states(ranking, problem),
         granularity=config.granularity,
         kinds=tuple(unit["kind"] for unit in units),
     )
@@ -84,12 +87,14 @@ def rank_from_fisher(
     fisher: FisherEstimate,
     config: BlockRemovalConfig,
     *,
-    unremovable_kinds: Sequence[str] = (),
+    adapter: ArchitectureAdapter | None = None,
     problem: CardinalityProblem | None = None,
 ) -> Ranking:
     """Rank with `config.method` from a Fisher estimate alone (no model): CBO's energy, Taylor, H_ii.
 
-    `problem` (from `check_request`) spares rebuilding it from the estimate's unit metadata.
+    `problem` (from `check_request`) spares rebuilding it from the estimate's unit metadata. The architecture's
+    rules (blocks it cannot remove or must not leave first) come from `adapter`, or else from the adapter
+    registered for the model type the estimate records.
 
     Raises:
         ConfigurationError: the method or the selection needs more than the Fisher (calibration data).
@@ -103,9 +108,13 @@ def rank_from_fisher(
         )
     units = check_fisher(fisher, config)
     if problem is None:
-        problem = removal_problem(units, config, unremovable_kinds=unremovable_kinds)
+        if adapter is None:
+            from .architectures import registered_adapter
+
+            adapter = registered_adapter(fisher.metadata.get("model_type", ""))
+        problem = removal_problem(units, config, adapter=adapter)
     context = RankingContext(config, estimates={"fisher": fisher})
-    return finish_ranking(get_method(config.method).run(problem, context), units, config)
+    return finish_ranking(get_method(config.method).run(problem, context), problem, units, config)
 
 
 def calibration_split(
@@ -310,7 +319,7 @@ def select_removal(
         fisher_metadata={"max_length": config.max_length, **(fisher_metadata or {})},
         measurements=measurements,
     )
-    ranking = finish_ranking(method.run(problem, context), unit_dicts, config)
+    ranking = finish_ranking(method.run(problem, context), problem, unit_dicts, config)
     if scoring is not None:  # named in the card whatever the method (a Fisher's metadata has its own)
         ranking.stats["calibration"] = scoring.summary()
     if config.selection == "auto":

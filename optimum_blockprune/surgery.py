@@ -70,6 +70,19 @@ def _attention_error(model: nn.Module, adapter: ArchitectureAdapter, kept: list[
     return None
 
 
+def _first_block_error(model: nn.Module, adapter: ArchitectureAdapter, kept: list[int]) -> str | None:
+    kinds = [unit.kind for unit in adapter.blocks(model)]
+    cacheless = set(adapter.cacheless_kinds)
+    if kept and kinds[kept[0]] in cacheless and kinds[0] not in cacheless:
+        holders = sorted(set(kinds) - cacheless)
+        return (
+            f"the pruned model would start with block {kept[0]}, a {kinds[kept[0]]} block with no cache slot "
+            f"(layout {[kinds[i] for i in kept]}), and cached generation in transformers reads the cache's "
+            f"length from layer 0. Keep a block of kind {' or '.join(holders)} before it."
+        )
+    return None
+
+
 def _reindex_layer_idx(blocks: nn.ModuleList) -> None:
     # Every module that owns a KV/SSM cache slot carries an int `layer_idx`; the cache has one slot per block.
     for new_index, block in enumerate(blocks):
@@ -98,7 +111,11 @@ def remove_blocks(
     if len(kept) == num_old:
         return kept
     config = adapter.text_config(model)
-    reason = adapter.removal_error(config, kept, num_old) or _attention_error(model, adapter, kept)
+    reason = (
+        adapter.removal_error(config, kept, num_old)
+        or _attention_error(model, adapter, kept)
+        or _first_block_error(model, adapter, kept)
+    )
     if reason:
         raise SurgeryError(f"Cannot remove blocks {sorted(set(range(num_old)) - set(kept))}: {reason}")
     touched = (

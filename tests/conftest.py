@@ -202,6 +202,7 @@ TINY_CONFIGS: dict[str, dict] = {
         "expert_layer_period": 2,
         "expert_layer_offset": 1,
         "num_experts": 4,
+        "use_mamba_kernels": False,  # CUDA-only kernels; older transformers refuse the CPU path without this
         "num_experts_per_tok": 2,
         "mamba_d_state": 8,
         "mamba_d_conv": 4,

@@ -154,7 +154,8 @@ def test_layer_patterns_are_rewritten_after_removal(model_type, expected):
     model = build_tiny_model(model_type)
     remove_blocks(model, removal_for(model_type))
     config = model.config
-    assert {name: getattr(config, name) for name in expected} == expected
+    # DeepseekV3Config has `num_nextn_predict_layers` from transformers 5.14 on; before, no MTP layer: 0
+    assert {name: getattr(config, name, 0) for name in expected} == expected
     kinds = [
         "moe" if hasattr(block.mlp, "experts") else "dense" for block in get_adapter(model).block_list(model)
     ]

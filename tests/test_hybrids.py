@@ -19,12 +19,14 @@ from optimum_blockprune import (
     remove_blocks,
     supported_model_types,
 )
+from optimum_blockprune.architectures.hybrids import HYBRID_DECODERS
 from optimum_blockprune.errors import (
     BlockPruneWarning,
     ConfigurationError,
     SurgeryError,
     UnsupportedArchitectureError,
 )
+from optimum_blockprune.problem import check_request
 from optimum_blockprune.selection import rank_from_fisher
 
 ARCHITECTURES = supported_model_types()
@@ -156,7 +158,10 @@ def test_candidate_kinds_and_per_kind_limits_restrict_one_estimate(tokenizer):
     kinds = [b.kind for b in pruner.original_blocks]  # mamba, moe, attention, mamba, mlp, attention
     energy = fisher.energy_matrix()
     cases = [
-        (dict(candidate_kinds=["mamba"]), lambda s: all(kinds[i] == "mamba" for i in s)),
+        (
+            dict(candidate_kinds=["mamba", "attention"]),
+            lambda s: all(kinds[i] in ("mamba", "attention") for i in s),
+        ),
         (dict(max_removed_per_kind={"mamba": 1}), lambda s: sum(kinds[i] == "mamba" for i in s) <= 1),
         (dict(min_removed_per_kind={"attention": 1}), lambda s: sum(kinds[i] == "attention" for i in s) >= 1),
     ]
@@ -166,13 +171,20 @@ def test_candidate_kinds_and_per_kind_limits_restrict_one_estimate(tokenizer):
         feasible = [
             tuple(int(i in chosen) for i in range(6))
             for chosen in itertools.combinations(range(6), 2)
-            if allowed(chosen) and sum(kinds[i] == "attention" for i in chosen) < 2
+            if allowed(chosen)
+            and sum(kinds[i] == "attention" for i in chosen) < 2
+            and kinds[min(set(range(6)) - set(chosen))] in ("mamba", "attention")  # the cache's layer 0
         ]
         assert all(allowed(s.removed_blocks) for s in ranking)
         first = ranking[0].removed_blocks[0]
         assert f"{first} ({kinds[first]})" in ranking.to_markdown()
         assert len(ranking) == len(feasible)
         assert ranking[0].removed_blocks == _brute_force_ground_state(energy, feasible), options
+    # Both Mamba blocks gone would leave the MoE block first, with no cache for transformers to read.
+    with pytest.raises(ConfigurationError, match="the first kept block is attention or mamba"):
+        rank_from_fisher(
+            fisher, BlockRemovalConfig(num_blocks_to_remove=2, candidate_kinds=["mamba"], **FAST)
+        )
 
 
 @pytest.mark.parametrize(
@@ -305,3 +317,72 @@ def test_generic_fallback_refuses_a_model_it_cannot_read(tokenizer):
     del model.transformer.h[0].mlp
     with pytest.raises(UnsupportedArchitectureError, match="cannot tell which modules"):
         Pruner(model, tokenizer, allow_generic=True)
+
+
+def _leading_removals(model_type: str) -> list[tuple[str, list[int]]]:
+    """The first block removed, and for every kind the removal that makes its first block the first one left."""
+    kinds = [b.kind for b in get_adapter(build_tiny_model(model_type)).blocks(build_tiny_model(model_type))]
+    cases = [("first block removed", [0])]
+    for kind in dict.fromkeys(kinds):
+        first = kinds.index(kind)
+        if first > 0:
+            cases.append((f"{kind} first", list(range(first))))
+    return cases
+
+
+HYBRID_LEADS = [
+    pytest.param(model_type, removed, id=f"{model_type}-{label}")
+    for model_type in sorted(adapter.model_type for adapter in HYBRID_DECODERS)
+    for label, removed in _leading_removals(model_type)
+]
+
+
+@pytest.mark.parametrize("model_type, removed", HYBRID_LEADS)
+def test_hybrid_with_a_new_first_block_generates_with_the_cache_or_is_refused_before_calibration(
+    model_type, removed, tokenizer, tmp_path
+):
+    """Every hybrid, with its first block removed and with each kind made the first one: the surgery and the
+    problem agree; a stored model reloads and generates with the cache exactly as without it."""
+    model = build_tiny_model(model_type)
+    adapter = get_adapter(model)
+    kinds = [b.kind for b in adapter.blocks(model)]
+    config = BlockRemovalConfig(num_blocks_to_remove=len(removed), forced_blocks=removed, **FAST)
+    try:
+        remove_blocks(model, removed)
+    except SurgeryError as surgery_refusal:
+        with pytest.raises(ConfigurationError):
+            check_request(adapter, adapter.blocks(model), config, model_config=model.config, applying=True)
+        if kinds[len(removed)] in adapter.cacheless_kinds:
+            assert "cached generation" in str(surgery_refusal) and str(kinds[len(removed)]) in str(
+                surgery_refusal
+            )
+        return
+    check_request(adapter, adapter.blocks(build_tiny_model(model_type)), config, applying=True)
+    model.save_pretrained(tmp_path)
+    reloaded = auto_class_for(model_type).from_pretrained(tmp_path).eval()
+    prompt = tokenizer(["to be, or not"], return_tensors="pt")
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        cached = reloaded.generate(**prompt, use_cache=True, **kwargs)
+        uncached = reloaded.generate(**prompt, use_cache=False, **kwargs)
+    assert torch.equal(cached, uncached)
+
+
+def test_nemotron_h_never_ranks_or_applies_a_cacheless_first_block(tokenizer):
+    """The layout of the report (mamba, moe, attention, mlp, mamba, attention without blocks 0 and 4 starts with
+    moe): refused before calibration when forced, and absent from every ranking."""
+    pruner = Pruner(build_tiny_model("nemotron_h"), tokenizer)
+    with pytest.raises(ConfigurationError, match="the first kept block is attention or mamba"):
+        pruner.prune(BlockRemovalConfig(num_blocks_to_remove=2, forced_blocks=[0, 4], **FAST), TEXTS)
+    assert pruner.fisher is None, "the refusal must come before calibration"
+    fisher = pruner.estimate(TEXTS, BlockRemovalConfig(**FAST))
+    kinds = [b.kind for b in pruner.original_blocks]
+    for m in (1, 2, 3):
+        ranking = rank_from_fisher(fisher, BlockRemovalConfig(num_blocks_to_remove=m, **FAST))
+        expected = [
+            s
+            for s in itertools.combinations(range(6), m)
+            if kinds[min(set(range(6)) - set(s))] in ("mamba", "attention")
+            and any(kinds[i] == "attention" for i in set(range(6)) - set(s))
+        ]
+        assert sorted(s.removed_blocks for s in ranking) == sorted(expected), m

@@ -7,6 +7,7 @@ from .registry import (
     get_adapter,
     model_type_of,
     register_architecture,
+    registered_adapter,
     registered_adapters,
     supported_model_types,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "get_adapter",
     "model_type_of",
     "register_architecture",
+    "registered_adapter",
     "registered_adapters",
     "supported_model_types",
 ]

@@ -90,6 +90,9 @@ class ArchitectureAdapter:
         kinds: the block kinds this architecture's blocks can have (documentation and config checks; the test
             matrix verifies them). Default: `block_kind`, or for hybrids the mixer kinds among `branch_kinds`.
         unremovable_kinds: block kinds this adapter cannot remove (they are never candidates).
+        cacheless_kinds: block kinds that own no cache slot (Nemotron-H's MLP and MoE blocks). transformers reads
+            the cache's length from layer 0, so a pruned model must not start with one of these: removals that
+            would leave one first are infeasible (a constraint of the problem) and refused by the surgery.
         sublayer_removal: a sublayer removal can be stored as a standard checkpoint (one mixer per block).
         task: a key of `TASKS`: `causal-lm` (decoders, `AutoModelForCausalLM`) or `feature-extraction` (encoders,
             `AutoModel`).
@@ -110,6 +113,7 @@ class ArchitectureAdapter:
     block_kind: str | None = "decoder"
     kinds: tuple[str, ...] = ()
     unremovable_kinds: tuple[str, ...] = ()
+    cacheless_kinds: tuple[str, ...] = ()
     sublayer_removal: bool = False
     task: str = "causal-lm"
     gate_zero_removes: bool = True

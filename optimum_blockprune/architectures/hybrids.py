@@ -115,8 +115,10 @@ HYBRID_DECODERS = (
         per_layer_config_fields=("layers_block_type",),
         block_kind=None,
         kinds=("mamba", "attention", "mlp", "moe"),
+        cacheless_kinds=("mlp", "moe"),
         sublayer_removal=True,
-        notes="one mixer per block (Mamba-2, attention, MLP or MoE): sublayer removal is block removal",
+        notes="one mixer per block (Mamba-2, attention, MLP or MoE): sublayer removal is block removal; the "
+        "first kept block is Mamba or attention (the cache reads its length from layer 0)",
     ),
     ArchitectureAdapter(
         "granitemoehybrid",

@@ -43,6 +43,11 @@ def registered_adapters() -> list[ArchitectureAdapter]:
     return [_REGISTRY[name] for name in supported_model_types()]
 
 
+def registered_adapter(model_type: str) -> ArchitectureAdapter | None:
+    """The adapter registered for `model_type`, or None."""
+    return _REGISTRY.get(model_type)
+
+
 def model_type_of(model_or_config: Any) -> str:
     config = getattr(model_or_config, "config", model_or_config)
     get_text_config = getattr(config, "get_text_config", None)

@@ -201,9 +201,7 @@ class BlockPruningCallback(TrainerCallback):
             return
         self._remove_gates()
         self.fisher = self._gathered_fisher()
-        self.ranking = rank_from_fisher(
-            self.fisher, self.config, unremovable_kinds=self.adapter.unremovable_kinds
-        )
+        self.ranking = rank_from_fisher(self.fisher, self.config, adapter=self.adapter)
         state_to_apply = self.ranking[self.config.selected_state]
         parameters_before = {id(p) for p in model.parameters()}
         reduction = self._remove(state_to_apply.removed_blocks).parameter_reduction
