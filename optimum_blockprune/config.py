@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -123,6 +124,15 @@ class BlockRemovalConfig:
             "new blocks of the ground state, re-estimate the energy at the model without the committed blocks "
             "(the expansion stays local), and repeat until the last round ranks the rest. 0: one expansion at the "
             "unpruned model."
+        },
+    )
+    search_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "How much a measured search (`method='guided'` or 'evopress') may spend, in "
+            "forward-equivalents: one forward of the model over every calibration sample = 1 "
+            "(`ranking.stats['forward_equivalents']` reports what was spent). Unset: the method's own default "
+            "(guided: about what SLEB spends on the same problem; EvoPress: M (N - M) / 1.5 generations)."
         },
     )
     auto_candidates: tuple[str, ...] = field(
@@ -356,6 +366,17 @@ class BlockRemovalConfig:
         ):
             value = getattr(self, name)
             _check(_is_count(value, 1), f"`{name}` must be a positive integer, got {value!r}.")
+        _check(
+            self.search_budget is None
+            or (
+                isinstance(self.search_budget, (int, float))
+                and not isinstance(self.search_budget, bool)
+                and math.isfinite(self.search_budget)
+                and self.search_budget > 0
+            ),
+            f"`search_budget` must be a positive number of forward-equivalents or None (the method's default), got "
+            f"{self.search_budget!r}.",
+        )
         _check(
             self.max_tokens_per_batch is None or _is_count(self.max_tokens_per_batch, 1),
             f"`max_tokens_per_batch` must be a positive number of tokens or None (batches of `batch_size`), got "

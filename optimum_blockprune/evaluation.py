@@ -45,10 +45,12 @@ def as_evaluation_data(data: Any, tokenizer, max_length: int) -> CalibrationData
 @dataclass(frozen=True)
 class RemovalLosses:
     """Per-sample measurements of removals: `sums[r, s]` is removal r's metric summed over sample s's predicted
-    tokens, `tokens[s]` how many tokens sample s predicts."""
+    tokens, `tokens[s]` how many tokens sample s predicts; `block_evaluations`, what measuring them cost (one
+    block run on one real token = 1, over every process), a count that compares across machines."""
 
     sums: np.ndarray
     tokens: np.ndarray
+    block_evaluations: int = 0
 
     def mean(self) -> np.ndarray:
         """Token-weighted mean over all samples, one value per removal (what `evaluate_removals` returns)."""
@@ -99,7 +101,7 @@ def removal_losses(
     from .architectures import get_adapter
     from .estimation.forward import GatedForward, next_token_targets
     from .estimation.parallel import sum_over_processes
-    from .estimation.residual_cache import BlockInputs, plan_resumption
+    from .estimation.residual_cache import BlockInputs, blocks_run, plan_resumption
 
     if metric not in REMOVAL_METRICS:
         raise ValueError(f"`metric` must be one of {list(REMOVAL_METRICS)}, got {metric!r}.")
@@ -127,8 +129,13 @@ def removal_losses(
         desc="Evaluating",
         shard=True,
     ) as run:
-        num_blocks = len(adapter.block_list(model)) if reuse_prefix else 0
+        num_blocks = len(adapter.block_list(model)) if adapter is not None else 0
         plan = plan_resumption(removals, num_blocks, share=share_prefixes) if reuse_prefix else None
+        # Blocks run per token: the unpruned pass (when one is captured), then each removal from where it resumes
+        # (gated blocks still run: a gate scales a block's output, it does not skip it).
+        unpruned_pass = num_blocks if needs_gates and (compares or reuse_prefix) else 0
+        removal_blocks = num_blocks * len(removals) if plan is None else blocks_run(plan, num_blocks)
+        evaluations = np.zeros(1)
         for batch in run:
             if metric == "distortion":
                 real = batch["attention_mask"].bool()  # every real token, no next-token shift
@@ -142,6 +149,7 @@ def removal_losses(
                 unpruned = BlockInputs(run, batch)
                 if reuse_prefix and first:
                     unpruned.check(run, batch)
+                    evaluations += (num_blocks - num_blocks // 2) * int(batch["attention_mask"].sum())
                 if metric == "kl":
                     reference = F.log_softmax(unpruned.outputs.logits[real].float(), dim=-1)
                 elif metric == "distortion":
@@ -166,13 +174,15 @@ def removal_losses(
                 per_sample.index_add_(0, rows, values.double().cpu())
                 sums[list(removal_rows)] += per_sample.numpy()
             tokens += np.bincount(rows.numpy(), minlength=data.num_samples)
+            evaluations += (unpruned_pass + removal_blocks) * int(batch["attention_mask"].sum())
             first = False
         if run.processes.num_processes > 1:
             sums = sum_over_processes(sums, run.processes)
             tokens = sum_over_processes(tokens, run.processes)
+            evaluations = sum_over_processes(evaluations, run.processes)
     if tokens.sum() == 0:
         raise ValueError("The evaluation data has no sample with at least 2 tokens.")
-    return RemovalLosses(sums, tokens)
+    return RemovalLosses(sums, tokens, int(evaluations[0]))
 
 
 def _each_removal(run, batch, removals) -> Iterator[tuple[tuple[int, ...], Any]]:

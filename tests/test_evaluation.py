@@ -307,3 +307,45 @@ def test_resumption_plan_is_valid(removals):
         assert parent_start <= step.start <= n
         assert {b for b in step.removal if b < step.start} == {b for b in parent if b < step.start}
         assert step.capture == any(later.parent == index for later in plan)
+
+
+def test_offline_mmlu_task_is_stratified_and_scores_gated_removals_like_surgery(llama, tokenizer, tmp_path):
+    """benchmarks/_mmlu.py: an MMLU-format file becomes a local lm-eval task; a removal gated to 0 scores exactly
+    as the same blocks cut out of a copy."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("lm_eval")
+    spec = importlib.util.spec_from_file_location(
+        "_mmlu", Path(__file__).parents[1] / "benchmarks" / "_mmlu.py"
+    )
+    mmlu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mmlu)
+    source = tmp_path / "mmlu.jsonl"
+    letters = "ABCD"
+    source.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": f"what is {t} {q}?",
+                    **{f"answer_{c}": f"{c}{q}" for c in "abcd"},
+                    "correct_answer": letters[(t + q) % 4],
+                    "topic": f"topic {t}",
+                }
+            )
+            + "\n"
+            for t in range(3)
+            for q in range(4)
+        )
+    )
+    info = mmlu.write_mmlu_task(tmp_path / "task", source, per_topic=2, seed=0)
+    assert info == {"num_questions": 6, "num_topics": 3, "per_topic": 2, "seed": 0}
+    docs = [json.loads(line) for line in (tmp_path / "task" / "mmlu_offline.jsonl").read_text().splitlines()]
+    assert [d["topic"] for d in docs] == ["topic 0"] * 2 + ["topic 1"] * 2 + ["topic 2"] * 2
+    gated = mmlu.mmlu_accuracy(llama, tokenizer, tmp_path / "task", removed=(1, 3), batch_size=2)
+    pruned = copy.deepcopy(llama)
+    remove_blocks(pruned, [1, 3])
+    cut = mmlu.mmlu_accuracy(pruned, tokenizer, tmp_path / "task", batch_size=2)
+    assert gated == cut and 0.0 <= gated["accuracy"] <= 1.0
+    p, n = gated["accuracy"], 6  # lm-eval's standard error: the sample standard deviation over sqrt(n)
+    assert gated["standard_error"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)), abs=1e-9)

@@ -168,6 +168,9 @@ def test_every_method_is_registered_with_its_metadata():
         "norm_ratio",
         "last_blocks",
         "oneshot_ppl",
+        "evopress",
+        "brute_force",
+        "guided",
     }
     for name in available_methods():
         method = get_method(name)

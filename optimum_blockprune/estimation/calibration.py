@@ -56,6 +56,13 @@ class CalibrationData:
             "fingerprint": self.fingerprint,
         }
 
+    def subset(self, indices: Sequence[int]) -> CalibrationData:
+        """The samples at `indices`, in that order (a search's low-fidelity measurements use a few of them)."""
+        picked = [int(i) for i in indices]
+        return CalibrationData(
+            [self.samples[i] for i in picked], f"{self.source} [{len(picked)} of {self.num_samples}]"
+        )
+
     def check_vocabulary(self, vocab_size: int) -> None:
         """Refuse token ids outside `0..vocab_size - 1` (they would index past the embedding) before any forward.
 

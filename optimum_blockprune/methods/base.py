@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -205,16 +206,27 @@ class RankingContext:
                 gradient_checkpointing=self.config.gradient_checkpointing,
                 **self.forward_options,
             )
-            self._spent("fisher", self.estimates["fisher"].num_samples, start)
+            # a backward costs about two forwards: three block evaluations per block and token
+            self._spent("fisher", self.estimates["fisher"].num_samples, start, 3 * self._full_pass())
         return self.estimates["fisher"]
 
-    def _spent(self, kind: str, amount: int, start: float) -> None:
+    def _spent(self, kind: str, amount: int, start: float, block_evaluations: int = 0) -> None:
         """Add to the cost record in `stats`: `<kind>_samples` (Fisher: forward + backward per sample;
-        statistics: forward per sample), `measured_removals`, and `<kind>_seconds` of wall time."""
+        statistics: forward per sample), `measured_removals`, `<kind>_seconds` of wall time, and
+        `block_evaluations` (one block run on one token = 1; a backward counts as two) with its total in
+        forward-equivalents (`forward_equivalents`: full forwards of the model over the calibration samples)."""
         if amount:
             key = "measured_removals" if kind == "measure" else f"{kind}_samples"
             self.stats[key] = self.stats.get(key, 0) + amount
         self.stats[f"{kind}_seconds"] = self.stats.get(f"{kind}_seconds", 0.0) + time.perf_counter() - start
+        if block_evaluations:
+            total = self.stats.get("block_evaluations", 0) + int(block_evaluations)
+            self.stats["block_evaluations"] = total
+            self.stats["forward_equivalents"] = round(total / self._full_pass(), 3)
+
+    def _full_pass(self) -> int:
+        """Block evaluations of one forward of the whole model over every calibration sample."""
+        return len(self.adapter.block_list(self.model)) * self.data.num_tokens
 
     def statistics(self, removed: tuple[int, ...] = ()) -> ResidualStatistics:
         """Residual-stream statistics with the blocks in `removed` skipped (the unpruned ones are kept)."""
@@ -231,7 +243,7 @@ class RankingContext:
             removed=tuple(sorted({*self.removed, *removed})),
             **self.forward_options,
         )
-        self._spent("statistics", self.data.num_samples, start)
+        self._spent("statistics", self.data.num_samples, start, self._full_pass())
         if not removed:
             self.estimates["statistics"] = stats
         return stats
@@ -243,32 +255,36 @@ class RankingContext:
         self._require_model("measured removals")
         return "loss" if self.adapter.task == "causal-lm" else "distortion"
 
-    def measure(self, removals: list[tuple[int, ...]], metric: str | None = None) -> RemovalLosses:
-        """Every removal's calibration `metric` on every sample, through gates at 0 (no model copy). At block
-        granularity each removal re-runs only the blocks from its first removed one (falls back to full
-        forwards, once, for an architecture that cannot resume from the residual stream)."""
+    def measure(
+        self, removals: list[tuple[int, ...]], metric: str | None = None, samples: Sequence[int] | None = None
+    ) -> RemovalLosses:
+        """Every removal's calibration `metric` on every sample (or on the calibration `samples` given, by index:
+        searches measure many states on a few samples and the best few on more), through gates at 0 (no model
+        copy). At block granularity each removal re-runs only the blocks from its first removed one (falls back
+        to full forwards, once, for an architecture that cannot resume from the residual stream)."""
         from ..estimation.measurements import MeasurementCache
 
         self._require_model("measured removals")
         metric = metric or self.removal_metric
+        data = self.data if samples is None else self.data.subset(samples)
         start = time.perf_counter()
         removals = [tuple(sorted({*self.removed, *removal})) for removal in removals]
+        spent = []
+
+        def compute(todo):
+            losses = self._measure(todo, metric, data)
+            spent.append(losses.block_evaluations)
+            return losses
+
         # without the pruner's cache, a call-local one still measures each distinct removal once
         cache = self.measurements if self.measurements is not None else MeasurementCache()
-        measured, new = cache.measure(
-            self.model,
-            self.data,
-            removals,
-            self.config.granularity,
-            metric,
-            lambda todo: self._measure(todo, metric),
-        )
-        self._spent("measure", new, start)
+        measured, new = cache.measure(self.model, data, removals, self.config.granularity, metric, compute)
+        self._spent("measure", new, start, sum(spent))
         if new < len(removals):
             self.stats["reused_removals"] = self.stats.get("reused_removals", 0) + len(removals) - new
         return measured
 
-    def _measure(self, removals: list[tuple[int, ...]], metric: str) -> RemovalLosses:
+    def _measure(self, removals: list[tuple[int, ...]], metric: str, data: CalibrationData) -> RemovalLosses:
         from ..estimation.residual_cache import NotResumableError
         from ..evaluation import removal_losses
 
@@ -276,12 +292,12 @@ class RankingContext:
         resume = self._resumable and self.config.granularity == "block"
         try:
             return removal_losses(
-                self.model, self.data, removals, reuse_prefix=resume, **options, **self.forward_options
+                self.model, data, removals, reuse_prefix=resume, **options, **self.forward_options
             )
         except NotResumableError as error:
             logger.warning("%s Measuring with full forwards.", error)
             self._resumable = False
-            return removal_losses(self.model, self.data, removals, **options, **self.forward_options)
+            return removal_losses(self.model, data, removals, **options, **self.forward_options)
 
     def removal_costs(self, removals: list[tuple[int, ...]], metric: str = "loss") -> np.ndarray:
         """The calibration `metric` of each removal (token-weighted over all samples)."""
@@ -333,7 +349,12 @@ class GreedyMethod(RankingMethod):
     def rank(self, problem: CardinalityProblem, context: RankingContext) -> Ranking:
         from .rules import greedy_ranking
 
-        def costs(removed, options):
-            return self.step_costs(context, removed, options)
+        spent = []  # block evaluations after each step, so a caller can cost the first m steps
 
-        return greedy_ranking(problem, costs, accumulate=self.accumulate, name=self.name)
+        def costs(removed, options):
+            step = self.step_costs(context, removed, options)
+            spent.append(context.stats.get("block_evaluations", 0))
+            return step
+
+        ranking = greedy_ranking(problem, costs, accumulate=self.accumulate, name=self.name)
+        return replace(ranking, stats={**ranking.stats, "step_block_evaluations": spent})

