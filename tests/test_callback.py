@@ -3,6 +3,8 @@ live model at a step, optimizer clean-up, checkpoints, and resuming before and a
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from types import SimpleNamespace
 
@@ -10,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import TEXTS, TINY_TRAINING, build_tiny_model
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from optimum_blockprune import BlockRemovalConfig, estimate_fisher
+from optimum_blockprune import BlockRemovalConfig, Pruner, estimate_fisher
 from optimum_blockprune.distillation import BlockPruningCallback, PaddingCollator, tokenized_training_dataset
-from optimum_blockprune.distillation.callback import RECORD_NAME, unsupported_parallelism
+from optimum_blockprune.distillation.callback import CALIBRATION_NAME, RECORD_NAME, unsupported_parallelism
 from optimum_blockprune.errors import ConfigurationError
 from optimum_blockprune.estimation.calibration import CalibrationData
 
@@ -111,7 +113,6 @@ def test_checkpoints_carry_the_ranking_and_load_as_plain_models(reference_run):
     record_after = reference_run.path / "checkpoint-4" / RECORD_NAME
     assert record_before.exists() and record_after.exists()
     assert (reference_run.path / "checkpoint-2" / "blockprune_fisher_rank0.safetensors").exists()
-    import json
 
     after = json.loads(record_after.read_text())
     assert tuple(after["removed_blocks"]) == reference_run.callback.removed_blocks
@@ -147,8 +148,6 @@ def test_resume_before_and_after_pruning_reproduces_the_run(reference_run, check
 
 
 def test_callback_refuses_what_it_cannot_do(tmp_path, tokenizer):
-    with pytest.raises(ConfigurationError, match="Fisher of the training batches alone.*`method`='sleb'"):
-        BlockPruningCallback(BlockRemovalConfig(num_blocks_to_remove=2, method="sleb"), prune_at_step=3)
     with pytest.raises(ConfigurationError, match="`prune_at_step`=0"):
         BlockPruningCallback(CONFIG, prune_at_step=0)
     with pytest.raises(ConfigurationError, match="`fisher_steps`=5"):
@@ -179,3 +178,84 @@ def test_callback_refuses_what_it_cannot_do(tmp_path, tokenizer):
                 )
             ],
         )
+
+
+class _WeightsAtStep(TrainerCallback):
+    """Copies the model at the end of one step, before the pruning callback (next in the list) acts."""
+
+    def __init__(self, step):
+        self.step, self.copy = step, None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            self.copy = copy.deepcopy(model)
+
+
+def test_default_config_prunes_what_pruner_select_picks_on_the_same_weights_and_samples(tmp_path, tokenizer):
+    """The library's default choice inside a plain Trainer: the measured pick on the weights after step N and the
+    training samples seen, equal to `Pruner.select` on a copy of those weights and those samples."""
+    config = BlockRemovalConfig(num_blocks_to_remove=2, num_calibration_samples=8, show_progress=False)
+    callback = BlockPruningCallback(config, prune_at_step=3)
+    snapshot = _WeightsAtStep(3)
+    model = build_tiny_model("llama")
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path),
+        train_dataset=_data(tokenizer),
+        data_collator=PaddingCollator(0),
+        callbacks=[snapshot, callback],
+    )
+    trainer.train()
+    assert callback.is_pruned and model.config.num_hidden_layers == 4
+    assert (
+        len(callback.calibration_samples) == 8 and len({tuple(s) for s in callback.calibration_samples}) == 8
+    )
+    assert callback.ranking.method == "cbo" and callback.ranking.energy_name == "measured_pairs"
+    assert callback.ranking.stats["block_evaluations"] > 0
+    reference = Pruner(snapshot.copy).select(config, CalibrationData(callback.calibration_samples, "same"))
+    assert callback.removed_blocks == reference.removed_blocks
+    assert [s.removed_blocks for s in callback.ranking] == [s.removed_blocks for s in reference.ranking]
+    record = callback.record()
+    assert record["removed_blocks"] == list(callback.removed_blocks)
+    assert record["ranking"]["stats"]["block_evaluations"] == callback.ranking.stats["block_evaluations"]
+
+
+def test_measured_choice_on_a_given_calibration_dataset_and_sleb(tmp_path, tokenizer):
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, method="sleb", num_calibration_samples=6, show_progress=False
+    )
+    callback = BlockPruningCallback(
+        config, prune_at_step=2, calibration_dataset=TEXTS[:6], tokenizer=tokenizer
+    )
+    snapshot = _WeightsAtStep(2)
+    model = build_tiny_model("llama")
+    trainer = Trainer(
+        model=model,
+        args=_args(tmp_path, max_steps=3),
+        train_dataset=_data(tokenizer),
+        data_collator=PaddingCollator(0),
+        callbacks=[snapshot, callback],
+    )
+    trainer.train()
+    assert not callback.calibration_samples  # the given data, not the training samples
+    reference = Pruner(snapshot.copy, tokenizer).select(config, TEXTS[:6])
+    assert callback.removed_blocks == reference.removed_blocks
+
+
+def test_resume_before_a_measured_pruning_keeps_the_samples(tmp_path, tokenizer):
+    """Checkpoint at step 2 holds the kept samples; resuming from it prunes at step 4 exactly as the
+    uninterrupted run."""
+    config = BlockRemovalConfig(num_blocks_to_remove=2, num_calibration_samples=12, show_progress=False)
+    data = _data(tokenizer)
+    whole = BlockPruningCallback(config, prune_at_step=4)
+    _run(_args(tmp_path / "whole", save_strategy="steps", save_steps=2), data, whole)
+    assert (tmp_path / "whole" / "checkpoint-2" / CALIBRATION_NAME.format(rank=0)).is_file()
+    resumed = BlockPruningCallback(config, prune_at_step=4)
+    _run(
+        _args(tmp_path / "whole", save_strategy="steps", save_steps=2),
+        data,
+        resumed,
+        resume=str(tmp_path / "whole" / "checkpoint-2"),
+    )
+    assert resumed.calibration_samples == whole.calibration_samples
+    assert resumed.removed_blocks == whole.removed_blocks

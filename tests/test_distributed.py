@@ -1,4 +1,4 @@
-"""The distillation trainer in two CPU processes (DDP over gloo), against the same step in one process."""
+"""The distillation trainer and the pruning callback in two CPU processes (DDP over gloo), against one process."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 WORKER = Path(__file__).parent / "scripts" / "distill_worker.py"
+CALLBACK_WORKER = Path(__file__).parent / "scripts" / "callback_worker.py"
 
 
 def _free_port() -> int:
@@ -43,3 +44,33 @@ def test_two_process_distillation_matches_one_process_with_accumulation(tmp_path
     assert torch.equal(rank0, rank1)
     # Tokens are counted over both processes, so 2 x batch 2 is the same step as batch 2 x accumulation 2.
     torch.testing.assert_close(rank0, single, rtol=0, atol=2e-6)
+
+
+def test_two_process_callback_takes_one_decision_equal_to_one_process_on_all_samples(tmp_path):
+    """Each rank keeps the samples it trains on; every rank measures on all of them (gathered), its share of the
+    batches, sums reduced: both ranks prune the same blocks, those `Pruner.select` picks in one process."""
+    from conftest import build_tiny_model
+
+    from optimum_blockprune import Pruner
+    from optimum_blockprune.estimation.calibration import CalibrationData
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+    _run([*launcher, str(CALLBACK_WORKER), str(tmp_path)], tmp_path)
+    ranks = [json.loads((tmp_path / f"callback_2_{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["removed_blocks"] == ranks[1]["removed_blocks"]
+    assert (
+        ranks[0]["measured_on"]
+        == ranks[1]["measured_on"]
+        == ranks[0]["own_samples"] + ranks[1]["own_samples"]
+    )
+    assert ranks[0]["own_samples"] != ranks[1]["own_samples"] and all(
+        r["num_hidden_layers"] == 4 for r in ranks
+    )
+    sys.path.insert(0, str(CALLBACK_WORKER.parent))
+    from callback_worker import CONFIG
+
+    reference = Pruner(build_tiny_model("llama")).select(
+        CONFIG, CalibrationData(ranks[0]["measured_on"], "all")
+    )
+    assert list(reference.removed_blocks) == ranks[0]["removed_blocks"]

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 RECORD_NAME = "blockprune_callback.json"
 PARTIAL_FISHER_NAME = "blockprune_fisher_rank{rank}.safetensors"
+CALIBRATION_NAME = "blockprune_calibration_rank{rank}.json"
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -61,17 +62,27 @@ def unsupported_parallelism(args) -> str | None:
 
 
 class BlockPruningCallback(TrainerCallback):
-    """Prune whole blocks from the model a `Trainer` is training, at a chosen optimizer step.
+    """Prune whole blocks from the model a `Trainer` is training, at a chosen optimizer step, with any registered
+    method and energy (the library's default choice unless `config` says otherwise).
 
-    During the `fisher_steps` optimizer steps before `prune_at_step`, coupling gates sit on every block (alpha
-    = 1, so the training math is unchanged) and each training batch's backward also yields every sample's
-    gradient with respect to the gates: the rows of the block Fisher, at no extra forward or backward. At
-    `prune_at_step` the gates come off, the QUBO is solved (`config`: count, constraints, `selected_state`), the
-    chosen blocks are removed from the live model by the library's surgery, the optimizer forgets their
-    parameters and state, and training continues on the smaller model. The ranking is logged on the main
-    process and written into every later checkpoint (`blockprune_callback.json`); a run resumed from a checkpoint
-    taken before pruning restores the partial Fisher, one taken after it gets its blocks removed before the
-    checkpoint's weights load.
+    **Measured choices** (the default `measured_pairs` energy, SLEB, the searches, `selection="auto"`): the
+    callback keeps the token ids of the training samples it sees (up to `num_calibration_samples`, plus
+    `num_selection_samples` for `selection="auto"`; duplicates from later epochs are skipped), or uses
+    `calibration_dataset`. At `prune_at_step` it ranks exactly as `Pruner.select` would on the model's weights after
+    that step (eval mode, no gradient, gates removed afterwards) and removes the chosen blocks. Under DDP every
+    process gathers all the processes' samples, measures its share and the sums are reduced, so every rank takes
+    the same decision.
+
+    **Fisher energies** (`energy="paper"` or `"first_order"`): during the `fisher_steps` optimizer steps before
+    `prune_at_step`, coupling gates sit on every block (alpha = 1, so the training math is unchanged) and each
+    training batch's backward also yields every sample's gradient with respect to the gates: the rows of the block
+    Fisher, at no extra forward or backward.
+
+    Either way the chosen blocks are removed from the live model by the library's surgery, the optimizer forgets
+    their parameters and state, and training continues on the smaller model. The ranking (with what measuring cost)
+    is logged on the main process and written into every later checkpoint (`blockprune_callback.json`); a run
+    resumed from a checkpoint taken before pruning restores the kept samples (or the partial Fisher), one taken
+    after it gets its blocks removed before the checkpoint's weights load.
 
     Each sample's gradient is rescaled to its per-token mean (the Trainer's loss is a token mean over the batch),
     so the rows match `estimate_fisher`'s on the same samples up to one factor, which no ranking depends on.
@@ -80,10 +91,12 @@ class BlockPruningCallback(TrainerCallback):
     Under DDP, set `ddp_find_unused_parameters=True`: the removed blocks stay registered in DDP's reducer.
 
     Args:
-        config: what to remove: a method that ranks from the Fisher alone (`method="cbo"`, the default) and
-            `selection="ground"`.
+        config: what to remove and how to choose (count, constraints, method, energy, selection).
         prune_at_step: the optimizer step after which blocks are removed (>= 1).
-        fisher_steps: how many optimizer steps before it feed the Fisher (default: all of them).
+        fisher_steps: for Fisher energies, how many optimizer steps before it feed the Fisher (default: all).
+        calibration_dataset: for measured choices, data to measure on instead of the training samples (anything
+            `prepare_calibration_data` reads; texts need the Trainer's `processing_class` or `tokenizer`).
+        tokenizer: tokenises `calibration_dataset` when the Trainer has no `processing_class`.
 
     Example:
 
@@ -96,19 +109,19 @@ class BlockPruningCallback(TrainerCallback):
     ```
     """
 
-    def __init__(self, config: BlockRemovalConfig, *, prune_at_step: int, fisher_steps: int | None = None):
-        if needs_calibration_data(config, has_fisher=True):
-            raise ConfigurationError(
-                f"`BlockPruningCallback` ranks blocks with the Fisher of the training batches alone, so it needs a "
-                f"method and energy that read nothing else (`method='cbo'` with `energy='paper'` or 'first_order') "
-                f"and `selection='ground'`; got `method`={config.method!r}, `energy`={config.energy!r}, "
-                f"`selection`={config.selection!r}. Methods and energies that measure hidden states or removals, "
-                "and automatic selection, run before training: use `Pruner.prune`."
-            )
+    def __init__(
+        self,
+        config: BlockRemovalConfig,
+        *,
+        prune_at_step: int,
+        fisher_steps: int | None = None,
+        calibration_dataset: Any = None,
+        tokenizer: Any = None,
+    ):
         if not isinstance(prune_at_step, int) or prune_at_step < 1:
             raise ConfigurationError(
-                f"`prune_at_step`={prune_at_step!r} must be an integer >= 1: the Fisher needs at least one training "
-                "step before pruning."
+                f"`prune_at_step`={prune_at_step!r} must be an integer >= 1: the choice is made on the weights after "
+                "at least one training step."
             )
         fisher_steps = prune_at_step if fisher_steps is None else fisher_steps
         if not isinstance(fisher_steps, int) or not 1 <= fisher_steps <= prune_at_step:
@@ -118,6 +131,18 @@ class BlockPruningCallback(TrainerCallback):
         self.config = config
         self.prune_at_step = prune_at_step
         self.fisher_steps = fisher_steps
+        #: the choice reads calibration data (measured removals, statistics, held-out selection), not only the
+        #: Fisher of the training batches
+        self.measures = needs_calibration_data(config, has_fisher=True)
+        self.calibration_dataset = calibration_dataset
+        self.tokenizer = tokenizer
+        self.num_wanted = config.num_calibration_samples + (
+            config.num_selection_samples if config.selection == "auto" else 0
+        )
+        #: token ids of the training samples kept for measuring (this process's), in the order seen
+        self.calibration_samples: list[list[int]] = []
+        #: what the measured choice read (every process's samples, or `calibration_dataset`), once it has run
+        self.measured_on: Any = None
         self.model: nn.Module | None = None
         self.adapter: ArchitectureAdapter | None = None
         self.units: list[BlockInfo] = []
@@ -128,6 +153,8 @@ class BlockPruningCallback(TrainerCallback):
         self._rows: list[np.ndarray] = []
         self._gates: CouplingGates | None = None
         self._forward_hook = None
+        self._sample_hook = None
+        self._seen: set[tuple[int, ...]] = set()
         self._args = None
 
     @property
@@ -163,6 +190,9 @@ class BlockPruningCallback(TrainerCallback):
             applying=True,
         )
         self.model.register_load_state_dict_pre_hook(self._restore_structure_before_load)
+        self.tokenizer = self.tokenizer or kwargs.get("processing_class") or kwargs.get("tokenizer")
+        if self.measures and self.calibration_dataset is None:
+            self._sample_hook = self.model.register_forward_pre_hook(self._keep_samples, with_kwargs=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step == 0:
@@ -190,19 +220,31 @@ class BlockPruningCallback(TrainerCallback):
         if os.path.isfile(path):
             self._rows = [FisherEstimate.load(path).gradients]
             logger.info("Restored %d Fisher rows from %s.", self._rows[0].shape[0], path)
+        path = os.path.join(checkpoint, CALIBRATION_NAME.format(rank=args.process_index))
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                self.calibration_samples = [list(map(int, ids)) for ids in json.load(handle)["input_ids"]]
+            self._seen = {tuple(ids) for ids in self.calibration_samples}
+            logger.info("Restored %d calibration samples from %s.", len(self.calibration_samples), path)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         start = self.prune_at_step - self.fisher_steps
-        if not self.is_pruned and start <= state.global_step < self.prune_at_step and self._gates is None:
+        window = start <= state.global_step < self.prune_at_step
+        if not self.measures and not self.is_pruned and window and self._gates is None:
             self._install_gates()
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.is_pruned or state.global_step < self.prune_at_step:
             return
         self._remove_gates()
-        self.fisher = self._gathered_fisher()
-        self.ranking = rank_from_fisher(self.fisher, self.config, adapter=self.adapter)
-        state_to_apply = self.ranking[self.config.selected_state]
+        if self.measures:
+            self._remove_sample_hook()
+            selection = self._measured_selection()
+            self.ranking, state_to_apply = selection.ranking, selection.state
+        else:
+            self.fisher = self._gathered_fisher()
+            self.ranking = rank_from_fisher(self.fisher, self.config, adapter=self.adapter)
+            state_to_apply = self.ranking[self.config.selected_state]
         parameters_before = {id(p) for p in model.parameters()}
         reduction = self._remove(state_to_apply.removed_blocks).parameter_reduction
         alive = {id(p) for p in model.parameters()}
@@ -211,11 +253,15 @@ class BlockPruningCallback(TrainerCallback):
             _forget_parameters(optimizer, removed)
         self._rows = []
         if state.is_world_process_zero:
+            stats = self.ranking.stats
             logger.info(
-                "Step %d: removed blocks %s (%.1f%% of parameters); energy ranking:\n%s",
+                "Step %d: removed blocks %s (%.1f%% of parameters); choosing cost %.1f s of measuring, %s block "
+                "evaluations; ranking:\n%s",
                 state.global_step,
                 list(self.removed_blocks),
                 100 * reduction,
+                sum(v for k, v in stats.items() if k.endswith("_seconds") and isinstance(v, (int, float))),
+                stats.get("block_evaluations", 0),
                 self.ranking.to_markdown(selected_rank=state_to_apply.rank),
             )
 
@@ -227,6 +273,11 @@ class BlockPruningCallback(TrainerCallback):
             self._local_fisher().save(  # part of the Trainer's checkpoint, which it rewrites as it sees fit
                 os.path.join(checkpoint, PARTIAL_FISHER_NAME.format(rank=args.process_index)), overwrite=True
             )
+        if not self.is_pruned and self.calibration_samples:
+            atomic_write_text(
+                os.path.join(checkpoint, CALIBRATION_NAME.format(rank=args.process_index)),
+                json.dumps({"input_ids": self.calibration_samples}) + "\n",
+            )
         if args.should_save:
             atomic_write_text(
                 os.path.join(checkpoint, RECORD_NAME), json.dumps(self.record(), indent=2) + "\n"
@@ -234,6 +285,7 @@ class BlockPruningCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._remove_gates()
+        self._remove_sample_hook()
 
     # -- the record ------------------------------------------------------------------------------------------------
     def record(self) -> dict[str, Any]:
@@ -295,6 +347,80 @@ class BlockPruningCallback(TrainerCallback):
             )
         self._apply_record(matching[-1])
         logger.info("Removed blocks %s before loading the pruned checkpoint.", list(self.removed_blocks))
+
+    # -- measured choices -------------------------------------------------------------------------------------------
+    def _keep_samples(self, module, args, kwargs):
+        """Keep the token ids of the training samples this forward carries (real tokens only, `max_length` at most)
+        until `num_wanted` distinct ones are kept."""
+        if (
+            len(self.calibration_samples) >= self.num_wanted
+            or not module.training
+            or not torch.is_grad_enabled()
+        ):
+            return None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if not isinstance(input_ids, torch.Tensor):
+            return None
+        mask = kwargs.get("attention_mask")
+        rows = input_ids.tolist()
+        masks = mask.tolist() if isinstance(mask, torch.Tensor) else [None] * len(rows)
+        for ids, keep in zip(rows, masks):
+            real = tuple(t for t, m in zip(ids, keep) if m) if keep is not None else tuple(ids)
+            real = real[: self.config.max_length]
+            if len(real) >= 2 and real not in self._seen:
+                self._seen.add(real)
+                self.calibration_samples.append(list(real))
+            if len(self.calibration_samples) >= self.num_wanted:
+                break
+        return None
+
+    def _remove_sample_hook(self) -> None:
+        if self._sample_hook is not None:
+            self._sample_hook.remove()
+            self._sample_hook = None
+
+    def calibration_data(self) -> Any:
+        """What the measured choice reads: `calibration_dataset`, or the kept training samples of every process
+        (gathered in process order, so every process holds the same list)."""
+        from ..estimation.calibration import CalibrationData
+
+        if self.calibration_dataset is not None:
+            return self.calibration_dataset
+        samples = self.calibration_samples
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, samples)
+            merged: dict[tuple[int, ...], None] = {}
+            for part in gathered:
+                merged.update(dict.fromkeys(tuple(ids) for ids in part))
+            samples = [list(ids) for ids in merged][: self.num_wanted]
+        if not samples:
+            raise SurgeryError(
+                "No training samples were seen before `prune_at_step`, so there is nothing to measure removals on: "
+                "pass `calibration_dataset=` to `BlockPruningCallback`."
+            )
+        return CalibrationData(samples, f"training samples seen before step {self.prune_at_step}")
+
+    def _measured_selection(self) -> Any:
+        """`Pruner.select`'s choice (`selection.select_removal`) on the live model's current weights."""
+        from ..selection import select_removal
+
+        problem = check_request(
+            self.adapter, self.units, self.config, model_config=self.model.config, applying=True
+        )
+        pads = (getattr(self.tokenizer, name, None) for name in ("pad_token_id", "eos_token_id"))
+        pad = next((p for p in pads if p is not None), 0)  # as `Pruner.pad_token_id`: padding is masked anyway
+        self.measured_on = self.calibration_data()
+        return select_removal(
+            problem,
+            self.config,
+            model=self.model,
+            adapter=self.adapter,
+            units=self.units,
+            calibration_dataset=self.measured_on,
+            tokenizer=self.tokenizer,
+            pad_token_id=int(pad),
+        )
 
     # -- Fisher accumulation ---------------------------------------------------------------------------------------
     def _install_gates(self) -> None:
