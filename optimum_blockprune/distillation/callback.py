@@ -409,7 +409,9 @@ class BlockPruningCallback(TrainerCallback):
             self.adapter, self.units, self.config, model_config=self.model.config, applying=True
         )
         pads = (getattr(self.tokenizer, name, None) for name in ("pad_token_id", "eos_token_id"))
-        pad = next((p for p in pads if p is not None), 0)  # as `Pruner.pad_token_id`: padding is masked anyway
+        pad = next(
+            (p for p in pads if p is not None), 0
+        )  # as `Pruner.pad_token_id`: padding is masked anyway
         self.measured_on = self.calibration_data()
         return select_removal(
             problem,

@@ -11,6 +11,7 @@ among them on samples the search never saw.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import replace
 from typing import ClassVar
@@ -20,6 +21,7 @@ import numpy as np
 from ..qubo import QUBO
 from ..result import Ranking
 from ..solvers import solve_ranking
+from ..utils import progress_bar
 from .base import RankingContext, RankingMethod, register_method
 from .correction import corrected_matrix
 from .rules import scored_ranking
@@ -86,7 +88,14 @@ class GuidedSearch(RankingMethod):
         measure_all(list(dict.fromkeys(seeds)))
         best_history = [min(measured.values())]
         rounds = stale = screened = 0
+        # progress in forward-equivalents of the budget (whole ones: a bar counts integers); ETA from the rate
+        bar = progress_bar(
+            total=math.ceil(budget), desc="Guided search", enabled=config.show_progress, unit="fe"
+        )
+        shown = 0
         while spent() < budget and stale < self.patience:
+            bar.update(min(int(spent()), math.ceil(budget)) - shown)
+            shown = min(int(spent()), math.ceil(budget))
             rounds += 1
             current = corrected_matrix(q, measured)
             incumbent = min(measured, key=measured.get)
@@ -117,6 +126,7 @@ class GuidedSearch(RankingMethod):
                 best,
                 spent(),
             )
+        bar.close()
         ranked = sorted(measured, key=lambda s: (measured[s], s))[: config.num_states]
         return scored_ranking(
             problem,
