@@ -89,13 +89,13 @@ class GuidedSearch(RankingMethod):
         best_history = [min(measured.values())]
         rounds = stale = screened = 0
         # progress in forward-equivalents of the budget (whole ones: a bar counts integers); ETA from the rate
-        bar = progress_bar(
-            total=math.ceil(budget), desc="Guided search", enabled=config.show_progress, unit="fe"
-        )
+        total = math.ceil(budget)
+        bar = progress_bar(total=total, desc="Guided search", enabled=config.show_progress, unit="fe")
         shown = 0
         while spent() < budget and stale < self.patience:
-            bar.update(min(int(spent()), math.ceil(budget)) - shown)
-            shown = min(int(spent()), math.ceil(budget))
+            now = min(int(spent()), total)
+            bar.update(now - shown)
+            shown = now
             rounds += 1
             current = corrected_matrix(q, measured)
             incumbent = min(measured, key=measured.get)
