@@ -43,6 +43,7 @@ def test_evopress_finds_the_brute_force_optimum_and_stays_feasible(tokenizer):
     stats = pruner.ranking.stats
     assert stats["evopress"]["generations"] == 3 * 5 // 1.5
     assert stats["evopress"]["samples_per_stage"] == {"initial": 1, "selection": [1, 4], "final": 16}
+    assert stats["evopress"]["tokens_per_stage"]["final"] == stats["calibration"]["num_tokens"]
     # the same seed gives the same search; every parent it kept was feasible
     again = Pruner(_structured_model(), tokenizer)
     again.select(config, DATA)
@@ -130,6 +131,7 @@ def test_guided_search_finds_the_brute_force_optimum(tokenizer, structured):
     assert pruner.ranking[0].removed_blocks == oracle.state.removed_blocks
     assert stats["guided"]["rounds"] >= 1 and stats["guided"]["states_screened"] > 0
     assert stats["guided"]["samples_per_stage"] == {"screen": 4, "full": 16}
+    assert stats["guided"]["tokens_per_stage"]["full"] == stats["calibration"]["num_tokens"]
     # every ranked state was measured on every sample: its energy is its measured loss increase
     ranked = [s.energy for s in pruner.ranking]
     assert ranked == sorted(ranked) and len(ranked) == stats["guided"]["states_measured"]

@@ -104,7 +104,14 @@ class EvoPress(RankingMethod):
                         "selection": stage_sizes,
                         "final": num_samples,
                     },
-                    "tokens_per_sample_mean": round(context.data.num_tokens / num_samples, 1),
+                    # the stages' samples are drawn anew each generation: their tokens on average
+                    "tokens_per_stage": {
+                        "initial": round(stage_sizes[0] * context.data.num_tokens / num_samples),
+                        "selection": [
+                            round(size * context.data.num_tokens / num_samples) for size in stage_sizes
+                        ],
+                        "final": context.data.num_tokens,
+                    },
                 }
             },
         )

@@ -142,6 +142,11 @@ class GuidedSearch(RankingMethod):
                     "best_per_round": best_history,
                     "budget_forward_equivalents": budget,
                     "samples_per_stage": {"screen": screen_size, "full": num_samples},
+                    # the screening samples are drawn anew each round: their tokens on average
+                    "tokens_per_stage": {
+                        "screen": round(screen_size * context.data.num_tokens / num_samples),
+                        "full": context.data.num_tokens,
+                    },
                 }
             },
         )
