@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..result import Ranking
+from ..utils import progress_bar
 from .base import RankingContext, RankingMethod, register_method
 from .rules import scored_ranking
 
@@ -66,11 +67,9 @@ class EvoPress(RankingMethod):
         initial = self._random_states(problem, free, to_pick, rng)
         parent = initial[int(np.argmin(fitness(initial, stage_sizes[0])))]
         history = [parent]
-        from ..utils import progress_bar
-
-        generation = 0
+        completed = 0
         bar = progress_bar(total=generations, desc="EvoPress", enabled=config.show_progress, unit="gen")
-        for generation in range(1, generations + 1):  # noqa: B007  (reported after the loop)
+        for _ in range(generations):
             if budget is not None and spent() >= budget:
                 break
             candidates = [parent, *self._offspring(problem, parent, free, rng)]
@@ -81,11 +80,12 @@ class EvoPress(RankingMethod):
             if candidates[0] != parent:
                 parent = candidates[0]
                 history.append(parent)
+            completed += 1
             bar.update(1)
         bar.close()
         energy = float(context.measure([parent], metric="kl").mean()[0])
         logger.info(
-            "EvoPress: %d generations, %d improvements, blocks %s.", generation, len(history) - 1, parent
+            "EvoPress: %d generations, %d improvements, blocks %s.", completed, len(history) - 1, parent
         )
         return scored_ranking(
             problem,
@@ -95,7 +95,7 @@ class EvoPress(RankingMethod):
             started=start_time,
             stats={
                 "evopress": {
-                    "generations": generation,
+                    "generations": completed,
                     "offspring": self.offspring,
                     "improvements": len(history) - 1,
                     "parents": [list(state) for state in history],
