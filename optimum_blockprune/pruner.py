@@ -122,13 +122,9 @@ class Pruner:
     @property
     def pad_token_id(self) -> int:
         """The id padding positions get in calibration batches (they are masked, so any valid id works)."""
-        for candidate in (
-            getattr(self.tokenizer, "pad_token_id", None),
-            getattr(self.tokenizer, "eos_token_id", None),
-        ):
-            if candidate is not None:
-                return int(candidate)
-        return 0
+        from .estimation.calibration import padding_id
+
+        return padding_id(self.tokenizer)
 
     # -- stages -------------------------------------------------------------------------------------------------
     def check_config(self, config: BlockRemovalConfig, *, applying: bool = True) -> CardinalityProblem:

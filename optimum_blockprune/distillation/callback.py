@@ -403,15 +403,12 @@ class BlockPruningCallback(TrainerCallback):
 
     def _measured_selection(self) -> Any:
         """`Pruner.select`'s choice (`selection.select_removal`) on the live model's current weights."""
+        from ..estimation.calibration import padding_id
         from ..selection import select_removal
 
         problem = check_request(
             self.adapter, self.units, self.config, model_config=self.model.config, applying=True
         )
-        pads = (getattr(self.tokenizer, name, None) for name in ("pad_token_id", "eos_token_id"))
-        pad = next(
-            (p for p in pads if p is not None), 0
-        )  # as `Pruner.pad_token_id`: padding is masked anyway
         self.measured_on = self.calibration_data()
         return select_removal(
             problem,
@@ -421,7 +418,7 @@ class BlockPruningCallback(TrainerCallback):
             units=self.units,
             calibration_dataset=self.measured_on,
             tokenizer=self.tokenizer,
-            pad_token_id=int(pad),
+            pad_token_id=padding_id(self.tokenizer),
         )
 
     # -- Fisher accumulation ---------------------------------------------------------------------------------------

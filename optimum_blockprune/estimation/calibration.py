@@ -85,6 +85,16 @@ class CalibrationData:
             yield pad_token_batch(self.samples[start : start + batch_size], pad_token_id)
 
 
+def padding_id(tokenizer: Any) -> int:
+    """The id padding positions get in calibration batches: the tokenizer's pad, else its EOS, else 0 (padding is
+    masked, so any valid id works)."""
+    for name in ("pad_token_id", "eos_token_id"):
+        candidate = getattr(tokenizer, name, None)
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
 def pad_token_batch(samples: Sequence[Sequence[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad token lists into `input_ids`, `attention_mask` and `labels` (-100 on padding only, so a real
     token equal to the pad id, such as an EOS used as padding, keeps its label)."""
