@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--num-states", type=int, default=20, help="k for selection='auto'")
     parser.add_argument(
         "--energies",
-        nargs="+",
+        nargs="*",
         default=["measured_pairs", "measured_pairs+c3", "paper", "secant", "calibrated", "secant@3"],
         help="CBO ground-state rows; the first is the timed one",
     )

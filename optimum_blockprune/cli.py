@@ -162,7 +162,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="Replace a non-empty --output-dir (and an existing --save-fisher).",
+        help="Save into a non-empty --output-dir, replacing only the files a save writes (other files stay), and "
+        "replace an existing --save-fisher.",
     )
     parser.add_argument("--fisher-file", default=None, help="Reuse a Fisher estimate saved by `estimate`.")
     parser.add_argument("--save-fisher", default=None, help="Also save the Fisher estimate to this file.")

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from importlib import resources
@@ -36,7 +37,8 @@ def ensure_writable_directory(path: str | os.PathLike, overwrite: bool) -> None:
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise OutputExistsError(
             f"The output directory {path!r} is not empty. Choose another directory or pass `overwrite=True` "
-            "(`--overwrite` on the command line) to replace its contents."
+            "(`--overwrite` on the command line) to replace the files a save writes there (checkpoint, "
+            "tokenizer, `blockprune_config.json`, README.md and the card's pictures; other files are kept)."
         )
 
 
@@ -309,6 +311,9 @@ def _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, 
             provenance["figures"] = save_card_figures(
                 Ranking.from_dict(ranking), staging, provenance["result"].get("selected_rank")
             )
+        # every file this save writes, so a later `overwrite=True` replaces exactly these and nothing of the user's
+        files = sorted({*os.listdir(staging), CONFIG_NAME, "README.md"})
+        provenance["saved"] = {**provenance["saved"], "files": files}
         payload = {"library_version": __version__, **provenance}
         with open(os.path.join(staging, CONFIG_NAME), "w", encoding="utf-8") as handle:
             json.dump(payload, handle, indent=2)
@@ -321,19 +326,62 @@ def _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, 
         raise
 
 
+#: What a save writes besides the files it lists in `blockprune_config.json`: a checkpoint (single or sharded, from
+#: this package or a plain `save_pretrained`), its configs and a tokenizer. `overwrite=True` replaces these and the
+#: previous save's listed files, and never touches anything else in the directory.
+SAVE_OUTPUT_PATTERNS = (
+    r"(model|pytorch_model|tf_model|flax_model)(-\d+-of-\d+)?\.(safetensors|bin|h5|msgpack)(\.index\.json)?",
+    r"(config|generation_config|preprocessor_config|processor_config|adapter_config)\.json",
+    r"(tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab)\.json",
+    r"(vocab\.txt|merges\.txt|tokenizer\.model|spiece\.model|sentencepiece\.bpe\.model|chat_template\.(jinja|json))",
+    re.escape(CONFIG_NAME),
+    r"README\.md",
+    r"blockprune_[a-z_]+\.png",
+)
+
+
+def save_outputs_in(directory: str) -> list[str]:
+    """The entries of `directory` that a save writes (and so may replace): the files the last save there listed,
+    and any name a checkpoint, tokenizer or card save produces. Everything else belongs to the user."""
+    names = set(os.listdir(directory))
+    listed: set[str] = set()
+    try:
+        with open(os.path.join(directory, CONFIG_NAME), encoding="utf-8") as handle:
+            listed = set(json.load(handle).get("saved", {}).get("files", []))
+    except (OSError, ValueError, AttributeError):
+        pass
+    pattern = re.compile("|".join(f"(?:{p})" for p in SAVE_OUTPUT_PATTERNS))
+    return sorted(n for n in names if n in listed or pattern.fullmatch(n))
+
+
 def _move_into_place(staging: str, target: str) -> None:
+    """Move the staged save into `target`. Into an existing directory, only the entries a save writes are
+    replaced (the previous save's and this one's names), the rest is left as it is; on any failure every entry
+    moved so far goes back, so the directory holds the old save or the new one, never a mix."""
     if not os.path.exists(target):
         os.replace(staging, target)
         return
+    new = sorted(os.listdir(staging))
+    stale = sorted({*save_outputs_in(target), *(n for n in new if os.path.lexists(os.path.join(target, n)))})
     backup = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.old-")
-    os.rmdir(backup)
-    os.replace(target, backup)
+    moved_out: list[str] = []
+    moved_in: list[str] = []
     try:
-        os.replace(staging, target)
+        for name in stale:
+            os.replace(os.path.join(target, name), os.path.join(backup, name))
+            moved_out.append(name)
+        for name in new:
+            os.replace(os.path.join(staging, name), os.path.join(target, name))
+            moved_in.append(name)
     except BaseException:
-        os.replace(backup, target)
+        for name in reversed(moved_in):
+            os.replace(os.path.join(target, name), os.path.join(staging, name))
+        for name in reversed(moved_out):
+            os.replace(os.path.join(backup, name), os.path.join(target, name))
+        shutil.rmtree(backup, ignore_errors=True)
         raise
     shutil.rmtree(backup, ignore_errors=True)
+    os.rmdir(staging)
 
 
 def push_folder_to_hub(

@@ -334,3 +334,55 @@ def test_an_offline_push_keeps_the_local_save_and_says_how_to_retry(
     _one_line_error(capsys, "not a model saved by optimum-blockprune")
     with pytest.raises(HubUploadError, match="pruner.save_pretrained"):
         _pruned().push_to_hub("me/pruned")
+
+
+# -- overwrite replaces what a save writes, nothing else -----------------------------------------------------------
+def test_overwrite_keeps_every_file_a_save_did_not_write(tiny_model_dir, calibration_file, tmp_path, monkeypatch):
+    """`--output-dir . --overwrite` in a project directory: the input data, notes and subfolders stay; a previous
+    save's files (a sharded checkpoint among them) are replaced, so no stale shard can mix with the new weights."""
+    project = tmp_path / "proj"
+    (project / "sub").mkdir(parents=True)
+    data = project / "data.jsonl"
+    data.write_bytes(calibration_file.read_bytes())
+    (project / "notes.md").write_text("my notes")
+    (project / "sub" / "data.csv").write_text("a,b\n")
+    # a previous plain save_pretrained of a sharded checkpoint, and a picture of an older save
+    (project / "model-00001-of-00002.safetensors").write_text("stale")
+    (project / "model.safetensors.index.json").write_text("{}")
+    (project / "blockprune_removal_map.png").write_text("stale")
+    monkeypatch.chdir(project)
+    args = ["prune", str(tiny_model_dir), "--dataset", "data.jsonl", "--num-blocks-to-remove", "2"]
+    assert main([*args, "--output-dir", ".", "--overwrite", "--energy", "paper", *FAST]) == 0
+    assert data.read_bytes() == calibration_file.read_bytes()
+    assert (project / "notes.md").read_text() == "my notes" and (project / "sub" / "data.csv").exists()
+    assert not (project / "model-00001-of-00002.safetensors").exists()
+    assert not (project / "model.safetensors.index.json").exists()
+    saved = json.loads((project / "blockprune_config.json").read_text())["saved"]["files"]
+    assert "model.safetensors" in saved and "notes.md" not in saved
+    kept = {"data.jsonl", "notes.md", "sub"}
+    assert set(_listing(project)) == kept | set(saved)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(project).config.num_hidden_layers == 4
+
+    # a save the previous one listed is replaced file by file; a failure half-way puts every old file back
+    before = {name: (project / name).read_bytes() for name in saved if (project / name).is_file()}
+    import optimum_blockprune.hub as hub
+
+    real_replace = os.replace
+    calls = []
+
+    def failing(src, dst):
+        if ".tmp-" in str(src) and os.path.dirname(str(dst)) == str(project):
+            calls.append(dst)  # a new file moving in, after every old one moved out
+            if len(calls) == 3:
+                raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(hub.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        _pruned().save_pretrained(project, overwrite=True)
+    monkeypatch.setattr(hub.os, "replace", real_replace)
+    assert len(calls) == 3
+    assert {name: (project / name).read_bytes() for name in before} == before
+    assert set(_listing(project)) == kept | set(saved)

@@ -183,7 +183,8 @@ def test_output_directory_is_never_silently_overwritten(llama, tokenizer, tmp_pa
         pruner.save_pretrained(out)
     assert (out / "precious.txt").read_text() == "user data"
     pruner.save_pretrained(out, overwrite=True)
-    assert not (out / "precious.txt").exists() and (out / "config.json").exists()
+    # overwrite replaces what a save writes, never the user's files
+    assert (out / "precious.txt").read_text() == "user data" and (out / "config.json").exists()
 
 
 def test_plain_transformers_reloads_and_generates_without_this_package(llama, tokenizer, tmp_path):

@@ -121,7 +121,7 @@ def test_every_measuring_method_reports_block_evaluations(tokenizer, method):
 def test_guided_search_finds_the_brute_force_optimum(tokenizer, structured):
     build = _structured_model if structured else (lambda: build_tiny_model("llama", num_hidden_layers=8))
     oracle = Pruner(build(), tokenizer).select(
-        BlockRemovalConfig(num_blocks_to_remove=3, method="brute_force", selection_metric="loss", **FAST),
+        BlockRemovalConfig(num_blocks_to_remove=3, method="brute_force", selection_metric="kl", **FAST),
         DATA,
     )
     pruner = Pruner(build(), tokenizer)
@@ -130,11 +130,17 @@ def test_guided_search_finds_the_brute_force_optimum(tokenizer, structured):
     stats = pruner.ranking.stats
     assert pruner.ranking[0].removed_blocks == oracle.state.removed_blocks
     assert stats["guided"]["rounds"] >= 1 and stats["guided"]["states_screened"] > 0
-    assert stats["guided"]["samples_per_stage"] == {"screen": 4, "full": 16}
+    assert stats["guided"]["samples_per_stage"] == {"screen": 2, "half": 8, "full": 16}
     assert stats["guided"]["tokens_per_stage"]["full"] == stats["calibration"]["num_tokens"]
-    # every ranked state was measured on every sample: its energy is its measured loss increase
+    # every ranked state was measured on every sample (stitched from its stages' samples): its energy is the KL
+    # the brute force measures on all samples at once
     ranked = [s.energy for s in pruner.ranking]
     assert ranked == sorted(ranked) and len(ranked) == stats["guided"]["states_measured"]
+    oracle_energy = {s.removed_blocks: s.energy for s in oracle.ranking}
+    shared = [s for s in pruner.ranking if s.removed_blocks in oracle_energy]
+    assert len(shared) >= 2
+    for state in shared:
+        assert state.energy == pytest.approx(oracle_energy[state.removed_blocks], rel=1e-5, abs=1e-7)
 
 
 def test_guided_search_keeps_constraints_and_its_budget(tokenizer):

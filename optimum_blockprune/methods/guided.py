@@ -1,11 +1,16 @@
-"""The QUBO proposes, measurement decides: a measured local search guided by the measured-pairs energy.
+"""The QUBO proposes, measurement decides: a measured local search guided by a corrected QUBO.
 
-Each round takes the corrected QUBO's lowest unmeasured states (global proposals) and the incumbent's one-swap
-neighbours it predicts cheapest (local proposals), screens them on a random quarter of the calibration samples,
-and measures the best few on every sample. Every full measurement corrects the QUBO (`correction.corrected_matrix`),
-so the next proposals know what the last ones cost. It stops when `search_budget` is spent or `patience` rounds
-in a row find nothing better; the ranking is the measured states, best first, so `selection='auto'` can choose
-among them on samples the search never saw.
+The prior is cheap: every single removal's KL to the unpruned model (a diagonal QUBO, one resumed pass per
+block). Each round the corrected QUBO proposes the incumbent's one-swap neighbours it predicts cheapest, a few
+random ones (what the model has not learnt yet) and its lowest unmeasured states; they are selected in stages on
+one fresh random order of the calibration samples (all on the first eighth, the best few on the first half, the
+best on all), each stage against the incumbent on the same samples, and a sample a state was measured on is never
+measured again. Every state measured on all samples corrects the QUBO (`correction.corrected_matrix`), so the next
+proposals know what the last ones cost. The fitness is the KL divergence from the unpruned model's next-token
+distribution (as EvoPress's): it compares whole distributions, so a few samples rank states more reliably than
+the loss does. It stops when `search_budget` is spent or `patience` rounds in a row bring nothing better; the
+ranking is the states measured on all samples, best first, so `selection='auto'` can choose among them on samples
+the search never saw.
 """
 
 from __future__ import annotations
@@ -34,122 +39,160 @@ class GuidedSearch(RankingMethod):
     name = "guided"
     label = "Guided"
     description = (
-        "a measured search guided by the measured-pairs QUBO: its lowest states and the incumbent's "
-        "best-predicted swaps, screened on a quarter of the samples, the best measured on all, each measurement "
-        "correcting the QUBO"
+        "a measured local search guided by a corrected QUBO (single-removal KL as its prior): the incumbent's "
+        "best-predicted and some random swaps and the QUBO's lowest states, selected in stages on 1/8, 1/2 and all "
+        "of the samples against the incumbent, each full measurement correcting the QUBO"
     )
-    objective = "calibration loss increase (measured)"
+    objective = "calibration KL (all samples)"
     needs = ("removals", "next_token")
     cost = (
-        "the measured-pairs energy, then rounds of up to 16 states on a quarter of the samples and 3 on all, until "
-        "`search_budget` (default: about what SLEB spends, `sleb_budget`; the energy counted) is spent or 3 rounds bring "
+        "one resumed pass per candidate block, then rounds of 16 states on 1/8 of the samples, 4 on half and 1 on "
+        "all, until `search_budget` (default: about what SLEB spends, `sleb_budget`) is spent or 12 rounds bring "
         "nothing"
     )
     reference = (
-        "this library: the QUBO as a corrected surrogate; staged selection after EvoPress (arXiv:2410.14649)"
+        "this library: the QUBO as a corrected surrogate; KL fitness and staged selection after EvoPress "
+        "(arXiv:2410.14649)"
     )
 
-    #: The corrected QUBO's lowest unmeasured states proposed per round.
-    global_proposals: ClassVar[int] = 4
-    #: The incumbent's unmeasured one-swap neighbours with the lowest corrected energy, proposed per round.
-    local_proposals: ClassVar[int] = 12
-    #: Screened states measured on every calibration sample per round.
-    promoted: ClassVar[int] = 3
-    #: The share of the calibration samples a proposal is screened on.
-    screen_fraction: ClassVar[float] = 1 / 4
-    #: Rounds without a better measured state before the search stops.
-    patience: ClassVar[int] = 3
+    metric: ClassVar[str] = "kl"
+    #: Per round: the incumbent's unmeasured one-swap neighbours with the lowest corrected energy ...
+    local_proposals: ClassVar[int] = 10
+    #: ... random unmeasured neighbours (exploration where the QUBO is wrong) ...
+    random_proposals: ClassVar[int] = 4
+    #: ... and the corrected QUBO's lowest unmeasured states.
+    global_proposals: ClassVar[int] = 2
+    #: The share of the samples each stage measures on (the last is all of them) and how many states pass it.
+    stage_fractions: ClassVar[tuple[float, ...]] = (1 / 8, 1 / 2, 1.0)
+    survivors: ClassVar[tuple[int, ...]] = (4, 1, 1)
+    #: Lowest states of the prior measured on all samples before the first round.
+    seeds: ClassVar[int] = 4
+    #: Rounds without a better state before the search stops.
+    patience: ClassVar[int] = 12
 
     def rank(self, problem, context: RankingContext) -> Ranking:
-        from ..energies import get_energy
-
         config = context.config
         start_time = time.perf_counter()
         spent_before = context.stats.get("forward_equivalents", 0.0)
         rng = np.random.default_rng(config.seed)
         num_samples = context.data.num_samples
-        screen_size = min(num_samples, max(2, round(self.screen_fraction * num_samples)))
-        q = get_energy("measured_pairs").matrix(problem, context)
+        stage_sizes = [min(num_samples, max(2, math.ceil(f * num_samples))) for f in self.stage_fractions]
+        stage_sizes[-1] = num_samples
         free = [b for b in problem.candidates if b not in set(problem.forced)]
         budget = config.search_budget or sleb_budget(len(problem.candidates), problem.num_selected)
+        rows = _SampleRows(context, self.metric)
 
         def spent() -> float:
             return context.stats.get("forward_equivalents", 0.0) - spent_before
 
-        measured: dict[tuple[int, ...], float] = {}
-
-        def measure_all(states: list[tuple[int, ...]]) -> None:
-            losses = context.measure([(), *states], metric="loss").mean()
-            measured.update(zip(states, (float(x) for x in losses[1:] - losses[0])))
-
-        # Seeds: the energy's lowest states and the one-shot pick (its M cheapest single removals).
-        seeds = _lowest(problem, q, self.global_proposals, config.solver)
-        seeds += _lowest(problem, np.diag(np.diag(q)), 1, config.solver)
-        measure_all(list(dict.fromkeys(seeds)))
-        best_history = [min(measured.values())]
+        # The prior: each candidate's single-removal KL on the diagonal.
+        singles = rows.mean([(b,) for b in problem.candidates], range(num_samples))
+        n = problem.qubo.num_variables
+        q = np.zeros((n, n))
+        q[list(problem.candidates), list(problem.candidates)] = singles
+        full: dict[tuple[int, ...], float] = {}
+        seeds = _lowest(problem, q, self.seeds, config.solver)
+        full.update(zip(seeds, rows.mean(seeds, range(num_samples))))
+        seen = set(full)
+        incumbent = min(full, key=full.get)
+        best_history = [full[incumbent]]
         rounds = stale = screened = 0
-        # progress in forward-equivalents of the budget (whole ones: a bar counts integers); ETA from the rate
-        total = math.ceil(budget)
-        bar = progress_bar(total=total, desc="Guided search", enabled=config.show_progress, unit="fe")
+        bar = progress_bar(total=math.ceil(budget), desc="Guided search", enabled=config.show_progress, unit="fe")
         shown = 0
         while spent() < budget and stale < self.patience:
-            now = min(int(spent()), total)
+            now = min(int(spent()), math.ceil(budget))
             bar.update(now - shown)
             shown = now
             rounds += 1
-            current = corrected_matrix(q, measured)
-            incumbent = min(measured, key=measured.get)
-            proposals = [
-                s
-                for s in _lowest(problem, current, self.global_proposals + len(measured), config.solver)
-                if s not in measured
-            ][: self.global_proposals]
-            proposals += [
-                s
-                for s in _neighbours(problem, incumbent, free, current)
-                if s not in measured and s not in proposals
-            ][: self.local_proposals]
+            current = corrected_matrix(q, full)
+            neighbours = [s for s in _neighbours(problem, incumbent, free, current) if s not in seen]
+            proposals = neighbours[: self.local_proposals]
+            rest = neighbours[self.local_proposals :]
+            if rest:
+                picks = rng.choice(len(rest), size=min(self.random_proposals, len(rest)), replace=False)
+                proposals += [rest[i] for i in sorted(picks)]
+            lowest = _lowest(problem, current, self.global_proposals + len(seen), config.solver)
+            proposals += [s for s in lowest if s not in seen and s not in proposals][: self.global_proposals]
             if not proposals:
                 break
-            samples = np.sort(rng.choice(num_samples, size=screen_size, replace=False)).tolist()
-            low = context.measure([(), *proposals], metric="loss", samples=samples).mean()
+            seen.update(proposals)
             screened += len(proposals)
-            order = np.argsort(low[1:] - low[0], kind="stable")[: self.promoted]
-            measure_all([proposals[i] for i in order])
-            best = min(measured.values())
-            stale = 0 if best < best_history[-1] else stale + 1
-            best_history.append(best)
+            order = rng.permutation(num_samples)
+            candidates = proposals
+            for size, keep in zip(stage_sizes, self.survivors):
+                samples = order[:size]
+                scores = rows.mean(candidates, samples)
+                bar_to_beat = rows.mean([incumbent], samples)[0]
+                ranked = np.argsort(scores, kind="stable")[:keep]
+                if size == num_samples:
+                    full.update((candidates[i], float(scores[i])) for i in ranked)
+                # a state that does not beat the incumbent on these samples goes no further (the best one does,
+                # so the QUBO keeps learning from a full measurement per round)
+                candidates = [candidates[i] for i in ranked if scores[i] < bar_to_beat or i == ranked[0]]
+            best = min(full, key=full.get)
+            stale = 0 if full[best] < full[incumbent] else stale + 1
+            incumbent = best
+            best_history.append(full[incumbent])
             logger.info(
-                "Guided search round %d: %d screened, best ΔL %.5g, %.1f forward-equivalents spent.",
+                "Guided search round %d: %d screened, best KL %.5g, %.1f of %.1f forward-equivalents spent.",
                 rounds,
                 len(proposals),
-                best,
+                full[incumbent],
                 spent(),
+                budget,
             )
         bar.close()
-        ranked = sorted(measured, key=lambda s: (measured[s], s))[: config.num_states]
+        ranked_states = sorted(full, key=lambda s: (full[s], s))[: config.num_states]
         return scored_ranking(
             problem,
-            [(state, measured[state]) for state in ranked],
+            [(state, full[state]) for state in ranked_states],
             solver="guided",
             proven=False,
             started=start_time,
             stats={
                 "guided": {
                     "rounds": rounds,
-                    "states_measured": len(measured),
+                    "states_measured": len(full),
                     "states_screened": screened,
                     "best_per_round": best_history,
                     "budget_forward_equivalents": budget,
-                    "samples_per_stage": {"screen": screen_size, "full": num_samples},
-                    # the screening samples are drawn anew each round: their tokens on average
+                    "samples_per_stage": dict(zip(("screen", "half", "full"), stage_sizes)),
+                    # each round draws a fresh sample order: the stages' tokens on average
                     "tokens_per_stage": {
-                        "screen": round(screen_size * context.data.num_tokens / num_samples),
-                        "full": context.data.num_tokens,
+                        stage: round(size * context.data.num_tokens / num_samples)
+                        for stage, size in zip(("screen", "half", "full"), stage_sizes)
                     },
                 }
             },
         )
+
+
+class _SampleRows:
+    """Per-sample measurements of states, each (state, sample) measured at most once: a state promoted to a
+    larger stage is measured only on the samples it has not seen."""
+
+    def __init__(self, context: RankingContext, metric: str) -> None:
+        self._context = context
+        self._metric = metric
+        self._sums: dict[tuple[int, ...], np.ndarray] = {}
+        self._tokens = np.full(context.data.num_samples, np.nan)
+
+    def mean(self, states: list[tuple[int, ...]], samples) -> np.ndarray:
+        """Each state's token-weighted mean over `samples` (measuring what is missing)."""
+        samples = np.asarray(list(samples), dtype=int)
+        groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        for state in dict.fromkeys(states):
+            sums = self._sums.setdefault(state, np.full(self._tokens.shape, np.nan))
+            missing = tuple(int(i) for i in np.sort(samples[np.isnan(sums[samples])]))
+            if missing:
+                groups.setdefault(missing, []).append(state)
+        for missing, group in groups.items():
+            measured = self._context.measure(group, metric=self._metric, samples=list(missing))
+            self._tokens[list(missing)] = measured.tokens
+            for state, row in zip(group, measured.sums):
+                self._sums[state][list(missing)] = row
+        tokens = self._tokens[samples].sum()
+        return np.array([self._sums[state][samples].sum() / tokens for state in states])
 
 
 def sleb_budget(num_candidates: int, num_removed: int) -> float:
