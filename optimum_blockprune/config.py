@@ -302,29 +302,13 @@ class BlockRemovalConfig:
         self._check_choices()
 
     def _normalise_blocks_and_kinds(self) -> None:
-        if isinstance(self.protected_blocks, (int, str)) or not isinstance(self.protected_blocks, Sequence):
-            raise ConfigurationError(
-                f"`protected_blocks` must be a sequence of 0-based block indices, got {self.protected_blocks!r}. "
-                "Pass e.g. `protected_blocks=[0]`."
-            )
-        self.protected_blocks = tuple(sorted(set(int(i) for i in self.protected_blocks)))
-        if isinstance(self.forced_blocks, (int, str)) or not isinstance(self.forced_blocks, Sequence):
-            raise ConfigurationError(
-                f"`forced_blocks` must be a sequence of 0-based block indices, got {self.forced_blocks!r}."
-            )
-        self.forced_blocks = tuple(sorted(set(int(i) for i in self.forced_blocks)))
-        if isinstance(self.candidate_kinds, str) or not isinstance(self.candidate_kinds, Sequence):
-            raise ConfigurationError(
-                f"`candidate_kinds` must be a list of block kinds, got {self.candidate_kinds!r}. Pass e.g. "
-                "`candidate_kinds=['moe']`."
-            )
-        self.candidate_kinds = tuple(dict.fromkeys(str(kind) for kind in self.candidate_kinds))
-        if isinstance(self.auto_candidates, str) or not isinstance(self.auto_candidates, Sequence):
-            raise ConfigurationError(
-                f"`auto_candidates` must be a list of method names, got {self.auto_candidates!r}. Pass e.g. "
-                "`auto_candidates=['oneshot_ppl']`."
-            )
-        self.auto_candidates = tuple(dict.fromkeys(str(name) for name in self.auto_candidates))
+        from .utils import block_indices, distinct_names
+
+        # the range is checked again, with the model's block count, in `validate_for_model`
+        self.protected_blocks = block_indices(self.protected_blocks, "protected_blocks")
+        self.forced_blocks = block_indices(self.forced_blocks, "forced_blocks")
+        self.candidate_kinds = distinct_names(self.candidate_kinds, "candidate_kinds", "['moe']")
+        self.auto_candidates = distinct_names(self.auto_candidates, "auto_candidates", "['oneshot_ppl']")
         for name in ("max_removed_per_kind", "min_removed_per_kind"):
             limits = getattr(self, name)
             _check(
@@ -393,10 +377,6 @@ class BlockRemovalConfig:
             isinstance(self.selected_state, int) and 0 <= self.selected_state < self.num_states,
             f"`selected_state` must be an integer in [0, num_states={self.num_states}), got {self.selected_state!r}. "
             "Raise `num_states` to select a higher excited state.",
-        )
-        _check(
-            all(i >= 0 for i in self.protected_blocks),
-            f"`protected_blocks` must hold 0-based (non-negative) indices, got {list(self.protected_blocks)}.",
         )
         both = sorted(set(self.protected_blocks) & set(self.forced_blocks))
         _check(
@@ -491,13 +471,10 @@ class BlockRemovalConfig:
         Raises:
             ConfigurationError: a protected index is out of range or too few removable blocks remain.
         """
+        from .utils import block_indices
+
         for name in ("protected_blocks", "forced_blocks"):
-            out_of_range = [i for i in getattr(self, name) if i >= num_blocks]
-            _check(
-                not out_of_range,
-                f"`{name}` contains {out_of_range}, but the model has {num_blocks} blocks "
-                f"(valid indices 0..{num_blocks - 1}).",
-            )
+            block_indices(getattr(self, name), name, num_blocks=num_blocks)
         removable = num_blocks - len(self.protected_blocks)
         _check(
             self.num_blocks_to_remove < num_blocks,

@@ -352,7 +352,9 @@ def resolve_state(
             )
         state = ranking[state]
     elif not hasattr(state, "removed_blocks"):
-        return tuple(sorted(int(i) for i in state)), None
+        from .utils import block_indices
+
+        return block_indices(state, "state", num_blocks=len({s.block for s in sublayers}), non_empty=True), None
     removed = state.removed_blocks
     if ranking is not None and ranking.granularity == "sublayer":
         removed = blocks_of_sublayers(sublayers, removed, model_type)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 
 def current_umask() -> int:
@@ -187,3 +188,72 @@ class LoggedProgress:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def block_indices(
+    value: Any, argument: str, *, num_blocks: int | None = None, non_empty: bool = False
+) -> tuple[int, ...]:
+    """The one check every list of block indices gets (`apply`, `protected_blocks`, `forced_blocks`, their CLI
+    forms): a list, tuple, range or 1-D integer array of distinct integers (no bools, no floats) in
+    0..num_blocks - 1 (only non-negative when `num_blocks` is not known yet), non-empty when `non_empty`.
+    Returns them sorted.
+
+    Raises:
+        ConfigurationError: naming `argument`, the value, what is wrong and the valid range.
+    """
+    import numpy as np
+
+    from .errors import ConfigurationError
+
+    valid = f"integers in 0..{num_blocks - 1}" if num_blocks is not None else "non-negative integers"
+
+    def refuse(problem: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"`{argument}`={value!r} {problem}; it must be a list of distinct 0-based block indices ({valid}), "
+            f"e.g. `{argument}=[0, 3]`."
+        )
+
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1 or not (np.issubdtype(value.dtype, np.integer) or value.size == 0):
+            raise refuse("is not a 1-D integer array")
+        items = [int(i) for i in value]
+    elif isinstance(value, (list, tuple, range)):
+        bad = [i for i in value if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer))]
+        if bad:
+            raise refuse(f"holds {bad[0]!r}, which is not an integer index")
+        items = [int(i) for i in value]
+    else:
+        raise refuse(f"is of type {type(value).__name__}, not a list")
+    repeated = sorted({i for i in items if items.count(i) > 1})
+    if repeated:
+        raise refuse(f"repeats {repeated[0]}")
+    outside = [i for i in items if i < 0 or (num_blocks is not None and i >= num_blocks)]
+    if outside:
+        raise refuse(f"holds {outside[0]}, which is not a block index")
+    if non_empty and not items:
+        raise refuse("is empty")
+    return tuple(sorted(items))
+
+
+def distinct_names(value: Any, argument: str, example: str) -> tuple[str, ...]:
+    """A list of distinct non-empty names (`candidate_kinds`, `auto_candidates`), in the order given.
+
+    Raises:
+        ConfigurationError: naming `argument`, the value and what is wrong.
+    """
+    from .errors import ConfigurationError
+
+    def refuse(problem: str) -> ConfigurationError:
+        return ConfigurationError(
+            f"`{argument}`={value!r} {problem}; it must be a list of distinct names, e.g. `{argument}={example}`."
+        )
+
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise refuse(f"is of type {type(value).__name__}, not a list")
+    bad = [name for name in value if not isinstance(name, str) or not name]
+    if bad:
+        raise refuse(f"holds {bad[0]!r}, which is not a name")
+    repeated = [name for name in value if value.count(name) > 1]
+    if repeated:
+        raise refuse(f"repeats {repeated[0]!r}")
+    return tuple(value)

@@ -22,7 +22,7 @@ from optimum_blockprune.version import __version__
             "`fisher` must be one of ['auto', 'empirical', 'model', 'output'], got 'hessian'",
         ),
         ({"granularity": "head"}, "`granularity` must be one of ['block', 'sublayer']"),
-        ({"candidate_kinds": "moe"}, "`candidate_kinds` must be a list of block kinds"),
+        ({"candidate_kinds": "moe"}, "`candidate_kinds`='moe' is of type str, not a list; it must be a list of distinct"),
         ({"max_removed_per_kind": {"moe": -1}}, "`max_removed_per_kind` must map block kinds"),
         (
             {"min_removed_per_kind": {"moe": 3}, "max_removed_per_kind": {"moe": 1}},
@@ -34,8 +34,8 @@ from optimum_blockprune.version import __version__
             {"energy": "exact_loss"},
             "`energy`='exact_loss' is not a registered energy; choose one of ['calibrated', 'first_order'",
         ),
-        ({"protected_blocks": 3}, "`protected_blocks` must be a sequence"),
-        ({"protected_blocks": [-1]}, "non-negative"),
+        ({"protected_blocks": 3}, "`protected_blocks`=3 is of type int, not a list"),
+        ({"protected_blocks": [-1]}, "non-negative integers"),
         ({"selected_state": 20}, "`selected_state` must be an integer in [0, num_states=20)"),
         ({"apply_chat_template": "yes"}, "`apply_chat_template`"),
         (
@@ -58,9 +58,9 @@ def test_model_dependent_checks():
     BlockRemovalConfig(num_blocks_to_remove=5).validate_for_model(6)
     with pytest.raises(ConfigurationError, match="has only 6 blocks"):
         BlockRemovalConfig(num_blocks_to_remove=6).validate_for_model(6)
-    with pytest.raises(ConfigurationError, match=r"contains \[7\].*valid indices 0..5"):
+    with pytest.raises(ConfigurationError, match=r"`protected_blocks`=\(0, 7\) holds 7, which is not a block index.*integers in 0..5"):
         BlockRemovalConfig(protected_blocks=[0, 7]).validate_for_model(6)
-    with pytest.raises(ConfigurationError, match=r"`forced_blocks` contains \[6\]"):
+    with pytest.raises(ConfigurationError, match=r"`forced_blocks`=\(6,\) holds 6"):
         BlockRemovalConfig(forced_blocks=[6]).validate_for_model(6)
     with pytest.raises(ConfigurationError, match="only 3 of 6 blocks are removable"):
         BlockRemovalConfig(num_blocks_to_remove=4, protected_blocks=[0, 1, 2]).validate_for_model(6)
@@ -68,7 +68,7 @@ def test_model_dependent_checks():
 
 def test_round_trip(tmp_path):
     config = BlockRemovalConfig(
-        num_blocks_to_remove=3, protected_blocks=[5, 0, 0], fisher="model", energy="first_order"
+        num_blocks_to_remove=3, protected_blocks=[5, 0], fisher="model", energy="first_order"
     )
     assert config.protected_blocks == (0, 5)
     assert BlockRemovalConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from conftest import TEXTS, build_tiny_model
 
 from optimum_blockprune import (
@@ -386,3 +389,69 @@ def test_overwrite_keeps_every_file_a_save_did_not_write(tiny_model_dir, calibra
     assert len(calls) == 3
     assert {name: (project / name).read_bytes() for name in before} == before
     assert set(_listing(project)) == kept | set(saved)
+
+
+# -- every list of block indices gets one check --------------------------------------------------------------------
+INDEX_MESSAGE = r"it must be a list of distinct 0-based block indices \((integers in 0\.\.5|non-negative integers)\)"
+
+index_items = st.one_of(
+    st.integers(min_value=-3, max_value=8),
+    st.booleans(),
+    st.floats(min_value=-1, max_value=7, allow_nan=False),
+    st.sampled_from(["1", None]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(index_items, max_size=4), as_tuple=st.booleans())
+def test_index_lists_are_refused_with_one_message_or_applied_exactly(tokenizer, items, as_tuple):
+    """`apply`, `protected_blocks` and `forced_blocks` take the same lists the same way: integers only (no bools,
+    no floats), distinct, in range (and, to apply, not empty); anything else is refused naming the argument."""
+    value = tuple(items) if as_tuple else list(items)
+    valid = (
+        all(isinstance(i, int) and not isinstance(i, bool) for i in items)
+        and len(set(items)) == len(items)
+        and all(0 <= i < 6 for i in items)
+    )
+    # at most 4 indices of 6 blocks: the counts always fit, so only the list itself can be wrong
+    for argument, remove in (("protected_blocks", 1), ("forced_blocks", max(1, len(items)))):
+        try:
+            config = BlockRemovalConfig(num_blocks_to_remove=remove, **{argument: value})
+            config.validate_for_model(6)
+        except ConfigurationError as error:
+            assert not valid, error
+            assert f"`{argument}`=" in str(error) and re.search(INDEX_MESSAGE, str(error)), error
+        else:
+            assert valid and getattr(config, argument) == tuple(sorted(items))
+    pruner = Pruner(build_tiny_model("llama"), tokenizer)
+    if valid and items:
+        assert pruner.apply(value).removed_blocks == tuple(sorted(items))
+        return
+    with pytest.raises(ConfigurationError) as caught:
+        pruner.apply(value)
+    assert "`state`=" in str(caught.value) and re.search(INDEX_MESSAGE, str(caught.value))
+    assert pruner.result is None
+
+
+def test_index_list_messages_name_the_argument_the_value_and_the_range(tiny_model_dir, calibration_file, capsys):
+    pruner = Pruner(build_tiny_model("llama"))
+    for value, problem in [
+        ([1.0, 2.5], "holds 1.0, which is not an integer index"),
+        ([True, False], "holds True, which is not an integer index"),
+        ([1, 1], "repeats 1"),
+        ([], "is empty"),
+        ("1,2", "is of type str, not a list"),
+        ([-1], "holds -1, which is not a block index"),
+    ]:
+        with pytest.raises(ConfigurationError, match=re.escape(f"`state`={value!r} {problem}; ")):
+            pruner.apply(value)
+    with pytest.raises(ConfigurationError, match=re.escape("`forced_blocks`=[-1] holds -1, which is not a block")):
+        BlockRemovalConfig(forced_blocks=[-1])
+    with pytest.raises(ConfigurationError, match=re.escape("`candidate_kinds`=['moe', 'moe'] repeats 'moe'")):
+        BlockRemovalConfig(candidate_kinds=["moe", "moe"])
+    # the CLI forms get the same check and message, before the model loads
+    args = ["prune", str(tiny_model_dir), "--dataset", str(calibration_file), "--output-dir", "unused", *FAST]
+    assert main([*args, "--protected-blocks", "1,1"]) == 2
+    _one_line_error(capsys, "`protected_blocks`=(1, 1) repeats 1")
+    assert main([*args, "--forced-blocks", "9"]) == 2
+    _one_line_error(capsys, "`forced_blocks`=(9,) holds 9, which is not a block index", "integers in 0..5")
