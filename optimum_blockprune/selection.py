@@ -354,7 +354,9 @@ def resolve_state(
     elif not hasattr(state, "removed_blocks"):
         from .utils import block_indices
 
-        return block_indices(state, "state", num_blocks=len({s.block for s in sublayers}), non_empty=True), None
+        return block_indices(
+            state, "state", num_blocks=len({s.block for s in sublayers}), non_empty=True
+        ), None
     removed = state.removed_blocks
     if ranking is not None and ranking.granularity == "sublayer":
         removed = blocks_of_sublayers(sublayers, removed, model_type)

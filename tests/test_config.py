@@ -22,7 +22,10 @@ from optimum_blockprune.version import __version__
             "`fisher` must be one of ['auto', 'empirical', 'model', 'output'], got 'hessian'",
         ),
         ({"granularity": "head"}, "`granularity` must be one of ['block', 'sublayer']"),
-        ({"candidate_kinds": "moe"}, "`candidate_kinds`='moe' is of type str, not a list; it must be a list of distinct"),
+        (
+            {"candidate_kinds": "moe"},
+            "`candidate_kinds`='moe' is of type str, not a list; it must be a list of distinct",
+        ),
         ({"max_removed_per_kind": {"moe": -1}}, "`max_removed_per_kind` must map block kinds"),
         (
             {"min_removed_per_kind": {"moe": 3}, "max_removed_per_kind": {"moe": 1}},
@@ -58,7 +61,10 @@ def test_model_dependent_checks():
     BlockRemovalConfig(num_blocks_to_remove=5).validate_for_model(6)
     with pytest.raises(ConfigurationError, match="has only 6 blocks"):
         BlockRemovalConfig(num_blocks_to_remove=6).validate_for_model(6)
-    with pytest.raises(ConfigurationError, match=r"`protected_blocks`=\(0, 7\) holds 7, which is not a block index.*integers in 0..5"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"`protected_blocks`=\(0, 7\) holds 7, which is not a block index.*integers in 0..5",
+    ):
         BlockRemovalConfig(protected_blocks=[0, 7]).validate_for_model(6)
     with pytest.raises(ConfigurationError, match=r"`forced_blocks`=\(6,\) holds 6"):
         BlockRemovalConfig(forced_blocks=[6]).validate_for_model(6)

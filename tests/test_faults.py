@@ -17,9 +17,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import TEXTS, build_tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from conftest import TEXTS, build_tiny_model
 
 from optimum_blockprune import (
     BlockRemovalConfig,
@@ -340,7 +340,9 @@ def test_an_offline_push_keeps_the_local_save_and_says_how_to_retry(
 
 
 # -- overwrite replaces what a save writes, nothing else -----------------------------------------------------------
-def test_overwrite_keeps_every_file_a_save_did_not_write(tiny_model_dir, calibration_file, tmp_path, monkeypatch):
+def test_overwrite_keeps_every_file_a_save_did_not_write(
+    tiny_model_dir, calibration_file, tmp_path, monkeypatch
+):
     """`--output-dir . --overwrite` in a project directory: the input data, notes and subfolders stay; a previous
     save's files (a sharded checkpoint among them) are replaced, so no stale shard can mix with the new weights."""
     project = tmp_path / "proj"
@@ -392,7 +394,9 @@ def test_overwrite_keeps_every_file_a_save_did_not_write(tiny_model_dir, calibra
 
 
 # -- every list of block indices gets one check --------------------------------------------------------------------
-INDEX_MESSAGE = r"it must be a list of distinct 0-based block indices \((integers in 0\.\.5|non-negative integers)\)"
+INDEX_MESSAGE = (
+    r"it must be a list of distinct 0-based block indices \((integers in 0\.\.5|non-negative integers)\)"
+)
 
 index_items = st.one_of(
     st.integers(min_value=-3, max_value=8),
@@ -433,7 +437,9 @@ def test_index_lists_are_refused_with_one_message_or_applied_exactly(tokenizer, 
     assert pruner.result is None
 
 
-def test_index_list_messages_name_the_argument_the_value_and_the_range(tiny_model_dir, calibration_file, capsys):
+def test_index_list_messages_name_the_argument_the_value_and_the_range(
+    tiny_model_dir, calibration_file, capsys
+):
     pruner = Pruner(build_tiny_model("llama"))
     for value, problem in [
         ([1.0, 2.5], "holds 1.0, which is not an integer index"),
@@ -445,7 +451,9 @@ def test_index_list_messages_name_the_argument_the_value_and_the_range(tiny_mode
     ]:
         with pytest.raises(ConfigurationError, match=re.escape(f"`state`={value!r} {problem}; ")):
             pruner.apply(value)
-    with pytest.raises(ConfigurationError, match=re.escape("`forced_blocks`=[-1] holds -1, which is not a block")):
+    with pytest.raises(
+        ConfigurationError, match=re.escape("`forced_blocks`=[-1] holds -1, which is not a block")
+    ):
         BlockRemovalConfig(forced_blocks=[-1])
     with pytest.raises(ConfigurationError, match=re.escape("`candidate_kinds`=['moe', 'moe'] repeats 'moe'")):
         BlockRemovalConfig(candidate_kinds=["moe", "moe"])

@@ -97,7 +97,9 @@ class GuidedSearch(RankingMethod):
         incumbent = min(full, key=full.get)
         best_history = [full[incumbent]]
         rounds = stale = screened = 0
-        bar = progress_bar(total=math.ceil(budget), desc="Guided search", enabled=config.show_progress, unit="fe")
+        bar = progress_bar(
+            total=math.ceil(budget), desc="Guided search", enabled=config.show_progress, unit="fe"
+        )
         shown = 0
         while spent() < budget and stale < self.patience:
             now = min(int(spent()), math.ceil(budget))
