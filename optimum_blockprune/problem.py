@@ -250,7 +250,47 @@ def check_fisher(
     return units
 
 
-def check_sample_count(num_samples: int, num_gates: int, *, fisher: bool, source: str = "the data") -> None:
+def more_samples_advice(config: BlockRemovalConfig | None) -> str:
+    """How to get more calibration samples from the input the user gave: packing cuts one long text (a `.txt`
+    file, a few long documents) into `max_length`-token samples; only then does a smaller `max_length` help."""
+    if config is None:
+        return "Give more or longer documents, or pack them (`pack_samples=True`, `--pack-samples`)."
+    if config.pack_samples:
+        return (
+            f"Give more text, or a smaller `max_length` (now {config.max_length}; `--max-length`): packed text is "
+            "cut into samples of that many tokens."
+        )
+    return (
+        f"Give more documents, or pack them: `pack_samples=True` (`--pack-samples`) cuts long texts (a `.txt` file, "
+        f"long documents) into samples of `max_length`={config.max_length} tokens, and a smaller `max_length` then "
+        "gives more of them."
+    )
+
+
+def check_minimum_samples(
+    num_samples: int, minimum: int, needed_by: str, *, source: str, config: BlockRemovalConfig | None = None
+) -> None:
+    """Refuse fewer scoring samples than `needed_by` (a method or energy) is defined on, before the model runs.
+
+    Raises:
+        CalibrationDataError: naming the count, the source, the minimum, who needs it, and advice for this input.
+    """
+    if num_samples < minimum:
+        raise CalibrationDataError(
+            f"{num_samples} calibration sample(s) from {source}, but {needed_by} needs at least {minimum} "
+            f"(`num_calibration_samples`; {MIN_CALIBRATION_SAMPLES} or more recommended). "
+            + more_samples_advice(config)
+        )
+
+
+def check_sample_count(
+    num_samples: int,
+    num_gates: int,
+    *,
+    fisher: bool,
+    source: str = "the data",
+    config: BlockRemovalConfig | None = None,
+) -> None:
     """Refuse a Fisher from fewer samples than gates (H = AᵀA/m has rank at most m, so the energy cannot tell the
     removals apart); warn below `MIN_CALIBRATION_SAMPLES` for any method.
 
@@ -261,8 +301,8 @@ def check_sample_count(num_samples: int, num_gates: int, *, fisher: bool, source
         raise CalibrationDataError(
             f"{num_samples} calibration sample(s) from {source} for a Fisher over {num_gates} gates: H = AᵀA/m has "
             f"rank at most {num_samples}, so it cannot rank the removals. Give at least {num_gates} samples "
-            f"(`num_calibration_samples`; {MIN_CALIBRATION_SAMPLES} or more recommended): more or longer "
-            "documents, `pack_samples=True`, or a smaller `max_length` to cut long documents into more samples."
+            f"(`num_calibration_samples`; {MIN_CALIBRATION_SAMPLES} or more recommended). "
+            + more_samples_advice(config)
         )
     if num_samples < MIN_CALIBRATION_SAMPLES:
         warnings.warn(

@@ -182,7 +182,11 @@ class Pruner:
         kind = fisher_type(self.adapter, config)
         data = prepare_scoring_data(calibration_dataset, self.tokenizer, config, model=self.model)
         check_sample_count(
-            data.num_samples, len(self.units(config.granularity)), fisher=True, source=data.source
+            data.num_samples,
+            len(self.units(config.granularity)),
+            fisher=True,
+            source=data.source,
+            config=config,
         )
         self.fisher = estimate_fisher(
             self.model,

@@ -16,6 +16,7 @@ from .methods import RankingContext, get_method
 from .problem import (
     MIN_SELECTION_SAMPLES,
     check_fisher,
+    check_minimum_samples,
     check_sample_count,
     fisher_type,
     removal_problem,
@@ -307,7 +308,12 @@ def select_removal(
         scoring, held_out = calibration_split(calibration_dataset, tokenizer, config, model=model)
         # an energy built on H needs H of full rank; Taylor's g and the diagonal H_ii do not
         estimates_fisher = fisher is None and "fisher" in needs and method.uses_energy
-        check_sample_count(scoring.num_samples, len(units), fisher=estimates_fisher, source=scoring.source)
+        minimum = method.min_samples_for(config)
+        needed_by = f"`energy`={config.energy!r}" if method.uses_energy else f"`method`={config.method!r}"
+        check_minimum_samples(scoring.num_samples, minimum, needed_by, source=scoring.source, config=config)
+        check_sample_count(
+            scoring.num_samples, len(units), fisher=estimates_fisher, source=scoring.source, config=config
+        )
     context = RankingContext(
         config,
         model=model,

@@ -463,3 +463,39 @@ def test_index_list_messages_name_the_argument_the_value_and_the_range(
     _one_line_error(capsys, "`protected_blocks`=(1, 1) repeats 1")
     assert main([*args, "--forced-blocks", "9"]) == 2
     _one_line_error(capsys, "`forced_blocks`=(9,) holds 9, which is not a block index", "integers in 0..5")
+
+
+# -- too little data is refused before the model runs, with advice for the input given -----------------------------
+@pytest.mark.parametrize(
+    ("method", "energy", "minimum"),
+    [("cbo", "measured_pairs", 4), ("guided", "measured_pairs", 4), ("evopress", "measured_pairs", 2)],
+)
+def test_each_method_and_energy_declares_the_samples_it_needs(
+    tokenizer, tmp_path, method, energy, minimum, monkeypatch
+):
+    """A six-paragraph `.txt` is one sample at the default length: refused before any forward pass (the default
+    energy's split halves and standard errors need several), with advice that works for a `.txt`."""
+    import optimum_blockprune.evaluation as evaluation
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("the model ran before the sample count was checked")
+
+    monkeypatch.setattr(evaluation, "removal_losses", no_forward)
+    text = tmp_path / "notes.txt"
+    text.write_text("\n\n".join(TEXTS[:6]))
+    config = BlockRemovalConfig(num_blocks_to_remove=2, method=method, energy=energy, show_progress=False)
+    needed_by = f"`energy`='{energy}'" if method == "cbo" else f"`method`='{method}'"
+    with pytest.raises(CalibrationDataError) as caught:
+        Pruner(build_tiny_model("llama"), tokenizer).select(
+            replace(config, num_calibration_samples=minimum - 1, pack_samples=True, max_length=24), str(text)
+        )
+    message = str(caught.value)
+    assert (
+        f"{minimum - 1} calibration sample(s)" in message
+        and f"{needed_by} needs at least {minimum}" in message
+    )
+    assert "smaller `max_length` (now 24" in message  # packed already: the advice is the length
+    with pytest.raises(
+        CalibrationDataError, match=r"1 calibration sample\(s\).*`pack_samples=True` \(`--pack-samples`\)"
+    ):
+        Pruner(build_tiny_model("llama"), tokenizer).select(config, str(text))

@@ -39,6 +39,8 @@ class Energy(ABC):
     #: E(x) predicts the calibration-loss increase of removing x, so measured removals can correct it
     #: (`correction_rounds`).
     predicts_loss: ClassVar[bool] = False
+    #: The fewest calibration samples the estimate is defined on (split halves and standard errors need several).
+    min_samples: ClassVar[int] = 1
 
     @abstractmethod
     def matrix(self, problem: CardinalityProblem, context: RankingContext) -> np.ndarray:

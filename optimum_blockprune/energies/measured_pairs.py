@@ -41,6 +41,8 @@ class MeasuredPairsEnergy(Energy):
     )
     needs = ("removals",)
     predicts_loss = True
+    #: the split-half reliability compares two halves of at least two samples each
+    min_samples = 4
     reference = "measured second-order interactions (cf. Shapley-style interaction indices)"
 
     def matrix(self, problem, context) -> np.ndarray:

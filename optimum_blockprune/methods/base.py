@@ -105,6 +105,14 @@ class RankingMethod(ABC):
     def display_label(self) -> str:
         return self.label or self.name
 
+    #: The fewest calibration samples the method is defined on (checked before the model runs).
+    min_samples: ClassVar[int] = 1
+
+    def min_samples_for(self, config: BlockRemovalConfig) -> int:
+        """The fewest scoring samples ranking with `config` needs (a method whose needs depend on the config
+        overrides this)."""
+        return self.min_samples
+
     def requirements(self, config: BlockRemovalConfig) -> tuple[str, ...]:
         """What ranking with `config` needs (a method whose needs depend on the config overrides this)."""
         return tuple(self.needs)

@@ -26,6 +26,9 @@ class CBO(RankingMethod):
     sublayers = True
     uses_energy = True
 
+    def min_samples_for(self, config):
+        return get_energy(config.energy).min_samples
+
     def requirements(self, config):
         needs = tuple(get_energy(config.energy).needs)
         return (*needs, "removals") if config.rounds_of_correction else needs

@@ -35,6 +35,8 @@ class EvoPress(RankingMethod):
     cost = "M (N - M) / 1.5 generations of λ + 1 states on few samples, the best 2 on a quarter of them"
     reference = "EvoPress, Sieberling et al., ICML 2025, arXiv:2410.14649"
 
+    #: selection in stages needs samples to grow over
+    min_samples = 2
     #: The reference's depth-pruning settings: 32 offspring, 64 random initial states, survivors 2 then 1.
     offspring: ClassVar[int] = 32
     initial_states: ClassVar[int] = 64

@@ -55,6 +55,8 @@ class GuidedSearch(RankingMethod):
         "(arXiv:2410.14649)"
     )
 
+    #: two screening samples and two more: the stages must differ
+    min_samples = 4
     metric: ClassVar[str] = "kl"
     #: Per round: the incumbent's unmeasured one-swap neighbours with the lowest corrected energy ...
     local_proposals: ClassVar[int] = 10
