@@ -51,5 +51,9 @@ class HubUploadError(BlockPruneError, OSError):
     """An upload to the Hugging Face Hub failed; the local files are kept."""
 
 
+class NonFiniteError(BlockPruneError, FloatingPointError):
+    """A loss, statistic or estimate came out NaN or infinite (a broken weight, or overflow in a low precision)."""
+
+
 class BlockPruneWarning(UserWarning):
     """Warnings about choices that work but deserve the user's attention."""

@@ -15,6 +15,7 @@ from .architectures import BlockInfo, get_adapter
 from .config import BlockRemovalConfig
 from .errors import ConfigurationError, SurgeryError
 from .estimation.measurements import MeasurementCache
+from .finite import check_unpruned_loss, require_finite
 from .problem import check_request, check_sample_count, fisher_type
 from .result import PruningResult, RankedState, Ranking
 from .selection import Selection, check_given_fisher, rank_from_fisher, resolve_state, select_removal
@@ -188,7 +189,8 @@ class Pruner:
             source=data.source,
             config=config,
         )
-        self.fisher = estimate_fisher(
+        check_unpruned_loss(self.model, data, self.adapter, pad_token_id=self.pad_token_id)
+        fisher = estimate_fisher(
             self.model,
             data,
             adapter=self.adapter,
@@ -204,6 +206,8 @@ class Pruner:
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
         )
+        require_finite(fisher.gradients, "The Fisher estimate's gradients", model=self.model)
+        self.fisher = fisher
         return self.fisher
 
     def solve(

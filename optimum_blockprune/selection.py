@@ -325,6 +325,8 @@ def select_removal(
         fisher_metadata={"max_length": config.max_length, **(fisher_metadata or {})},
         measurements=measurements,
     )
+    if scoring is not None and model is not None:
+        context.check_unpruned()
     ranking = finish_ranking(method.run(problem, context), problem, unit_dicts, config)
     if scoring is not None:  # named in the card whatever the method (a Fisher's metadata has its own)
         ranking.stats["calibration"] = scoring.summary()

@@ -145,9 +145,15 @@ def _edited(path, fisher_file):
 
 
 def _nan(path, fisher_file):
-    fisher = FisherEstimate.load(fisher_file)
-    fisher.gradients[1, 2] = np.nan
-    fisher.save(path)
+    """A file with a NaN that `save` would refuse to write (another tool wrote it, or a disk flipped bits)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(fisher_file), "np") as handle:
+        metadata = handle.metadata()
+    arrays = load_file(str(fisher_file))
+    arrays["gradients"][1, 2] = np.nan
+    save_file(arrays, str(path), metadata=metadata)
 
 
 FISHER_FAULTS = {
@@ -499,3 +505,88 @@ def test_each_method_and_energy_declares_the_samples_it_needs(
         CalibrationDataError, match=r"1 calibration sample\(s\).*`pack_samples=True` \(`--pack-samples`\)"
     ):
         Pruner(build_tiny_model("llama"), tokenizer).select(config, str(text))
+
+
+# -- non-finite values: refused once, before the long work, saying where they came from ----------------------------
+def _nan_weight_model():
+    import torch
+
+    model = build_tiny_model("llama")
+    with torch.no_grad():
+        model.model.layers[2].mlp.down_proj.weight[0, 0] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("method", ["cbo", "block_influence", "sleb", "guided"])
+def test_a_nan_weight_is_named_before_any_ranking_work(tokenizer, method, monkeypatch):
+    from optimum_blockprune import NonFiniteError
+    from optimum_blockprune.methods import get_method
+
+    def no_ranking(*args, **kwargs):
+        raise AssertionError("the method ran on a model whose own loss is NaN")
+
+    monkeypatch.setattr(type(get_method(method)), "rank", no_ranking)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, method=method, num_calibration_samples=8, max_length=24
+    )
+    with pytest.raises(NonFiniteError) as caught:
+        Pruner(_nan_weight_model(), tokenizer).select(replace(config, show_progress=False), TEXTS * 2)
+    message = str(caught.value)
+    assert "The unpruned model's calibration loss on sample 0 is not finite (nan)" in message
+    assert "`model.layers.2.mlp.down_proj.weight`" in message and isinstance(caught.value, FloatingPointError)
+
+
+def test_a_nan_fisher_is_neither_returned_nor_saved(tokenizer, tmp_path, fisher_file):
+    from optimum_blockprune import NonFiniteError
+
+    pruner = Pruner(_nan_weight_model(), tokenizer)
+    config = BlockRemovalConfig(num_calibration_samples=8, max_length=24, show_progress=False)
+    with pytest.raises(NonFiniteError, match="unpruned model's calibration loss on sample 0.*down_proj"):
+        pruner.estimate(TEXTS * 2, config)
+    assert pruner.fisher is None
+    broken = FisherEstimate.load(fisher_file)
+    broken.gradients[1, 2] = float("nan")
+    with pytest.raises(NonFiniteError, match="Fisher estimate to save .* gradients"):
+        broken.save(tmp_path / "broken.safetensors")
+    assert not (tmp_path / "broken.safetensors").exists()
+
+
+def test_a_nan_weight_is_one_line_on_the_command_line(tmp_path, calibration_file, capsys):
+    _nan_weight_model().save_pretrained(tmp_path / "broken")
+    from conftest import build_tokenizer
+
+    build_tokenizer().save_pretrained(tmp_path / "broken")
+    args = [
+        "prune",
+        str(tmp_path / "broken"),
+        "--dataset",
+        str(calibration_file),
+        "--output-dir",
+        str(tmp_path / "o"),
+    ]
+    assert main([*args, "--num-blocks-to-remove", "2", *FAST]) == 2
+    _one_line_error(capsys, "is not finite", "down_proj.weight")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_nan_in_any_measured_removal_names_the_removal_and_the_sample(tokenizer, monkeypatch):
+    """Finite weights, but one removal overflows on one sample (as fp16 can): refused where it happened."""
+    from optimum_blockprune import NonFiniteError
+    from optimum_blockprune.methods.base import RankingContext
+
+    real = RankingContext._measure
+
+    def overflowing(self, removals, metric, data):
+        losses = real(self, removals, metric, data)
+        for row, removal in enumerate(removals):
+            if removal == (2,):
+                losses.sums[row, 1] = np.inf
+        return losses
+
+    monkeypatch.setattr(RankingContext, "_measure", overflowing)
+    config = BlockRemovalConfig(num_blocks_to_remove=2, method="sleb", num_calibration_samples=8, max_length=24)
+    with pytest.raises(NonFiniteError) as caught:
+        Pruner(build_tiny_model("llama"), tokenizer).select(replace(config, show_progress=False), TEXTS * 2)
+    message = str(caught.value)
+    assert "The calibration loss of removing blocks [2] on sample 1 is not finite (inf)" in message
+    assert "The weights are finite, yet the activations overflowed in float32" in message

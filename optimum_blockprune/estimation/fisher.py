@@ -201,10 +201,13 @@ class FisherEstimate:
         """
         from safetensors.numpy import save_file
 
+        from ..finite import require_finite
         from ..utils import atomic_destination, check_output_file
 
         path = fisher_file_path(path)
         check_output_file(path, "path", overwrite=overwrite)
+        for name in ("gradients", "hessian", "mean_gradient"):
+            require_finite(getattr(self, name), f"The Fisher estimate to save to {path!r} (its {name})")
         with atomic_destination(path) as tmp:
             save_file(
                 {

@@ -195,6 +195,16 @@ class RankingContext:
             "show_progress": self.config.show_progress,
         }
 
+    def check_unpruned(self) -> None:
+        """Measure the model as it is on one calibration sample before any ranking work: a model whose own loss
+        is NaN (a broken weight, fp16 overflow) is refused at once, saying where the NaN came from."""
+        from ..finite import check_unpruned_loss
+
+        self._require_model("its unpruned loss")
+        start = time.perf_counter()
+        spent = check_unpruned_loss(self.model, self.data, self.adapter, pad_token_id=self.pad_token_id)
+        self._spent("check", 0, start, spent)
+
     def fisher(self) -> FisherEstimate:
         """The block Fisher of the calibration data (estimated once, on first use)."""
         if "fisher" not in self.estimates:
@@ -216,6 +226,11 @@ class RankingContext:
             )
             # a backward costs about two forwards: three block evaluations per block and token
             self._spent("fisher", self.estimates["fisher"].num_samples, start, 3 * self._full_pass())
+            from ..finite import require_finite
+
+            require_finite(
+                self.estimates["fisher"].gradients, "The Fisher estimate's gradients", model=self.model
+            )
         return self.estimates["fisher"]
 
     def _spent(self, kind: str, amount: int, start: float, block_evaluations: int = 0) -> None:
@@ -280,8 +295,18 @@ class RankingContext:
         spent = []
 
         def compute(todo):
+            import numpy as np
+
+            from ..finite import require_finite
+
             losses = self._measure(todo, metric, data)
             spent.append(losses.block_evaluations)
+            bad = ~np.isfinite(losses.sums)
+            if bad.any():
+                row, sample = (int(i) for i in np.argwhere(bad)[0])
+                which = f"removing blocks {list(todo[row])}" if todo[row] else "the unpruned model"
+                what = f"The calibration {metric} of {which} on sample {sample}"
+                require_finite(losses.sums[row, sample], what, model=self.model)
             return losses
 
         # without the pruner's cache, a call-local one still measures each distinct removal once

@@ -37,9 +37,12 @@ def rank_by_importance(
 
     Without side constraints the ground state is simply the `num_selected` least important candidates.
     """
+    from ..finite import require_finite
+
     scores = np.asarray(importance, dtype=np.float64)
-    if scores.shape != (problem.qubo.num_variables,) or not np.all(np.isfinite(scores)):
-        raise ValueError(f"`importance` must hold one finite score per block, got shape {scores.shape}.")
+    if scores.shape != (problem.qubo.num_variables,):
+        raise ValueError(f"`importance` must hold one score per block, got shape {scores.shape}.")
+    require_finite(scores, "The blocks' importance scores")
     shift = float(scores.min())  # a constant per removed block: same order, keeps the matrix PSD
     qubo = QUBO(np.diag(scores - shift), offset=shift * problem.num_selected)
     return solve_ranking(replace(problem, qubo=qubo), num_states, solver=solver, time_limit_s=time_limit_s)
