@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -366,12 +367,44 @@ def run_prune(args: argparse.Namespace) -> int:
         f"\nRemoved blocks (0-based): {list(result.removed_blocks)}; parameters "
         f"{result.num_parameters_before:,} -> {result.num_parameters_after:,} ({100 * result.parameter_reduction:.1f}% fewer)"
     )
-    pruner.save_pretrained(args.output_dir, overwrite=args.overwrite, repo_id=args.push_to_hub)
+    _save_or_fall_back(pruner, args.output_dir, overwrite=args.overwrite, repo_id=args.push_to_hub)
     print(f"Saved to {args.output_dir}")
     if args.push_to_hub:  # the saved directory itself: a failed upload leaves it as it is, ready to retry
         push_folder_to_hub(args.output_dir, args.push_to_hub, private=args.private or None)
         print(f"Pushed to https://huggingface.co/{args.push_to_hub}")
     return 0
+
+
+def _save_or_fall_back(pruner, output_dir: str, **options) -> None:
+    """Save; if that fails after the work (the disk filled, the directory went away), save to a fresh directory
+    under the system's temporary directory instead, so minutes of pruning are not lost, and say where.
+
+    Raises:
+        OutputPathError: the save failed; the message names where the model was saved instead (or that it could
+            not be).
+    """
+    from .errors import OutputExistsError, OutputPathError
+
+    try:
+        pruner.save_pretrained(output_dir, **options)
+    except (OSError, OutputPathError) as error:
+        if isinstance(error, OutputExistsError):
+            raise
+        import tempfile
+
+        name = os.path.basename(os.path.abspath(output_dir)) or "model"
+        fallback = tempfile.mkdtemp(prefix=f"optimum-blockprune-{name}-")
+        try:
+            pruner.save_pretrained(fallback, overwrite=True, repo_id=options.get("repo_id"))
+        except Exception as second:  # noqa: BLE001 - the first error is the one to report
+            raise OutputPathError(
+                f"Saving to {output_dir!r} failed ({error}), and so did the fallback save to {fallback!r} "
+                f"({second})."
+            ) from error
+        raise OutputPathError(
+            f"Saving to {output_dir!r} failed ({error}). The pruned model was saved to {fallback!r} instead; move it "
+            f"where you want it (`mv {fallback} <dir>`)."
+        ) from error
 
 
 def run_rank(args: argparse.Namespace) -> int:
@@ -384,7 +417,10 @@ def run_rank(args: argparse.Namespace) -> int:
         check_output_file(args.json, "--json", overwrite=args.overwrite)
     fisher = _check_inputs(args)
     if fisher is not None and not needs_calibration_data(config, has_fisher=True):
-        ranking = rank_from_fisher(fisher, config)  # no model needed
+        if args.model is not None:  # given a model, the Fisher must be this model's, as `prune` checks
+            ranking = _load_pruner(args).solve(fisher, config)
+        else:
+            ranking = rank_from_fisher(fisher, config)  # no model needed
         chosen = config.selected_state
     else:
         if args.model is None:
@@ -408,10 +444,12 @@ def run_rank(args: argparse.Namespace) -> int:
 
 def run_estimate(args: argparse.Namespace) -> int:
     from .estimation.fisher import fisher_file_path
-    from .utils import check_output_file
+    from .utils import check_output_directory, check_output_file
 
     config = config_from_args(args)
     check_output_file(fisher_file_path(args.output), "--output", overwrite=args.overwrite)
+    if args.checkpoint_dir is not None:
+        check_output_directory(args.checkpoint_dir, "--checkpoint-dir")
     _check_inputs(args)
     if args.checkpoint_every < 1:
         raise BlockPruneError(f"--checkpoint-every must be at least 1 sample, got {args.checkpoint_every}.")
@@ -462,6 +500,20 @@ def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = N
     logger.setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
     try:
         return args.handler(args)
+    except KeyboardInterrupt:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        # every write is atomic, so an interrupted command leaves no partial output
+        checkpoint = getattr(args, "checkpoint_dir", None)
+        what = (
+            f"the rows checkpointed so far are kept in {checkpoint!r}: run the same command again to resume"
+            if checkpoint
+            else "nothing was written"
+        )
+        print(
+            f"optimum-blockprune {getattr(args, 'command', '') or ''}: interrupted; {what}.", file=sys.stderr
+        )
+        return 130
     except BlockPruneError as error:
         if getattr(args, "verbose", False):
             traceback.print_exc()

@@ -54,8 +54,13 @@ def check_unpruned_loss(model: nn.Module, data, adapter, *, pad_token_id: int = 
     """
     from .evaluation import removal_losses
 
-    losses = removal_losses(model, data.subset([0]), [()], adapter=adapter, pad_token_id=pad_token_id)
-    require_finite(losses.sums[0, 0], "The unpruned model's calibration loss on sample 0", model=model)
+    # an encoder has no next-token loss: its output's distortion (NaN when the output is)
+    metric = "loss" if adapter.task == "causal-lm" else "distortion"
+    losses = removal_losses(
+        model, data.subset([0]), [()], metric=metric, adapter=adapter, pad_token_id=pad_token_id
+    )
+    what = "loss" if metric == "loss" else "output distortion"
+    require_finite(losses.sums[0, 0], f"The unpruned model's calibration {what} on sample 0", model=model)
     return losses.block_evaluations
 
 

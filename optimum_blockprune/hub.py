@@ -277,7 +277,9 @@ def save_pruned_model(
     ensure_writable_directory(save_directory, overwrite)
     parent = os.path.dirname(save_directory)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(save_directory)}.tmp-")
+    # staged inside an existing directory (its parent may not be ours to write), else beside it
+    stage_in = save_directory if os.path.isdir(save_directory) else parent
+    staging = tempfile.mkdtemp(dir=stage_in, prefix=f".{os.path.basename(save_directory)}.tmp-")
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would become the saved directory's mode
     with terminate_as_interrupt():
         _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, save_kwargs)
@@ -363,7 +365,7 @@ def _move_into_place(staging: str, target: str) -> None:
         return
     new = sorted(os.listdir(staging))
     stale = sorted({*save_outputs_in(target), *(n for n in new if os.path.lexists(os.path.join(target, n)))})
-    backup = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.old-")
+    backup = tempfile.mkdtemp(dir=target, prefix=f".{os.path.basename(target)}.old-")
     moved_out: list[str] = []
     moved_in: list[str] = []
     try:

@@ -87,7 +87,15 @@ def load_pretrained(
         task = get_adapter(model_config).task  # fails before loading any weights
     if auto_class is None:
         auto_class = getattr(transformers, TASKS[task].auto_class)
-    model = auto_class.from_pretrained(model_id, **kwargs)
+    try:
+        model = auto_class.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError, TypeError) as error:  # no weights, a dtype it cannot take, a bad argument
+        options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k not in ("token",))
+        raise ModelLoadError(
+            f"Could not load the model weights of {model_id!r}"
+            + (f" with {options}" if options else "")
+            + f": {error}"
+        ) from error
     if _is_gguf_quantized(model):
         model = _without_gguf_quantizer(model)
     if tokenizer is None:

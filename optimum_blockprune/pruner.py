@@ -180,6 +180,10 @@ class Pruner:
         config = config or BlockRemovalConfig()
         self._refuse_if_pruned("estimate")
         self._check_checkpointing(config)
+        if checkpoint_dir is not None:
+            from .utils import check_output_directory
+
+            check_output_directory(checkpoint_dir, "checkpoint_dir")
         kind = fisher_type(self.adapter, config)
         data = prepare_scoring_data(calibration_dataset, self.tokenizer, config, model=self.model)
         check_sample_count(

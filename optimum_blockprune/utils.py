@@ -110,6 +110,10 @@ def check_output_directory(path: str | os.PathLike, argument: str) -> None:
     from .errors import OutputPathError
 
     path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputPathError(
+            f"`{argument}`={path!r} is an existing file, not a directory; choose a directory path."
+        )
     ancestor = os.path.dirname(path)
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
@@ -119,6 +123,16 @@ def check_output_directory(path: str | os.PathLike, argument: str) -> None:
         )
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputPathError(f"`{argument}`={path!r} cannot be created: {ancestor!r} is not writable.")
+    # permissions do not tell everything (/proc, read-only mounts, full disks, root): create and remove an entry
+    # where a save will stage its files (inside the directory when it exists, else in its nearest ancestor)
+    probe_in = path if os.path.isdir(path) else ancestor
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=probe_in, prefix=".blockprune-probe-"))
+    except OSError as error:
+        raise OutputPathError(
+            f"`{argument}`={path!r} cannot be written: creating an entry in {probe_in!r} failed "
+            f"({error.strerror or error}). Choose another path."
+        ) from None
 
 
 def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it"):

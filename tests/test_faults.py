@@ -584,9 +584,122 @@ def test_a_nan_in_any_measured_removal_names_the_removal_and_the_sample(tokenize
         return losses
 
     monkeypatch.setattr(RankingContext, "_measure", overflowing)
-    config = BlockRemovalConfig(num_blocks_to_remove=2, method="sleb", num_calibration_samples=8, max_length=24)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, method="sleb", num_calibration_samples=8, max_length=24
+    )
     with pytest.raises(NonFiniteError) as caught:
         Pruner(build_tiny_model("llama"), tokenizer).select(replace(config, show_progress=False), TEXTS * 2)
     message = str(caught.value)
     assert "The calibration loss of removing blocks [2] on sample 1 is not finite (inf)" in message
     assert "The weights are finite, yet the activations overflowed in float32" in message
+
+
+# -- checks that used to run late ----------------------------------------------------------------------------------
+def test_a_model_without_weights_or_with_an_impossible_dtype_is_a_model_load_error(tiny_model_dir, tmp_path):
+    import shutil
+
+    empty = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, empty)
+    (empty / "model.safetensors").unlink()
+    with pytest.raises(
+        ModelLoadError, match=r"Could not load the model weights of .*no-weights.*no file named"
+    ):
+        Pruner.from_pretrained(str(empty))
+    with pytest.raises(ModelLoadError, match=r"with dtype='int8'.*not a floating-point dtype"):
+        Pruner.from_pretrained(str(tiny_model_dir), dtype="int8")
+
+
+def test_late_failures_are_caught_before_the_work_or_lose_nothing(
+    no_model_load, tiny_model_dir, calibration_file, tmp_path, capsys, monkeypatch
+):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    data = ["--dataset", str(calibration_file)]
+    out = ["--output", str(tmp_path / "f.safetensors")]
+    assert main(["estimate", str(tiny_model_dir), *data, *out, "--checkpoint-dir", str(blocker)]) == 2
+    _one_line_error(capsys, "`--checkpoint-dir`=", "is an existing file, not a directory")
+    # permissions say yes, creating an entry says no (as /proc does): refused before the model loads
+    real_mkdtemp = __import__("tempfile").mkdtemp
+
+    def refusing(*args, dir=None, **kwargs):
+        if dir is not None and str(dir).startswith(str(tmp_path / "ro")):
+            raise OSError(30, "Read-only file system")
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr("tempfile.mkdtemp", refusing)
+    args = ["prune", str(tiny_model_dir), *data, "--output-dir", str(tmp_path / "ro" / "x")]
+    assert main(args) == 2
+    _one_line_error(capsys, "cannot be written: creating an entry in", "Read-only file system")
+    assert blocker.read_text() == "mine"
+
+
+def test_a_save_that_fails_after_the_work_falls_back_and_says_where(
+    tiny_model_dir, calibration_file, tmp_path, capsys, monkeypatch
+):
+    import optimum_blockprune.hub as hub
+
+    real = hub._write_into
+    target = tmp_path / "out"
+
+    def disk_full(staging, save_directory, *args):
+        if save_directory == str(target):
+            raise OSError(28, "No space left on device")
+        return real(staging, save_directory, *args)
+
+    monkeypatch.setattr(hub, "_write_into", disk_full)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    args = ["prune", str(tiny_model_dir), "--dataset", str(calibration_file), "--output-dir", str(target)]
+    assert main([*args, "--num-blocks-to-remove", "2", "--energy", "paper", *FAST]) == 2
+    err = _one_line_error(capsys, "No space left on device", "The pruned model was saved to")
+    fallback = re.search(r"saved to '([^']+)' instead", err).group(1)
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(fallback).config.num_hidden_layers == 4
+    assert fallback.startswith(str(tmp_path / "tmp")) and not target.exists()
+
+
+def test_rank_with_a_model_checks_the_fisher_is_that_models(fisher_file, tmp_path, capsys):
+    from conftest import build_tokenizer
+
+    other = tmp_path / "other"
+    build_tiny_model("llama", seed=1).save_pretrained(other)  # same blocks, other weights
+    build_tokenizer().save_pretrained(other)
+    args = ["rank", str(other), "--fisher-file", str(fisher_file), "--energy", "paper", *FAST]
+    assert main([*args, "--num-blocks-to-remove", "2"]) == 2
+    _one_line_error(capsys, "weights fingerprint")
+    # without a model it ranks the Fisher alone, as asked
+    assert (
+        main(["rank", "--fisher-file", str(fisher_file), "--energy", "paper", "--num-blocks-to-remove", "2"])
+        == 0
+    )
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_ctrl_c_is_one_line_and_exit_130(
+    tiny_model_dir, calibration_file, tmp_path, capsys, monkeypatch, checkpoint
+):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pruner, "estimate", interrupted)
+    args = [
+        "estimate",
+        str(tiny_model_dir),
+        "--dataset",
+        str(calibration_file),
+        "--output",
+        str(tmp_path / "f"),
+    ]
+    if checkpoint:
+        args += ["--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert main([*args, *FAST]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    expected = "run the same command again to resume" if checkpoint else "interrupted; nothing was written"
+    assert err.startswith("optimum-blockprune estimate: interrupted;") and expected in err
+    assert not (tmp_path / "f.safetensors").exists()
