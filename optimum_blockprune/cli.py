@@ -434,7 +434,7 @@ def run_rank(args: argparse.Namespace) -> int:
         ranking = pruner.ranking
         if not _is_main_process():
             return 0
-    print(ranking.describe(selected_rank=chosen))  # the state `prune` would apply is marked
+    print(ranking.describe(selected_rank=chosen, mark="prune would apply"))  # `rank` applies nothing
     if args.json:
         from .utils import atomic_write_text
 
@@ -493,11 +493,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Loading a model makes transformers import its torchao quantizer when torchao is installed, which logs missing
+#: CUDA kernels and torch's deprecation of its enums: nothing a block-removal run can act on (`--verbose` shows them).
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def execute(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     """Run a parsed command; library errors become one clear line and exit status 2 (with the traceback under
     `--verbose`)."""
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.INFO)
+    if not getattr(args, "verbose", False):
+        for name in NOISY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         return args.handler(args)
     except KeyboardInterrupt:

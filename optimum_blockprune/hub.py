@@ -85,18 +85,23 @@ def pruning_provenance(
     }
 
 
-def base_card_metadata(model_id: str | None) -> dict[str, Any]:
+#: One short attempt at the base model's card: a save must not wait on retries to a Hub it cannot reach.
+BASE_CARD_TIMEOUT_S = 3.0
+
+
+def base_card_metadata(model_id: str | None, *, local_weights: bool = False) -> dict[str, Any]:
     """The licence, datasets and languages the base model's card declares, to carry into the pruned model's
-    card: read from a local directory's README.md, or from the Hub (skipped quietly when offline). Read once per
-    model id and process: every save and push renders a card."""
-    return dict(_base_card_metadata(model_id))
+    card: read from a local directory's README.md, the Hub cache, or one short request to the Hub (none when
+    offline, or when the weights came from a local file such as a GGUF: `local_weights`). Read once per model id
+    and process: every save and push renders a card."""
+    return dict(_base_card_metadata(model_id, local_weights))
 
 
 @functools.lru_cache(maxsize=32)
-def _base_card_metadata(model_id: str | None) -> dict[str, Any]:
+def _base_card_metadata(model_id: str | None, local_weights: bool) -> dict[str, Any]:
     if not model_id:
         return {}
-    from huggingface_hub import ModelCard
+    from huggingface_hub import ModelCard, constants, try_to_load_from_cache
 
     readme = os.path.join(model_id, "README.md")
     try:
@@ -105,14 +110,40 @@ def _base_card_metadata(model_id: str | None) -> dict[str, Any]:
                 return {}
             card = ModelCard.load(readme)
         elif model_id.count("/") == 1:
-            card = ModelCard.load(model_id)
+            cached = try_to_load_from_cache(model_id, "README.md")
+            if isinstance(cached, str):
+                card = ModelCard.load(cached)
+            elif local_weights or constants.HF_HUB_OFFLINE:
+                return {}
+            else:
+                card = ModelCard(_fetch_card_once(model_id))
         else:
             return {}
-    except Exception as error:  # offline, gated, no card: the card then says nothing about these fields
-        logger.debug("No base model card for %s (%s).", model_id, error)
+    except Exception as error:  # unreachable, gated, no card: the card then says nothing about these fields
+        logger.warning(
+            "Could not read the model card of %s (%s): the pruned model's card names no licence, datasets or "
+            "languages from it; add them by hand before sharing.",
+            model_id,
+            str(error).splitlines()[0] if str(error) else type(error).__name__,
+        )
         return {}
     data = card.data.to_dict()
     return {key: data[key] for key in ("license", "datasets", "language") if data.get(key)}
+
+
+def _fetch_card_once(model_id: str) -> str:
+    """The Hub README of `model_id` in one request with a short timeout (no retries)."""
+    from huggingface_hub import get_session, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    response = get_session().get(
+        hf_hub_url(model_id, "README.md"),
+        headers=build_hf_headers(),
+        timeout=BASE_CARD_TIMEOUT_S,
+        follow_redirects=True,
+    )
+    response.raise_for_status()
+    return response.text
 
 
 def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) -> str:

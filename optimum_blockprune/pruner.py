@@ -418,7 +418,7 @@ class Pruner:
             distillation=self.distillation,
             evaluations=self.evaluations,
             loaded_from=self.loaded_from,
-            base_card=base_card_metadata(self.model_id),
+            base_card=base_card_metadata(self.model_id, local_weights=bool(self.loaded_from)),
         )
 
     def save_pretrained(

@@ -128,7 +128,9 @@ class Ranking:
         """How a state is named: `CBO:3` for the ranking's own, `oneshot_ppl` for another method's candidate."""
         return state.source or f"{self.label}:{state.rank}"
 
-    def to_markdown(self, max_rows: int | None = None, selected_rank: int | None = None) -> str:
+    def to_markdown(
+        self, max_rows: int | None = None, selected_rank: int | None = None, mark: str = "applied"
+    ) -> str:
         """A markdown table: rank, removed blocks (0-based, with their kind when blocks differ), energy (or the
         baseline's objective), difference to the best state, and the held-out score where one was measured."""
         ground = self.states[0].energy if self.states else 0.0
@@ -141,7 +143,7 @@ class Ranking:
         ]
         show_kinds = len(set(self.kinds)) > 1
         for state in self.states[:max_rows]:
-            label = self.state_label(state) + (" (applied)" if state.rank == selected_rank else "")
+            label = self.state_label(state) + (f" ({mark})" if state.rank == selected_rank else "")
             blocks = ", ".join(
                 f"{i} ({self.kinds[i]})" if show_kinds else str(i) for i in state.removed_blocks
             )
@@ -158,7 +160,7 @@ class Ranking:
     def __str__(self) -> str:
         return self.describe()
 
-    def describe(self, selected_rank: int | None = None) -> str:
+    def describe(self, selected_rank: int | None = None, mark: str = "applied") -> str:
         """The header line and the table, with the state that was (or would be) applied marked."""
         header = (
             f"{len(self)} {self.label} states (lowest {self.objective} first) removing {self.num_blocks_to_remove} "
@@ -166,7 +168,7 @@ class Ranking:
             f"{'sublayers' if self.granularity == 'sublayer' else 'blocks'} "
             f"(solver: {self.solver}, {'proven' if self.proven else 'not proven'}, {self.solve_time_s:.3f} s)"
         )
-        return header + "\n" + self.to_markdown(selected_rank=selected_rank)
+        return header + "\n" + self.to_markdown(selected_rank=selected_rank, mark=mark)
 
 
 @dataclass(frozen=True)

@@ -703,3 +703,65 @@ def test_ctrl_c_is_one_line_and_exit_130(
     expected = "run the same command again to resume" if checkpoint else "interrupted; nothing was written"
     assert err.startswith("optimum-blockprune estimate: interrupted;") and expected in err
     assert not (tmp_path / "f.safetensors").exists()
+
+
+# -- offline means offline ------------------------------------------------------------------------------------------
+def test_the_base_card_is_one_short_attempt_and_one_warning(monkeypatch, caplog, tmp_path):
+    """Online but unreachable: one request with a short timeout, no retries, one warning per model; a model whose
+    weights came from a local file asks nothing; offline asks nothing."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    import optimum_blockprune.hub as hub
+
+    calls = []
+
+    class Unreachable:
+        def get(self, url, **options):
+            calls.append((url, options["timeout"]))
+            raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Unreachable())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    hub._base_card_metadata.cache_clear()
+    pruner = _pruned()
+    pruner.model_id = "someone/some-model"
+    with caplog.at_level("WARNING", logger="optimum_blockprune.hub"):
+        pruner.save_pretrained(tmp_path / "a")
+        pruner.save_pretrained(tmp_path / "b")
+    assert calls == [
+        ("https://huggingface.co/someone/some-model/resolve/main/README.md", hub.BASE_CARD_TIMEOUT_S)
+    ]
+    warnings = [
+        r for r in caplog.records if "Could not read the model card of someone/some-model" in r.message
+    ]
+    assert len(warnings) == 1 and "no licence" in warnings[0].message
+
+    calls.clear()
+    hub._base_card_metadata.cache_clear()
+    pruner.loaded_from = {"format": "gguf", "gguf_file": "model.gguf"}
+    pruner.save_pretrained(tmp_path / "c")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    pruner.loaded_from = None
+    hub._base_card_metadata.cache_clear()
+    pruner.save_pretrained(tmp_path / "d")
+    assert calls == []
+
+
+def test_a_command_prints_no_warnings_it_cannot_act_on(tiny_model_dir, calibration_file, tmp_path):
+    """transformers imports torchao's quantizer on model load (when torchao is installed); its kernel and torch
+    deprecation messages are filtered unless --verbose."""
+    args = ["rank", str(tiny_model_dir), "--dataset", str(calibration_file), "--energy", "paper"]
+    args += ["--num-blocks-to-remove", "2", "--num-calibration-samples", "6", "--max-length", "24"]
+    run = subprocess.run(
+        [sys.executable, "-m", "optimum_blockprune.cli", *args, "--no-show-progress"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "default"},
+    )
+    assert run.returncode == 0, run.stderr
+    for noise in ("torchao", "_pytree", "Failed to load", "deprecated"):
+        assert noise not in run.stderr, run.stderr
+    assert "(prune would apply)" in run.stdout
