@@ -5,6 +5,7 @@ Nothing here downloads: models are built from configs, the tokenizer from a voca
 
 from __future__ import annotations
 
+import contextlib
 import os
 import string
 
@@ -283,6 +284,23 @@ def build_tiny_model(model_type: str, seed: int = 0, dtype=torch.float32, **over
     torch.manual_seed(seed)
     model = auto_class_for(model_type).from_config(_config(model_type, **overrides)).to(dtype)
     return model.eval()
+
+
+#: The thread count every subprocess worker runs with (`OMP_NUM_THREADS`): a bit-identity test compares a worker's
+#: numbers against in-process ones computed with the same count (`worker_threads()`), since float sums change
+#: with how a reduction is split across threads.
+WORKER_THREADS = 1
+
+
+@contextlib.contextmanager
+def worker_threads():
+    """Inside, torch computes with the workers' thread count (then the previous count is restored)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(WORKER_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def model_output(model, batch) -> torch.Tensor:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import WORKER_THREADS
 
 WORKER = Path(__file__).parent / "scripts" / "distill_worker.py"
 CALLBACK_WORKER = Path(__file__).parent / "scripts" / "callback_worker.py"
@@ -22,7 +23,7 @@ def _free_port() -> int:
 
 
 def _run(command, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": str(WORKER_THREADS), "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 

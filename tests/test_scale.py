@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import WORKER_THREADS, build_tiny_model, worker_threads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -138,7 +138,11 @@ def _free_port() -> int:
 
 
 def _worker_env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": str(WORKER_THREADS),
+        "PYTHONPATH": str(Path(__file__).parents[1]),
+    }
 
 
 def test_two_gloo_processes_give_one_process_fisher_and_measured_removals(tmp_path):
@@ -185,9 +189,14 @@ def test_a_killed_fisher_pass_resumes_to_the_uninterrupted_rows(tmp_path):
     result = subprocess.run(command, env=_worker_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = np.load(tmp_path / "resumed_gradients.npy")
-    uninterrupted = estimate_fisher(
-        build_tiny_model("llama"), varied_lengths_data(), fisher="model", batch_size=2, show_progress=False
-    )
+    with worker_threads():  # bit-identity needs the worker's thread count on this side too
+        uninterrupted = estimate_fisher(
+            build_tiny_model("llama"),
+            varied_lengths_data(),
+            fisher="model",
+            batch_size=2,
+            show_progress=False,
+        )
     np.testing.assert_array_equal(resumed, uninterrupted.gradients)
     info = json.loads((tmp_path / "resumed_info.json").read_text())
     assert info["num_tokens"] == uninterrupted.metadata["num_tokens"]
