@@ -336,3 +336,22 @@ def evaluate_lm_eval(
         **simple_evaluate_kwargs,
     )
     return output
+
+
+def check_unpruned_loss(model: nn.Module, data, adapter, *, pad_token_id: int = 0) -> int:
+    """The model's own loss on the first calibration sample, before any long pass: a model that is broken as it
+    is (a NaN weight, overflow) is refused at once, saying why. Returns the block evaluations it cost.
+
+    Raises:
+        NonFiniteError: the loss is NaN or infinite.
+    """
+    from .finite import require_finite
+
+    # an encoder has no next-token loss: its output's distortion (NaN when the output is)
+    metric = "loss" if adapter.task == "causal-lm" else "distortion"
+    losses = removal_losses(
+        model, data.subset([0]), [()], metric=metric, adapter=adapter, pad_token_id=pad_token_id
+    )
+    what = "loss" if metric == "loss" else "output distortion"
+    require_finite(losses.sums[0, 0], f"The unpruned model's calibration {what} on sample 0", model=model)
+    return losses.block_evaluations

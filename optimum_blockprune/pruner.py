@@ -15,7 +15,7 @@ from .architectures import BlockInfo, get_adapter
 from .config import BlockRemovalConfig
 from .errors import ConfigurationError, SurgeryError
 from .estimation.measurements import MeasurementCache
-from .finite import check_unpruned_loss, require_finite
+from .finite import require_finite
 from .problem import check_request, check_sample_count, fisher_type
 from .result import PruningResult, RankedState, Ranking
 from .selection import Selection, check_given_fisher, rank_from_fisher, resolve_state, select_removal
@@ -193,6 +193,8 @@ class Pruner:
             source=data.source,
             config=config,
         )
+        from .evaluation import check_unpruned_loss
+
         check_unpruned_loss(self.model, data, self.adapter, pad_token_id=self.pad_token_id)
         fisher = estimate_fisher(
             self.model,

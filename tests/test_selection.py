@@ -332,7 +332,8 @@ def test_auto_selection_costs_one_pass_per_state_plus_one(llama, tokenizer):
         num_blocks_to_remove=2, selection="auto", num_states=5, auto_candidates=(), energy="paper", **FAST
     )
     pruner.select(config, TEXTS, fisher=fisher)
-    assert len(calls) == 5 + 1  # 4 held-out samples = one batch: the unpruned pass + one per state
+    # the unpruned loss checked on one scoring sample; 4 held-out samples = one batch: the unpruned pass + one per state
+    assert len(calls) == 1 + 5 + 1
     assert {name: p.data_ptr() for name, p in llama.named_parameters()} == params_before  # no copies
 
 

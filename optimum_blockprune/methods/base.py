@@ -198,7 +198,7 @@ class RankingContext:
     def check_unpruned(self) -> None:
         """Measure the model as it is on one calibration sample before any ranking work: a model whose own loss
         is NaN (a broken weight, fp16 overflow) is refused at once, saying where the NaN came from."""
-        from ..finite import check_unpruned_loss
+        from ..evaluation import check_unpruned_loss
 
         self._require_model("its unpruned loss")
         start = time.perf_counter()
