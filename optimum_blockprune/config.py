@@ -239,6 +239,13 @@ class BlockRemovalConfig:
     seed: int = field(
         default=42, metadata={"help": "Seed for shuffling, label sampling and heuristic solvers."}
     )
+    calibration_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the card, logs and Fisher metadata name the calibration data (default: what was passed: a "
+            "dataset id, a file name, or 'a list of N texts'); e.g. 'my support tickets, 2024'."
+        },
+    )
     dataset_split: str = field(
         default="train", metadata={"help": "Split to read when calibration data is a Hub dataset name."}
     )
@@ -400,6 +407,11 @@ class BlockRemovalConfig:
 
     def _check_choices(self) -> None:
         """Literal fields against their values; method, energy and solver against their registries."""
+        _check(
+            self.calibration_name is None
+            or (isinstance(self.calibration_name, str) and self.calibration_name.strip() != ""),
+            f"`calibration_name` must be a non-empty string or None, got {self.calibration_name!r}.",
+        )
         _check(
             self.fisher in FISHER_TYPES, f"`fisher` must be one of {list(FISHER_TYPES)}, got {self.fisher!r}."
         )

@@ -36,6 +36,9 @@ def save_card_figures(ranking: Ranking, directory: str, selected_rank: int | Non
     plt = _pyplot()
     if plt is None or not ranking.states:
         return {}
+    from matplotlib.patches import Rectangle
+    from matplotlib.ticker import MaxNLocator
+
     written = {}
     states = list(ranking.states)
     label = ranking.label
@@ -62,7 +65,8 @@ def save_card_figures(ranking: Ranking, directory: str, selected_rank: int | Non
         other.plot([r for r, _ in scored], [v for _, v in scored], "s", color="tab:orange", ms=4)
         other.set_ylabel(f"held-out {ranking.selection_metric}", color="tab:orange")
     axis.set_xlabel(f"state ({label}:k)")
-    axis.set_ylabel(objective)
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # states are whole ranks
+    axis.set_ylabel(f"{objective} (lower is better)")
     axis.set_title(
         f"The {len(states)} ranked states, removing {ranking.num_blocks_to_remove} of {ranking.num_blocks}"
     )
@@ -76,7 +80,21 @@ def save_card_figures(ranking: Ranking, directory: str, selected_rank: int | Non
     grid = [[1.0 if b in s.removed_blocks else 0.0 for b in range(ranking.num_blocks)] for s in states]
     axis.imshow(grid, aspect="auto", cmap="Greys", vmin=0, vmax=1.4, interpolation="nearest")
     if selected_rank is not None and selected_rank < len(states):
-        axis.axhline(selected_rank, color="tab:red", lw=6, alpha=0.25)
+        # an outline around the applied row: its cells stay readable
+        axis.add_patch(
+            Rectangle(
+                (-0.5, selected_rank - 0.5),
+                ranking.num_blocks,
+                1,
+                fill=False,
+                edgecolor="tab:red",
+                lw=2,
+                label=f"applied ({label}:{states[selected_rank].rank})",
+            )
+        )
+    axis.add_patch(Rectangle((0, 0), 0, 0, facecolor="0.3", edgecolor="none", label="removed block"))
+    axis.add_patch(Rectangle((0, 0), 0, 0, facecolor="white", edgecolor="0.6", label="kept block"))
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, fontsize=7, frameon=False)
     axis.set_yticks(range(len(states)), [f"{label}:{s.rank}" for s in states], fontsize=7)
     axis.set_xticks(range(ranking.num_blocks), [str(b) for b in range(ranking.num_blocks)], fontsize=7)
     axis.set_xlabel("block (0-based; dark = removed)")

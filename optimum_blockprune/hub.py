@@ -69,7 +69,11 @@ def pruning_provenance(
         "pipeline_tag": adapter.task_info.pipeline_tag,
         "auto_class": adapter.task_info.auto_class,
         "config": config.to_dict() if config is not None else None,
-        "method": method.info(config) if method is not None and ranked else None,
+        "method": {**method.info(config), "this_run": method.run_summary(config, result.ranking.stats)}
+        if method is not None and ranked
+        else None,
+        # the values the run used where the config left them to a default (`None`: the method's own)
+        "resolved": {"correction_rounds": config.rounds_of_correction} if config is not None else None,
         "energy": get_energy(config.energy).info()
         if method is not None and ranked and method.uses_energy
         else None,
@@ -167,7 +171,8 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
     card_data = ModelCardData(
         base_model=base_model if is_hub_id else None,
         library_name="transformers",
-        tags=["optimum-blockprune", "block-pruning", "pruned", *(["gguf"] if loaded_from else [])],
+        # no `gguf` tag even when the weights came from one: the Hub's tag means the repo holds GGUF files
+        tags=["optimum-blockprune", "block-pruning", "pruned"],
         pipeline_tag=provenance.get("pipeline_tag"),
         model_name=name if evaluations else None,
         eval_results=_eval_results(evaluations, provenance.get("pipeline_tag")) or None,
@@ -209,7 +214,17 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         library_version=__version__,
         auto_class=provenance.get("auto_class") or "AutoModelForCausalLM",
     )
-    return str(card)
+    return tidy_markdown(str(card))
+
+
+def tidy_markdown(text: str) -> str:
+    """No trailing spaces (a table row's last cell ends in `|`), no runs of blank lines, one final newline."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    tidy: list[str] = []
+    for line in lines:
+        if line or (tidy and tidy[-1]):
+            tidy.append(line)
+    return "\n".join(tidy).strip("\n") + "\n"
 
 
 _STAGES = ("unpruned", "pruned", "pruned + distilled")
@@ -228,24 +243,37 @@ def _quality_rows(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _eval_results(evaluations: list[dict[str, Any]], pipeline_tag: str | None) -> list[Any]:
-    """model-index entries for this model's own (latest-stage) measurements."""
+    """model-index entries: per held-out dataset, this model's latest-stage perplexity and the unpruned one beside
+    it (so the number reads against its base). The dataset `type` is a Hub id when the data came from one, else
+    `custom` (a free-text name is not a dataset id)."""
     from huggingface_hub import EvalResult
 
     latest: dict[str, dict[str, Any]] = {}
+    unpruned: dict[str, dict[str, Any]] = {}
     for entry in evaluations:
-        if entry["stage"] != "unpruned":
-            latest[entry["fingerprint"]] = entry
-    return [
-        EvalResult(
-            task_type=pipeline_tag or "text-generation",
-            dataset_type=entry["dataset"],
-            dataset_name=entry["dataset"],
-            metric_type="perplexity",
-            metric_value=round(float(entry["value"]), 4),
-            metric_name=f"held-out perplexity ({entry['stage']})",
-        )
-        for entry in latest.values()
-    ]
+        (unpruned if entry["stage"] == "unpruned" else latest)[entry["fingerprint"]] = entry
+    results = []
+    for fingerprint, entry in latest.items():
+        for shown in (entry, unpruned.get(fingerprint)):
+            if shown is None:
+                continue
+            results.append(
+                EvalResult(
+                    task_type=pipeline_tag or "text-generation",
+                    dataset_type=_dataset_type(shown["dataset"]),
+                    dataset_name=shown["dataset"],
+                    metric_type="perplexity",
+                    metric_value=round(float(shown["value"]), 4),
+                    metric_name=f"held-out perplexity ({shown['stage']})",
+                )
+            )
+    return results
+
+
+def _dataset_type(name: str) -> str:
+    """A Hub dataset id (`owner/name` or a bare canonical name) as it is; anything else (a file, a list, a
+    sentence) is `custom`."""
+    return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else "custom"
 
 
 def _calibration(provenance: dict[str, Any], ranking: Any) -> dict[str, Any] | None:

@@ -170,6 +170,8 @@ def prepare_scoring_data(
     prepared = prepare_calibration_data(
         data, tokenizer, vocab_size=vocab_size, **config.calibration_options(num_samples)
     )
+    if config.calibration_name:  # the user's name for in-memory data (a list has none of its own)
+        prepared = replace(prepared, source=config.calibration_name)
     logger.info(
         "Calibration: %d samples, %d tokens from %s.",
         prepared.num_samples,

@@ -765,3 +765,47 @@ def test_a_command_prints_no_warnings_it_cannot_act_on(tiny_model_dir, calibrati
     for noise in ("torchao", "_pytree", "Failed to load", "deprecated"):
         assert noise not in run.stderr, run.stderr
     assert "(prune would apply)" in run.stdout
+
+
+# -- the card tells the truth about this run ------------------------------------------------------------------------
+def test_the_card_says_what_this_run_did(tokenizer, tmp_path):
+    import yaml
+
+    pruner = Pruner(build_tiny_model("llama"), tokenizer, model_id="someone/tiny")
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2,
+        num_calibration_samples=8,
+        max_length=24,
+        show_progress=False,
+        calibration_name="support tickets 2024",
+    )
+    assert config.correction_rounds is None  # left to the default, which runs rounds
+    pruner.evaluate(TEXTS[:4], dataset_name="held-out tickets")
+    pruner.prune(config, TEXTS * 2)
+    pruner.evaluate(TEXTS[:4], dataset_name="held-out tickets")
+    pruner.loaded_from = {
+        "format": "gguf",
+        "gguf_file": "m.gguf",
+    }  # weights read from a GGUF, saved as safetensors
+    pruner.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    saved = json.loads((tmp_path / "out" / "blockprune_config.json").read_text())
+    rounds = saved["result"]["ranking"]["stats"]["correction_rounds"]
+    assert rounds >= 1 and saved["resolved"]["correction_rounds"] == config.rounds_of_correction
+    assert f"corrected by {rounds} round(s) of measure-and-correct" in card and "default:" not in card
+    assert "from support tickets 2024" in card
+    meta = yaml.safe_load(card.split("---")[1])
+    assert "gguf" not in meta["tags"]
+    results = meta["model-index"][0]["results"]
+    assert {m["name"] for r in results for m in r["metrics"]} == {
+        "held-out perplexity (pruned)",
+        "held-out perplexity (unpruned)",
+    }
+    assert all(
+        r["dataset"]["type"] == "custom" and r["dataset"]["name"] == "held-out tickets" for r in results
+    )
+    assert "github.com" not in card
+    assert not [line for line in card.splitlines() if line != line.rstrip()]  # no trailing `| ` cells
+    assert "\n\n\n" not in card
+    with pytest.raises(ConfigurationError, match="`calibration_name` must be a non-empty string"):
+        BlockRemovalConfig(calibration_name=" ")

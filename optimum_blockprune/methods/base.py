@@ -136,6 +136,10 @@ class RankingMethod(ABC):
             stats={**ranking.stats, **context.stats},
         )
 
+    def run_summary(self, config: BlockRemovalConfig, stats: dict[str, Any]) -> str:
+        """What this run did, in a sentence for the card (a method with run-dependent work overrides this)."""
+        return self.description
+
     def info(self, config: BlockRemovalConfig | None = None) -> dict[str, Any]:
         """What provenance and the card record about the method."""
         return {

@@ -26,6 +26,15 @@ class CBO(RankingMethod):
     sublayers = True
     uses_energy = True
 
+    def run_summary(self, config, stats):
+        text = f"the lowest-energy states of the `{config.energy}` energy"
+        if stats.get("correction_rounds"):
+            text += (
+                f", corrected by {stats['correction_rounds']} round(s) of measure-and-correct "
+                f"({stats.get('correction_states_measured', 0)} states measured)"
+            )
+        return text
+
     def min_samples_for(self, config):
         return get_energy(config.energy).min_samples
 

@@ -47,6 +47,16 @@ class EvoPress(RankingMethod):
     #: Tries to find a feasible random state or mutation before giving up on that one.
     max_tries: ClassVar[int] = 1000
 
+    def run_summary(self, config, stats):
+        run = stats.get("evopress")
+        if not run:
+            return self.description
+        return (
+            f"EvoPress: {run['generations']} generations of {run['offspring']} offspring by one-block swaps, "
+            f"{run['improvements']} improvements, selected in stages on {run['samples_per_stage']['selection']} "
+            f"samples (KL to the unpruned model)"
+        )
+
     def rank(self, problem, context: RankingContext) -> Ranking:
         config = context.config
         rng = np.random.default_rng(config.seed)

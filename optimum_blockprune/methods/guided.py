@@ -72,6 +72,17 @@ class GuidedSearch(RankingMethod):
     #: Rounds without a better state before the search stops.
     patience: ClassVar[int] = 12
 
+    def run_summary(self, config, stats):
+        run = stats.get("guided")
+        if not run:
+            return self.description
+        samples = run["samples_per_stage"]
+        return (
+            f"a measured local search guided by a corrected QUBO: {run['rounds']} rounds, {run['states_screened']} "
+            f"states screened on {samples['screen']} samples, {run['states_measured']} measured on all "
+            f"{samples['full']} (KL to the unpruned model)"
+        )
+
     def rank(self, problem, context: RankingContext) -> Ranking:
         config = context.config
         start_time = time.perf_counter()
