@@ -104,3 +104,46 @@ def save_card_figures(ranking: Ranking, directory: str, selected_rank: int | Non
     plt.close(figure)
     written["removal_map"] = REMOVAL_MAP_FILE
     return written
+
+
+def save_sweep_figure(sweep, path: str) -> str | None:
+    """Held-out perplexity (log scale) and measured speed-ups against the number of blocks removed, the knee
+    marked; the parameters removed label the top axis. Returns `path`, or None without matplotlib."""
+    plt = _pyplot()
+    if plt is None or not sweep.points:
+        return None
+    points = sorted(sweep.points, key=lambda p: p.num_blocks)
+    ms = [0, *(p.num_blocks for p in points)]
+    figure, axis = plt.subplots(figsize=(7, 3.6))
+    axis.plot(
+        ms,
+        [sweep.unpruned_perplexity, *(p.perplexity for p in points)],
+        "o-",
+        color="tab:blue",
+        label="held-out perplexity",
+    )
+    axis.set_yscale("log")
+    axis.set_xlabel(f"blocks removed (of {sweep.num_blocks_total}; `{sweep.method}`)")
+    axis.set_ylabel("held-out perplexity (lower is better)", color="tab:blue")
+    knee = sweep.knee()
+    if knee is not None:
+        at = next(p for p in points if p.num_blocks == knee)
+        axis.plot(
+            [knee], [at.perplexity], "o", ms=13, mfc="none", color="tab:red", label=f"knee (M = {knee})"
+        )
+    if sweep.unpruned_speed is not None:
+        other = axis.twinx()
+        for kind, style in (("prefill", "s--"), ("decode", "^--")):
+            values = [1.0, *(sweep.speedup(p, kind) for p in points)]
+            if all(v is not None for v in values):
+                other.plot(ms, values, style, color="tab:green", ms=4, label=f"{kind} speed-up")
+        other.set_ylabel(f"speed-up vs unpruned ({sweep.device})", color="tab:green")
+        other.legend(loc="lower right", fontsize=8)
+    top = axis.secondary_xaxis("top")
+    top.set_xticks(ms, ["0 %", *(f"{100 * p.parameters_removed:.0f} %" for p in points)], fontsize=7)
+    top.set_xlabel("parameters removed", fontsize=8)
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -8,7 +8,9 @@ import copy
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .architectures import BlockInfo, get_adapter
@@ -26,8 +28,29 @@ if TYPE_CHECKING:
     from .distillation import DistillationConfig
     from .estimation import FisherEstimate
     from .qubo import CardinalityProblem
+    from .sweep import SpeedSettings, SweepResult
 
 logger = logging.getLogger(__name__)
+
+
+def _block_counts(num_blocks: Any, total: int) -> list[int]:
+    """A sweep's counts: distinct integers in 1..total - 1 (a `range` or a list), in increasing order.
+
+    Raises:
+        ConfigurationError: naming the value and the valid range.
+    """
+    valid = f"distinct integers in 1..{total - 1}"
+    items = list(num_blocks) if isinstance(num_blocks, (list, tuple, range)) else None
+    if (
+        not items
+        or any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m < total for m in items)
+        or len(set(items)) != len(items)
+    ):
+        raise ConfigurationError(
+            f"`num_blocks`={num_blocks!r} must be a non-empty list or range of {valid} (how many blocks to remove "
+            f"at each point), e.g. `range(2, {total}, 2)`."
+        )
+    return sorted(items)
 
 
 class Pruner:
@@ -79,6 +102,7 @@ class Pruner:
         self.evaluations: list[dict[str, Any]] = []
         #: where the weights came from when not a plain checkpoint (a GGUF file), for the card
         self.loaded_from: dict[str, Any] | None = None
+        self.last_sweep: SweepResult | None = None
         #: removals measured on calibration data, reused by later selections on the same model and data
         self.measurements = MeasurementCache()
 
@@ -288,6 +312,109 @@ class Pruner:
         """
         self._refuse_if_pruned("prune")
         return self.apply(self._select(config, calibration_dataset, fisher, applying=True))
+
+    def sweep(
+        self,
+        config: BlockRemovalConfig,
+        calibration_dataset: Any,
+        num_blocks: Sequence[int],
+        *,
+        num_eval_samples: int = 16,
+        speed: bool = True,
+        speed_settings: SpeedSettings | None = None,
+    ) -> SweepResult:
+        """How many blocks can I remove? For each M in `num_blocks`: `config.method`'s pick (on the same scoring
+        samples, measurements shared across M), its held-out perplexity and per-token KL to the unpruned model on
+        the `num_eval_samples` samples that follow the scoring ones in the data (never seen by the ranking), the
+        parameters it removes, and (with `speed`) the prefill and decode tokens/s of the pruned architecture,
+        timed where the model lives against the unpruned model in the same run. The model is left untouched; at
+        most one pruned copy exists at a time, sharing the original's weights.
+
+        Raises:
+            ConfigurationError: a count that is not a distinct integer in 1..N - 1, or one the config's
+                constraints cannot meet, before any calibration.
+            CalibrationDataError: too little data for the scoring and held-out samples.
+        """
+        import numpy as np
+
+        from .errors import CalibrationDataError
+        from .estimation.forward import input_device
+        from .evaluation import removal_losses
+        from .selection import prepare_scoring_data
+        from .surgery import pruned_copy
+        from .sweep import SpeedSettings, SweepPoint, SweepResult, measure_speed
+
+        self._refuse_if_pruned("sweep")
+        counts = _block_counts(num_blocks, self.num_blocks)
+        for count in counts:  # every M's constraints before any work
+            self.check_config(replace(config, num_blocks_to_remove=count), applying=False)
+        settings = speed_settings or SpeedSettings()
+        settings.check()
+        start = time.perf_counter()
+        wanted = config.num_calibration_samples + num_eval_samples
+        prepared = prepare_scoring_data(
+            calibration_dataset, self.tokenizer, config, model=self.model, num_samples=wanted
+        )
+        if prepared.num_samples < config.num_calibration_samples + 2:
+            raise CalibrationDataError(
+                f"A sweep scores on `num_calibration_samples`={config.num_calibration_samples} samples and measures "
+                f"quality on the next {num_eval_samples}, but {prepared.source} gave {prepared.num_samples}: give "
+                "more data or fewer `num_calibration_samples`."
+            )
+        scoring = prepared.subset(range(config.num_calibration_samples))
+        held_out = prepared.subset(range(config.num_calibration_samples, prepared.num_samples))
+        before = (self.ranking, self.config)
+        picks, costs, seconds = [], [], []
+        for count in counts:
+            began = time.perf_counter()
+            selection = self.select(replace(config, num_blocks_to_remove=count), scoring)
+            picks.append(selection.removed_blocks)
+            costs.append(int(selection.ranking.stats.get("block_evaluations", 0)))
+            seconds.append(time.perf_counter() - began)
+        self.ranking, self.config = before
+        # quality through the gates (a gate at 0 is the removal, exactly), every pick in one pass per batch
+        options = dict(adapter=self.adapter, pad_token_id=self.pad_token_id, batch_size=config.batch_size)
+        losses = removal_losses(self.model, held_out, [(), *picks], metric="loss", **options).mean()
+        kls = removal_losses(self.model, held_out, picks, metric="kl", **options).mean()
+        total = sum(p.numel() for p in self.model.parameters())
+        speeds: list[Any] = [None] * len(picks)
+        unpruned_speed = None
+        generates = self.adapter.task == "causal-lm"
+        if speed:
+            vocab = self.model.get_input_embeddings().num_embeddings
+            timing = dict(vocab_size=vocab, settings=settings, generates=generates)
+            unpruned_speed = measure_speed(self.model, **timing)
+            for index, removed in enumerate(picks):
+                twin = pruned_copy(self.model, removed, self.adapter)
+                speeds[index] = measure_speed(twin, **timing)
+                del twin  # one pruned copy at a time
+        points = [
+            SweepPoint(
+                num_blocks=count,
+                removed_blocks=tuple(removed),
+                perplexity=float(np.exp(losses[index + 1])),
+                kl=float(kls[index]),
+                parameters_removed=sum(self.original_blocks[b].num_parameters for b in removed) / total,
+                active_parameters_removed=sum(self.original_blocks[b].num_active_parameters for b in removed)
+                / total,
+                block_evaluations=costs[index],
+                seconds=seconds[index],
+                speed=speeds[index],
+            )
+            for index, (count, removed) in enumerate(zip(counts, picks))
+        ]
+        self.last_sweep = SweepResult(
+            method=config.method,
+            num_blocks_total=self.num_blocks,
+            unpruned_perplexity=float(np.exp(losses[0])),
+            points=points,
+            held_out=held_out.summary(),
+            device=str(input_device(self.model)),
+            speed_settings=settings if speed else None,
+            unpruned_speed=unpruned_speed,
+            seconds=time.perf_counter() - start,
+        )
+        return self.last_sweep
 
     # -- healing ---------------------------------------------------------------------------------------------------
     def distill(

@@ -142,6 +142,20 @@ def remove_blocks(
     return kept
 
 
+def pruned_copy(
+    model: nn.Module, removed: Iterable[int], adapter: ArchitectureAdapter | None = None
+) -> nn.Module:
+    """A copy of `model` with the blocks in `removed` really gone, sharing every parameter and buffer with the
+    original (no weight is copied: only modules and config), which stays untouched. What a sweep times: the
+    pruned architecture itself, not a gated stand-in, at the memory cost of module objects."""
+    import copy
+
+    shared = {id(tensor): tensor for tensor in (*model.parameters(), *model.buffers())}
+    twin = copy.deepcopy(model, shared)
+    remove_blocks(twin, removed, adapter)
+    return twin
+
+
 def apply_removal(
     model: nn.Module,
     removed: Iterable[int],

@@ -1,0 +1,286 @@
+"""How many blocks can I remove? A compression sweep: for each M, the configured method's pick, its held-out
+quality, the parameters it removes and the measured speed of the pruned architecture, against the unpruned model
+in the same run.
+
+The pure parts live here (speed timing, the budget choice, the knee, the table and the picture); `Pruner.sweep`
+runs the picks on the pruner's shared measurement cache, so the M's reuse one another's measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class SpeedMeasurement:
+    """Tokens per second of one model: a prefill of `batch_size` x `prompt_length` tokens, and greedy decoding of
+    `new_tokens` more (None for a model that does not generate). Medians of `repeats` timings after one warm-up."""
+
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float | None
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    batch_size: int = 1
+    prompt_length: int = 128
+    new_tokens: int = 32
+    repeats: int = 5
+
+    def check(self) -> None:
+        from .errors import ConfigurationError
+
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(
+                    f"`{name}` of the speed measurement must be a positive integer, got {value!r}."
+                )
+
+
+def measure_speed(
+    model: nn.Module, *, vocab_size: int, settings: SpeedSettings, generates: bool = True, seed: int = 0
+) -> SpeedMeasurement:
+    """Time `model` where it lives (its input device): prefill, and for a generative model `generate` with the KV
+    cache; decode speed is the new tokens over (generate time - prefill time)."""
+    import torch
+
+    from .estimation.forward import input_device
+
+    device = input_device(model)
+    generator = torch.Generator().manual_seed(seed)
+    shape = (settings.batch_size, settings.prompt_length)
+    ids = torch.randint(min(4, vocab_size - 1), vocab_size, shape, generator=generator).to(device)
+    mask = torch.ones_like(ids)
+
+    def seconds(run) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    def median_seconds(run) -> float:
+        seconds(run)  # warm-up: allocation, kernels, caches
+        return statistics.median(seconds(run) for _ in range(settings.repeats))
+
+    with torch.no_grad():
+        prefill = median_seconds(lambda: model(input_ids=ids, attention_mask=mask, use_cache=generates))
+        decode = None
+        if generates:
+            options = dict(
+                max_new_tokens=settings.new_tokens, min_new_tokens=settings.new_tokens, do_sample=False
+            )
+            total = median_seconds(
+                lambda: model.generate(input_ids=ids, attention_mask=mask, pad_token_id=0, **options)
+            )
+            decode = settings.batch_size * settings.new_tokens / max(total - prefill, 1e-9)
+    return SpeedMeasurement(settings.batch_size * settings.prompt_length / prefill, decode)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One M of a sweep: the pick, its held-out quality and speed, and what choosing it cost."""
+
+    num_blocks: int
+    removed_blocks: tuple[int, ...]
+    perplexity: float
+    kl: float
+    parameters_removed: float
+    active_parameters_removed: float
+    block_evaluations: int
+    seconds: float
+    speed: SpeedMeasurement | None = None
+
+
+@dataclass
+class SweepResult:
+    """A sweep's points, the unpruned reference measured in the same run, and how it was measured."""
+
+    method: str
+    num_blocks_total: int
+    unpruned_perplexity: float
+    points: list[SweepPoint]
+    held_out: dict[str, Any]
+    device: str
+    speed_settings: SpeedSettings | None = None
+    unpruned_speed: SpeedMeasurement | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def block_evaluations(self) -> int:
+        """What the whole sweep's choices cost (the measurements shared across M counted once)."""
+        return sum(p.block_evaluations for p in self.points)
+
+    def speedup(self, point: SweepPoint, kind: str) -> float | None:
+        if point.speed is None or self.unpruned_speed is None:
+            return None
+        mine = getattr(point.speed, f"{kind}_tokens_per_s")
+        base = getattr(self.unpruned_speed, f"{kind}_tokens_per_s")
+        return mine / base if mine and base else None
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One flat record per M (`datasets.Dataset.from_list` takes them as they are)."""
+        records = []
+        for point in self.points:
+            records.append(
+                {
+                    "num_blocks": point.num_blocks,
+                    "removed_blocks": list(point.removed_blocks),
+                    "perplexity": point.perplexity,
+                    "perplexity_increase": point.perplexity / self.unpruned_perplexity - 1,
+                    "kl": point.kl,
+                    "parameters_removed": point.parameters_removed,
+                    "active_parameters_removed": point.active_parameters_removed,
+                    "prefill_tokens_per_s": point.speed.prefill_tokens_per_s if point.speed else None,
+                    "decode_tokens_per_s": point.speed.decode_tokens_per_s if point.speed else None,
+                    "prefill_speedup": self.speedup(point, "prefill"),
+                    "decode_speedup": self.speedup(point, "decode"),
+                    "block_evaluations": point.block_evaluations,
+                    "seconds": point.seconds,
+                }
+            )
+        return records
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "num_blocks_total": self.num_blocks_total,
+            "unpruned_perplexity": self.unpruned_perplexity,
+            "unpruned_speed": asdict(self.unpruned_speed) if self.unpruned_speed else None,
+            "speed_settings": asdict(self.speed_settings) if self.speed_settings else None,
+            "device": self.device,
+            "held_out": self.held_out,
+            "block_evaluations": self.block_evaluations,
+            "seconds": self.seconds,
+            "knee": self.knee(),
+            "points": self.to_records(),
+            **self.extra,
+        }
+
+    def save(self, path: str, *, overwrite: bool = False) -> str:
+        """Write `to_dict()` as JSON, atomically."""
+        from .utils import atomic_write_text, check_output_file
+
+        check_output_file(path, "path", overwrite=overwrite)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    def knee(self) -> int | None:
+        """The M after which quality falls fastest: `knee_of` on (M, log perplexity)."""
+        return knee_of([p.num_blocks for p in self.points], [math.log(p.perplexity) for p in self.points])
+
+    def choose(
+        self, *, max_perplexity_increase: float | None = None, max_kl: float | None = None
+    ) -> int | None:
+        """The largest M within the budget (see `largest_within_budget`)."""
+        return largest_within_budget(
+            self.points,
+            self.unpruned_perplexity,
+            max_perplexity_increase=max_perplexity_increase,
+            max_kl=max_kl,
+        )
+
+    def to_markdown(self) -> str:
+        speed = self.unpruned_speed is not None
+        header = "| M | removed blocks | held-out ppl | Δ ppl | KL | params removed |"
+        rule = "|---|---|---|---|---|---|"
+        if speed:
+            header += " prefill tok/s | decode tok/s |"
+            rule += "---|---|"
+        lines = [header, rule]
+        row = f"| 0 | – | {self.unpruned_perplexity:.2f} | – | 0 | 0 % |"
+        if speed:
+            decode = self.unpruned_speed.decode_tokens_per_s
+            row += f" {self.unpruned_speed.prefill_tokens_per_s:,.0f} | {_number(decode)} |"
+        lines.append(row)
+        knee = self.knee()
+        for record, point in zip(self.to_records(), self.points):
+            mark = " (knee)" if point.num_blocks == knee else ""
+            row = (
+                f"| {point.num_blocks}{mark} | {', '.join(map(str, point.removed_blocks))} | {point.perplexity:.2f} | "
+                f"{100 * record['perplexity_increase']:+.1f} % | {point.kl:.4f} | "
+                f"{100 * point.parameters_removed:.1f} % |"
+            )
+            if speed:
+                row += (
+                    f" {_number(record['prefill_tokens_per_s'])} ({_ratio(record['prefill_speedup'])}) |"
+                    f" {_number(record['decode_tokens_per_s'])} ({_ratio(record['decode_speedup'])}) |"
+                )
+            lines.append(row)
+        return "\n".join(lines)
+
+    def plot(self, path: str) -> str | None:
+        """Quality and speed against M (and parameters removed on a second axis label), the knee marked; None
+        without matplotlib."""
+        from .figures import save_sweep_figure
+
+        return save_sweep_figure(self, path)
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}x"
+
+
+def largest_within_budget(
+    points: Sequence[SweepPoint],
+    unpruned_perplexity: float,
+    *,
+    max_perplexity_increase: float | None = None,
+    max_kl: float | None = None,
+) -> int | None:
+    """The largest M whose pick stays within every budget given (relative perplexity increase, e.g. 0.1 for +10 %;
+    per-token KL to the unpruned model), and every smaller M too (a budget is a curve's prefix: an M past a point
+    that broke it is not chosen because a noisy later point dips back). None if even the smallest M breaks it.
+
+    Raises:
+        ConfigurationError: no budget, or a negative one.
+    """
+    from .errors import ConfigurationError
+
+    if max_perplexity_increase is None and max_kl is None:
+        raise ConfigurationError("Give a budget: `max_perplexity_increase` (e.g. 0.1 for +10 %) or `max_kl`.")
+    for name, value in (("max_perplexity_increase", max_perplexity_increase), ("max_kl", max_kl)):
+        if value is not None and not (
+            isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)
+        ):
+            raise ConfigurationError(f"`{name}` must be a non-negative number, got {value!r}.")
+    chosen = None
+    for point in sorted(points, key=lambda p: p.num_blocks):
+        within = (
+            max_perplexity_increase is None
+            or point.perplexity <= unpruned_perplexity * (1 + max_perplexity_increase)
+        ) and (max_kl is None or point.kl <= max_kl)
+        if not within:
+            break
+        chosen = point.num_blocks
+    return chosen
+
+
+def knee_of(x: Sequence[float], y: Sequence[float]) -> int | None:
+    """The x of the point farthest below the chord from the first to the last point, both axes scaled to [0, 1]
+    (the "kneedle" rule for an increasing convex curve); None for fewer than three points or a straight line."""
+    if len(x) < 3:
+        return None
+    x0, x1, y0, y1 = min(x), max(x), min(y), max(y)
+    if x1 == x0 or y1 == y0:
+        return None
+    scaled = [((a - x0) / (x1 - x0), (b - y0) / (y1 - y0)) for a, b in zip(x, y)]
+    gaps = [sx - sy for sx, sy in scaled]  # distance below the diagonal
+    best = max(range(len(gaps)), key=lambda i: gaps[i])
+    return int(x[best]) if gaps[best] > 1e-9 else None

@@ -1,0 +1,107 @@
+"""The compression sweep: each M's pick as `select` would make it, shared measurements, the pruned architecture
+timed for real, the budget choice, and the model left as it was."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import TEXTS, batch_of, build_tiny_model
+
+from optimum_blockprune import BlockRemovalConfig, ConfigurationError, Pruner, get_adapter
+from optimum_blockprune.estimation.calibration import prepare_calibration_data
+from optimum_blockprune.surgery import pruned_copy
+from optimum_blockprune.sweep import SpeedSettings, SweepPoint, knee_of, largest_within_budget, measure_speed
+
+CONFIG = BlockRemovalConfig(num_calibration_samples=8, max_length=24, batch_size=4, show_progress=False)
+FAST_SPEED = SpeedSettings(prompt_length=8, new_tokens=3, repeats=1)
+DATA = TEXTS * 3
+
+
+@pytest.mark.parametrize("method", ["cbo", "sleb"])
+def test_sweep_picks_equal_separate_selects_and_share_measurements(tokenizer, method):
+    config = BlockRemovalConfig(method=method, **{k: v for k, v in CONFIG.to_dict().items() if k != "method"})
+    model = build_tiny_model("llama")
+    reference = model(**batch_of(tokenizer, TEXTS[:2])).logits.detach()
+    pruner = Pruner(model, tokenizer)
+    sweep = pruner.sweep(config, DATA, [1, 2, 3], num_eval_samples=6, speed=False)
+    scoring = prepare_calibration_data(DATA, tokenizer, **config.calibration_options(8 + 6)).subset(range(8))
+    separate = 0
+    for point in sweep.points:
+        alone = Pruner(build_tiny_model("llama"), tokenizer)
+        selection = alone.select(
+            BlockRemovalConfig(**{**config.to_dict(), "num_blocks_to_remove": point.num_blocks}), scoring
+        )
+        assert selection.removed_blocks == point.removed_blocks
+        separate += selection.ranking.stats["block_evaluations"]
+    # the M's reuse one another's measurements: the sweep costs less than separate calls
+    assert 0 < sweep.block_evaluations < separate
+    # the model is untouched: all blocks, the same logits, no ranking left behind by the sweep
+    assert len(get_adapter(model).block_list(model)) == 6 and pruner.result is None and pruner.ranking is None
+    assert torch.equal(model(**batch_of(tokenizer, TEXTS[:2])).logits, reference)
+    # quality is measured on samples the ranking never saw
+    assert sweep.held_out["num_samples"] == 6
+    assert all(p.perplexity > 0 and p.kl >= 0 for p in sweep.points)
+    records = sweep.to_records()
+    assert [r["num_blocks"] for r in records] == [1, 2, 3]
+    assert records[-1]["parameters_removed"] > records[0]["parameters_removed"] > 0
+    json.dumps(sweep.to_dict())
+
+
+def test_speed_is_timed_on_the_pruned_architecture_sharing_the_weights(tokenizer):
+    model = build_tiny_model("llama")
+    twin = pruned_copy(model, (1, 3, 4))
+    blocks = get_adapter(twin).block_list(twin)
+    assert len(blocks) == 3 and len(get_adapter(model).block_list(model)) == 6
+    originals = {id(p) for p in model.parameters()}
+    assert all(id(p) in originals for p in twin.parameters())  # every weight shared, none copied
+    assert twin.model.embed_tokens.weight is model.model.embed_tokens.weight  # shared, not copied
+    runs = {"pruned": 0, "unpruned": 0}
+    for name, target in (("pruned", twin), ("unpruned", model)):
+        for block in get_adapter(target).block_list(target):
+            block.register_forward_pre_hook(lambda *args, name=name: runs.__setitem__(name, runs[name] + 1))
+        measure_speed(target, vocab_size=128, settings=FAST_SPEED)
+    # one warm-up and one timed run, each a prefill and a generate of 3 tokens (a prefill + 2 decode steps)
+    calls_per_block = 2 * (1 + 3)
+    assert runs == {"pruned": 3 * calls_per_block, "unpruned": 6 * calls_per_block}
+    sweep = Pruner(model, tokenizer).sweep(CONFIG, DATA, [2], num_eval_samples=6, speed_settings=FAST_SPEED)
+    point = sweep.points[0]
+    assert point.speed.prefill_tokens_per_s > 0 and point.speed.decode_tokens_per_s > 0
+    assert sweep.unpruned_speed.prefill_tokens_per_s > 0 and sweep.device == "cpu"
+    assert sweep.speedup(point, "prefill") > 0 and "prefill tok/s" in sweep.to_markdown()
+
+
+def _points(perplexities, kls=None):
+    kls = kls or [0.01 * m for m in range(1, len(perplexities) + 1)]
+    return [
+        SweepPoint(m, tuple(range(m)), ppl, kl, 0.1 * m, 0.1 * m, 100, 1.0)
+        for m, ppl, kl in zip(range(1, len(perplexities) + 1), perplexities, kls)
+    ]
+
+
+def test_the_budget_picks_the_largest_m_within_it():
+    points = _points([10.5, 10.9, 11.4, 13.0, 10.8])  # unpruned 10; the last point dips back under the budget
+    assert largest_within_budget(points, 10.0, max_perplexity_increase=0.15) == 3
+    assert largest_within_budget(points, 10.0, max_perplexity_increase=0.01) is None
+    assert largest_within_budget(points, 10.0, max_perplexity_increase=0.1) == 2
+    assert largest_within_budget(points, 10.0, max_kl=0.025) == 2
+    assert largest_within_budget(points, 10.0, max_perplexity_increase=1.0, max_kl=0.035) == 3  # both hold
+    with pytest.raises(ConfigurationError, match="Give a budget"):
+        largest_within_budget(points, 10.0)
+    with pytest.raises(ConfigurationError, match="`max_kl` must be a non-negative number"):
+        largest_within_budget(points, 10.0, max_kl=-1)
+    assert knee_of([1, 2, 3, 4, 5], [math.log(v) for v in (10, 10.5, 11, 20, 60)]) == 3
+    assert knee_of([1, 2], [1, 2]) is None
+
+
+@pytest.mark.parametrize("bad", [[], [0], [6], [2, 2], [1.5], [True], "2:4", 3])
+def test_bad_counts_are_refused_before_any_work(tokenizer, bad, monkeypatch):
+    import optimum_blockprune.selection as selection
+
+    monkeypatch.setattr(selection, "prepare_scoring_data", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(
+        ConfigurationError, match=r"`num_blocks`=.* must be a non-empty list or range of distinct"
+    ):
+        Pruner(build_tiny_model("llama"), tokenizer).sweep(CONFIG, DATA, bad)
