@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SPECTRUM_FILE = "blockprune_energy_spectrum.png"
+SWEEP_FILE = "blockprune_sweep.png"
 REMOVAL_MAP_FILE = "blockprune_removal_map.png"
 
 

@@ -54,6 +54,8 @@ def pruning_provenance(
     evaluations: list[dict[str, Any]] | None = None,
     loaded_from: dict[str, Any] | None = None,
     base_card: dict[str, Any] | None = None,
+    speed: list[dict[str, Any]] | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything `blockprune_config.json` and the model card record about how a model was pruned: the model,
     the config, the method's and energy's names and one-line descriptions (from their registries), the result
@@ -85,6 +87,8 @@ def pruning_provenance(
         "distillation": distillation,
         "evaluations": list(evaluations or []),
         "loaded_from": loaded_from,
+        "speed": list(speed or []),
+        "sweep": sweep,
         "base_card": dict(base_card or {}),
     }
 
@@ -210,6 +214,9 @@ def render_model_card(provenance: dict[str, Any], repo_id: str | None = None) ->
         method=provenance.get("method"),
         energy=provenance.get("energy"),
         choice_cost=choice_cost(ranking.stats) if ranking else None,
+        speed=_speed_rows(provenance.get("speed") or []),
+        sweep=provenance.get("sweep"),
+        sweep_table=_sweep_table(provenance.get("sweep")),
         distillation=provenance.get("distillation"),
         library_version=__version__,
         auto_class=provenance.get("auto_class") or "AutoModelForCausalLM",
@@ -268,6 +275,31 @@ def _eval_results(evaluations: list[dict[str, Any]], pipeline_tag: str | None) -
                 )
             )
     return results
+
+
+def _speed_rows(measurements: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The card's speed table: the latest prefill and decode tokens/s of each stage, the speed-up of the last
+    stage over the unpruned one, and where and how they were timed (None unless both stages were measured)."""
+    latest = {entry["stage"]: entry for entry in measurements}
+    if "unpruned" not in latest or len(latest) < 2:
+        return None
+    base = latest["unpruned"]
+    last = measurements[-1] if measurements[-1]["stage"] != "unpruned" else list(latest.values())[-1]
+    rows = []
+    for kind in ("prefill", "decode"):
+        before, after = base[f"{kind}_tokens_per_s"], last[f"{kind}_tokens_per_s"]
+        if before and after:
+            rows.append({"kind": kind, "before": before, "after": after, "speedup": after / before})
+    settings = base["settings"]
+    return {"rows": rows, "stage": last["stage"], "device": base["device"], "settings": settings}
+
+
+def _sweep_table(sweep: dict[str, Any] | None) -> str:
+    if not sweep:
+        return ""
+    from .sweep import SweepResult
+
+    return SweepResult.from_dict(sweep).to_markdown()
 
 
 def _dataset_type(name: str) -> str:
@@ -372,6 +404,13 @@ def _write_into(staging, save_directory, model, tokenizer, provenance, repo_id, 
             provenance["figures"] = save_card_figures(
                 Ranking.from_dict(ranking), staging, provenance["result"].get("selected_rank")
             )
+        if provenance.get("sweep"):
+            from .figures import SWEEP_FILE
+            from .sweep import SweepResult
+
+            sweep = SweepResult.from_dict(provenance["sweep"])
+            if sweep.plot(os.path.join(staging, SWEEP_FILE)):
+                provenance["figures"] = {**(provenance.get("figures") or {}), "sweep": SWEEP_FILE}
         # every file this save writes, so a later `overwrite=True` replaces exactly these and nothing of the user's
         files = sorted({*os.listdir(staging), CONFIG_NAME, "README.md"})
         provenance["saved"] = {**provenance["saved"], "files": files}

@@ -10,7 +10,7 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from .architectures import BlockInfo, get_adapter
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .distillation import DistillationConfig
     from .estimation import FisherEstimate
     from .qubo import CardinalityProblem
-    from .sweep import SpeedSettings, SweepResult
+    from .sweep import SpeedMeasurement, SpeedSettings, SweepResult
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class Pruner:
         #: where the weights came from when not a plain checkpoint (a GGUF file), for the card
         self.loaded_from: dict[str, Any] | None = None
         self.last_sweep: SweepResult | None = None
+        self.speed_measurements: list[dict[str, Any]] = []
         #: removals measured on calibration data, reused by later selections on the same model and data
         self.measurements = MeasurementCache()
 
@@ -530,6 +531,39 @@ class Pruner:
         logger.info("Held-out perplexity (%s): %.4g on %d tokens.", stage, value, prepared.num_tokens)
         return value
 
+    def measure_speed(self, settings: SpeedSettings | None = None) -> SpeedMeasurement:
+        """Prefill and decode tokens/s of the model as it is now (unpruned or pruned), where it lives; recorded
+        for the card, which shows the speed-up when both stages were measured (measure before pruning, then after).
+        Medians of `settings.repeats` timings after a warm-up; timings are this machine's, and the card says so."""
+        from .estimation.forward import input_device
+        from .sweep import SpeedSettings, measure_speed
+
+        settings = settings or SpeedSettings()
+        settings.check()
+        measured = measure_speed(
+            self.model,
+            vocab_size=self.model.get_input_embeddings().num_embeddings,
+            settings=settings,
+            generates=self.adapter.task == "causal-lm",
+        )
+        stage = "unpruned" if self.result is None else "pruned + distilled" if self.distillation else "pruned"
+        self.speed_measurements.append(
+            {
+                "stage": stage,
+                "device": str(input_device(self.model)),
+                "prefill_tokens_per_s": measured.prefill_tokens_per_s,
+                "decode_tokens_per_s": measured.decode_tokens_per_s,
+                "settings": asdict(settings),
+            }
+        )
+        logger.info(
+            "Speed (%s): prefill %.0f tokens/s, decode %s tokens/s.",
+            stage,
+            measured.prefill_tokens_per_s,
+            f"{measured.decode_tokens_per_s:.0f}" if measured.decode_tokens_per_s else "–",
+        )
+        return measured
+
     # -- output ---------------------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:
         """Everything `blockprune_config.json` and the model card record about how the model was pruned."""
@@ -547,6 +581,8 @@ class Pruner:
             distillation=self.distillation,
             evaluations=self.evaluations,
             loaded_from=self.loaded_from,
+            speed=self.speed_measurements,
+            sweep=self.last_sweep.to_dict() if self.last_sweep is not None else None,
             base_card=base_card_metadata(self.model_id, local_weights=bool(self.loaded_from)),
         )
 

@@ -8,6 +8,7 @@ runs the picks on the pruner's shared measurement cache, so the M's reuse one an
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import statistics
@@ -49,8 +50,9 @@ class SpeedSettings:
 def measure_speed(
     model: nn.Module, *, vocab_size: int, settings: SpeedSettings, generates: bool = True, seed: int = 0
 ) -> SpeedMeasurement:
-    """Time `model` where it lives (its input device): prefill, and for a generative model `generate` with the KV
-    cache; decode speed is the new tokens over (generate time - prefill time)."""
+    """Time `model` where it lives (its input device): a prefill, and for a generative model `new_tokens` greedy
+    decode steps with the KV cache after an untimed prefill (timed apart, so decode speed is not a difference of
+    two noisy timings)."""
     import torch
 
     from .estimation.forward import input_device
@@ -71,20 +73,34 @@ def measure_speed(
         return time.perf_counter() - start
 
     def median_seconds(run) -> float:
-        seconds(run)  # warm-up: allocation, kernels, caches
-        return statistics.median(seconds(run) for _ in range(settings.repeats))
+        run()  # warm-up: allocation, kernels, caches
+        return statistics.median(run() for _ in range(settings.repeats))
+
+    # transformers renamed `past_key_values` to `cache` (5.2x); take whichever this version's forward has
+    cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def decode_seconds() -> float:
+        output = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        cache, token, seen = output[cache_argument], output.logits[:, -1:].argmax(-1), mask
+
+        def steps():
+            nonlocal cache, token, seen
+            for _ in range(settings.new_tokens):
+                seen = torch.cat([seen, torch.ones_like(token)], dim=1)
+                output = model(
+                    input_ids=token, attention_mask=seen, use_cache=True, **{cache_argument: cache}
+                )
+                cache, token = output[cache_argument], output.logits[:, -1:].argmax(-1)
+
+        return seconds(steps)
 
     with torch.no_grad():
-        prefill = median_seconds(lambda: model(input_ids=ids, attention_mask=mask, use_cache=generates))
+        prefill = median_seconds(
+            lambda: seconds(lambda: model(input_ids=ids, attention_mask=mask, use_cache=False))
+        )
         decode = None
         if generates:
-            options = dict(
-                max_new_tokens=settings.new_tokens, min_new_tokens=settings.new_tokens, do_sample=False
-            )
-            total = median_seconds(
-                lambda: model.generate(input_ids=ids, attention_mask=mask, pad_token_id=0, **options)
-            )
-            decode = settings.batch_size * settings.new_tokens / max(total - prefill, 1e-9)
+            decode = settings.batch_size * settings.new_tokens / median_seconds(decode_seconds)
     return SpeedMeasurement(settings.batch_size * settings.prompt_length / prefill, decode)
 
 
@@ -168,6 +184,43 @@ class SweepResult:
             "points": self.to_records(),
             **self.extra,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SweepResult:
+        """The inverse of `to_dict` (what `blockprune_config.json` holds), for re-rendering a card."""
+
+        def speed_of(record):
+            if record.get("prefill_tokens_per_s") is None:
+                return None
+            return SpeedMeasurement(record["prefill_tokens_per_s"], record.get("decode_tokens_per_s"))
+
+        points = [
+            SweepPoint(
+                num_blocks=r["num_blocks"],
+                removed_blocks=tuple(r["removed_blocks"]),
+                perplexity=r["perplexity"],
+                kl=r["kl"],
+                parameters_removed=r["parameters_removed"],
+                active_parameters_removed=r["active_parameters_removed"],
+                block_evaluations=r["block_evaluations"],
+                seconds=r["seconds"],
+                speed=speed_of(r),
+            )
+            for r in data["points"]
+        ]
+        unpruned = data.get("unpruned_speed")
+        settings = data.get("speed_settings")
+        return cls(
+            method=data["method"],
+            num_blocks_total=data["num_blocks_total"],
+            unpruned_perplexity=data["unpruned_perplexity"],
+            points=points,
+            held_out=data.get("held_out") or {},
+            device=data.get("device", ""),
+            speed_settings=SpeedSettings(**settings) if settings else None,
+            unpruned_speed=SpeedMeasurement(**unpruned) if unpruned else None,
+            seconds=data.get("seconds", 0.0),
+        )
 
     def save(self, path: str, *, overwrite: bool = False) -> str:
         """Write `to_dict()` as JSON, atomically."""

@@ -63,8 +63,8 @@ def test_speed_is_timed_on_the_pruned_architecture_sharing_the_weights(tokenizer
         for block in get_adapter(target).block_list(target):
             block.register_forward_pre_hook(lambda *args, name=name: runs.__setitem__(name, runs[name] + 1))
         measure_speed(target, vocab_size=128, settings=FAST_SPEED)
-    # one warm-up and one timed run, each a prefill and a generate of 3 tokens (a prefill + 2 decode steps)
-    calls_per_block = 2 * (1 + 3)
+    # a warm-up and a timed run of the prefill, then of the decode: an untimed prefill and 3 cached steps
+    calls_per_block = 2 + 2 * (1 + 3)
     assert runs == {"pruned": 3 * calls_per_block, "unpruned": 6 * calls_per_block}
     sweep = Pruner(model, tokenizer).sweep(CONFIG, DATA, [2], num_eval_samples=6, speed_settings=FAST_SPEED)
     point = sweep.points[0]
@@ -105,3 +105,24 @@ def test_bad_counts_are_refused_before_any_work(tokenizer, bad, monkeypatch):
         ConfigurationError, match=r"`num_blocks`=.* must be a non-empty list or range of distinct"
     ):
         Pruner(build_tiny_model("llama"), tokenizer).sweep(CONFIG, DATA, bad)
+
+
+def test_the_card_carries_the_measured_speed_up_and_the_sweep(tokenizer, tmp_path):
+    from optimum_blockprune.hub import render_model_card
+
+    pruner = Pruner(build_tiny_model("llama"), tokenizer, model_id="someone/tiny")
+    sweep = pruner.sweep(CONFIG, DATA, [1, 2, 3], num_eval_samples=6, speed_settings=FAST_SPEED)
+    pruner.measure_speed(FAST_SPEED)
+    pruner.prune(BlockRemovalConfig(**{**CONFIG.to_dict(), "num_blocks_to_remove": 2}), DATA)
+    pruner.measure_speed(FAST_SPEED)
+    pruner.save_pretrained(tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "## Speed" in card and "Measured on `cpu`" in card
+    assert "| prefill |" in card and "| decode |" in card and "x |" in card
+    assert "## How many blocks to remove: the sweep" in card and sweep.to_markdown() in card
+    assert (tmp_path / "out" / "blockprune_sweep.png").is_file()
+    provenance = json.loads((tmp_path / "out" / "blockprune_config.json").read_text())
+    assert [entry["stage"] for entry in provenance["speed"]] == ["unpruned", "pruned"]
+    assert provenance["sweep"]["points"][1]["removed_blocks"] == list(sweep.points[1].removed_blocks)
+    # the saved provenance renders the same card (what model_cards/render.py relies on)
+    assert render_model_card(provenance) == card
