@@ -226,6 +226,68 @@ def add_estimate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run_estimate)
 
 
+def _block_count_list(text: str) -> list[int]:
+    """`2:16:2` (start:stop:step, stop excluded, as `range`), `2:16` (step 1) or `2,4,6`."""
+    try:
+        if ":" in text:
+            parts = [int(part) for part in text.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            return list(range(*parts))
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected START:STOP[:STEP] (as range: STOP excluded) or a comma list like '2,4,6', got {text!r}"
+        ) from None
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser, quantization=False)
+    _add_dataset_argument(parser, required=True)
+    parser.add_argument(
+        "--num-blocks",
+        type=_block_count_list,
+        required=True,
+        metavar="START:STOP[:STEP]",
+        help="How many blocks to remove at each point: 2:16:2 is 2, 4, ..., 14 (as range), or a list 2,4,6.",
+    )
+    parser.add_argument(
+        "--num-eval-samples",
+        type=int,
+        default=16,
+        help="Held-out samples (after the scoring ones in the data) for perplexity and KL (default: 16).",
+    )
+    parser.add_argument("--no-speed", action="store_true", help="Skip timing the pruned models.")
+    parser.add_argument(
+        "--speed-batch-size", type=int, default=1, help="Batch for the speed timing (default: 1)."
+    )
+    parser.add_argument(
+        "--prompt-length", type=int, default=128, help="Prefill tokens per sequence (default: 128)."
+    )
+    parser.add_argument(
+        "--new-tokens", type=int, default=32, help="Decoded tokens per sequence (default: 32)."
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="Timed runs per model; the median counts (default: 5)."
+    )
+    parser.add_argument(
+        "--max-perplexity-increase",
+        type=float,
+        default=None,
+        help="A quality budget, e.g. 0.1 for +10 %% held-out perplexity: report the largest M within it.",
+    )
+    parser.add_argument(
+        "--max-kl", type=float, default=None, help="A budget in per-token KL to the unpruned model."
+    )
+    parser.add_argument("--json", default=None, metavar="PATH", help="Write the sweep as JSON.")
+    parser.add_argument(
+        "--plot", default=None, metavar="PATH", help="Write the quality and speed picture (PNG)."
+    )
+    parser.add_argument("--overwrite", action="store_true", help="Replace existing --json / --plot files.")
+    add_config_arguments(parser, exclude=("num_blocks_to_remove", "selected_state"))
+    parser.set_defaults(handler=run_sweep)
+
+
 def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", help="A directory written by `prune` (or `Pruner.save_pretrained`).")
     parser.add_argument("repo_id", help="The Hub repository to upload to (created if missing).")
@@ -247,6 +309,10 @@ SUBCOMMANDS = {
     "estimate": (
         "Estimate the block Fisher once and save it, to rank or prune later for any M.",
         add_estimate_arguments,
+    ),
+    "sweep": (
+        "How many blocks can I remove? Each M's pick, its held-out quality and the pruned model's measured speed.",
+        add_sweep_arguments,
     ),
     "push": (
         "Upload a saved pruned model to the Hub (again: a retry re-sends only what the Hub lacks).",
@@ -405,6 +471,57 @@ def _save_or_fall_back(pruner, output_dir: str, **options) -> None:
             f"Saving to {output_dir!r} failed ({error}). The pruned model was saved to {fallback!r} instead; move it "
             f"where you want it (`mv {fallback} <dir>`)."
         ) from error
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SpeedSettings, block_counts, largest_within_budget
+    from .utils import check_output_file
+
+    config = config_from_args(args)
+    block_counts(args.num_blocks)  # the model's block count bounds them again once it is loaded
+    settings = SpeedSettings(args.speed_batch_size, args.prompt_length, args.new_tokens, args.repeats)
+    settings.check()
+    if args.num_eval_samples < 2:
+        raise BlockPruneError(f"--num-eval-samples must be at least 2, got {args.num_eval_samples}.")
+    budget = dict(max_perplexity_increase=args.max_perplexity_increase, max_kl=args.max_kl)
+    if any(v is not None for v in budget.values()):
+        largest_within_budget([], 1.0, **budget)  # a bad budget fails now, not after the sweep
+    for path, name in ((args.json, "--json"), (args.plot, "--plot")):
+        if path:
+            check_output_file(path, name, overwrite=args.overwrite)
+    _check_inputs(args)
+    pruner = _load_pruner(args)
+    sweep = pruner.sweep(
+        config,
+        args.dataset,
+        args.num_blocks,
+        num_eval_samples=args.num_eval_samples,
+        speed=not args.no_speed,
+        speed_settings=settings,
+    )
+    if not _is_main_process():
+        return 0
+    print(sweep.to_markdown())
+    print(
+        f"\n`{config.method}` on {pruner.num_blocks} blocks; held-out: {sweep.held_out['num_samples']} samples, "
+        f"{sweep.held_out['num_tokens']:,} tokens; the choices cost {sweep.block_evaluations:,} block evaluations; "
+        f"{sweep.seconds:.0f} s in all" + (f"; timed on {sweep.device}" if sweep.unpruned_speed else "") + "."
+    )
+    if sweep.knee() is not None:
+        print(f"Knee: M = {sweep.knee()} (quality falls fastest after it).")
+    if any(v is not None for v in budget.values()):
+        chosen = sweep.choose(**budget)
+        print(
+            f"Largest M within the budget: {chosen}"
+            if chosen is not None
+            else "No M is within the budget: remove fewer blocks or relax it."
+        )
+    if args.json:
+        sweep.save(args.json, overwrite=args.overwrite)
+        print(f"Wrote {args.json}")
+    if args.plot and sweep.plot(args.plot):
+        print(f"Wrote {args.plot}")
+    return 0
 
 
 def run_rank(args: argparse.Namespace) -> int:

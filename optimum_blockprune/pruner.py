@@ -33,26 +33,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _block_counts(num_blocks: Any, total: int) -> list[int]:
-    """A sweep's counts: distinct integers in 1..total - 1 (a `range` or a list), in increasing order.
-
-    Raises:
-        ConfigurationError: naming the value and the valid range.
-    """
-    valid = f"distinct integers in 1..{total - 1}"
-    items = list(num_blocks) if isinstance(num_blocks, (list, tuple, range)) else None
-    if (
-        not items
-        or any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m < total for m in items)
-        or len(set(items)) != len(items)
-    ):
-        raise ConfigurationError(
-            f"`num_blocks`={num_blocks!r} must be a non-empty list or range of {valid} (how many blocks to remove "
-            f"at each point), e.g. `range(2, {total}, 2)`."
-        )
-    return sorted(items)
-
-
 class Pruner:
     """Remove whole blocks from a Hugging Face model, chosen by constrained binary optimisation.
 
@@ -343,10 +323,10 @@ class Pruner:
         from .evaluation import removal_losses
         from .selection import prepare_scoring_data
         from .surgery import pruned_copy
-        from .sweep import SpeedSettings, SweepPoint, SweepResult, measure_speed
+        from .sweep import SpeedSettings, SweepPoint, SweepResult, block_counts, measure_speed
 
         self._refuse_if_pruned("sweep")
-        counts = _block_counts(num_blocks, self.num_blocks)
+        counts = block_counts(num_blocks, self.num_blocks)
         for count in counts:  # every M's constraints before any work
             self.check_config(replace(config, num_blocks_to_remove=count), applying=False)
         settings = speed_settings or SpeedSettings()

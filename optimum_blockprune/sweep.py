@@ -290,6 +290,31 @@ def _ratio(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}x"
 
 
+def block_counts(num_blocks: Any, total: int | None = None) -> list[int]:
+    """A sweep's counts: a non-empty list or range of distinct integers in 1..total - 1 (at least 1 while the
+    model's block count is not known yet), in increasing order.
+
+    Raises:
+        ConfigurationError: naming the value and the valid range.
+    """
+    from .errors import ConfigurationError
+
+    valid = f"distinct integers in 1..{total - 1}" if total is not None else "distinct integers of at least 1"
+    items = list(num_blocks) if isinstance(num_blocks, (list, tuple, range)) else None
+    if (
+        not items
+        or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in items)
+        or (total is not None and max(items) >= total)
+        or len(set(items)) != len(items)
+    ):
+        example = f"range(2, {total}, 2)" if total is not None else "range(2, 16, 2)"
+        raise ConfigurationError(
+            f"`num_blocks`={num_blocks!r} must be a non-empty list or range of {valid} (how many blocks to remove "
+            f"at each point), e.g. `{example}`."
+        )
+    return sorted(items)
+
+
 def largest_within_budget(
     points: Sequence[SweepPoint],
     unpruned_perplexity: float,

@@ -126,3 +126,38 @@ def test_the_card_carries_the_measured_speed_up_and_the_sweep(tokenizer, tmp_pat
     assert provenance["sweep"]["points"][1]["removed_blocks"] == list(sweep.points[1].removed_blocks)
     # the saved provenance renders the same card (what model_cards/render.py relies on)
     assert render_model_card(provenance) == card
+
+
+def test_the_sweep_command_prints_the_table_the_budget_and_writes_json_and_picture(
+    tiny_model_dir, calibration_file, tmp_path, capsys, monkeypatch
+):
+    from optimum_blockprune.cli import main
+
+    args = ["sweep", str(tiny_model_dir), "--dataset", str(calibration_file), "--num-blocks", "1:4"]
+    args += [
+        "--num-calibration-samples",
+        "6",
+        "--num-eval-samples",
+        "4",
+        "--max-length",
+        "24",
+        "--no-show-progress",
+    ]
+    args += ["--prompt-length", "8", "--new-tokens", "2", "--repeats", "1", "--max-perplexity-increase", "10"]
+    assert main([*args, "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| M | removed blocks | held-out ppl |" in out and "Largest M within the budget: 3" in out
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert [p["num_blocks"] for p in saved["points"]] == [1, 2, 3] and saved["unpruned_speed"][
+        "prefill_tokens_per_s"
+    ] > 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    # bad requests fail before the model loads
+    monkeypatch.setattr(Pruner, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    assert main([*args[:5], "0:3", *args[6:]]) == 2  # M = 0 is not a removal
+    assert "`num_blocks`=[0, 1, 2]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args[:5], "two", *args[6:]])
+    assert main([*args, "--max-kl", "-1"]) == 2
+    assert "`max_kl` must be a non-negative number" in capsys.readouterr().err
+    assert main([*args, "--json", str(tmp_path / "s.json")]) == 2  # exists: not replaced without --overwrite
