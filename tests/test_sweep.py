@@ -161,3 +161,49 @@ def test_the_sweep_command_prints_the_table_the_budget_and_writes_json_and_pictu
     assert main([*args, "--max-kl", "-1"]) == 2
     assert "`max_kl` must be a non-negative number" in capsys.readouterr().err
     assert main([*args, "--json", str(tmp_path / "s.json")]) == 2  # exists: not replaced without --overwrite
+
+
+def test_prune_auto_sweeps_then_prunes_the_largest_m_within_the_budget(
+    tiny_model_dir, calibration_file, tmp_path, capsys, monkeypatch
+):
+    from optimum_blockprune.cli import main
+
+    args = [
+        "prune",
+        str(tiny_model_dir),
+        "--dataset",
+        str(calibration_file),
+        "--output-dir",
+        str(tmp_path / "o"),
+    ]
+    args += [
+        "--num-calibration-samples",
+        "6",
+        "--num-eval-samples",
+        "4",
+        "--max-length",
+        "24",
+        "--no-show-progress",
+    ]
+    assert (
+        main([*args, "--num-blocks-to-remove", "auto", "--sweep-num-blocks", "1:4", "--max-kl", "1e9"]) == 0
+    )
+    saved = json.loads((tmp_path / "o" / "blockprune_config.json").read_text())
+    sweep = saved["sweep"]
+    chosen = max(p["num_blocks"] for p in sweep["points"])  # an unbounded budget takes the largest M tried
+    assert saved["result"]["removed_blocks"] == sweep["points"][-1]["removed_blocks"] and chosen == 3
+    assert [entry["stage"] for entry in saved["speed"]] == ["unpruned", "pruned"]
+    card = (tmp_path / "o" / "README.md").read_text()
+    assert "## Speed" in card and "## How many blocks to remove: the sweep" in card
+    assert f"Largest M within the budget: {chosen}." in capsys.readouterr().out
+    # an impossible budget prunes and saves nothing
+    impossible = [*args[:5], str(tmp_path / "none"), *args[6:], "--num-blocks-to-remove", "auto"]
+    assert main([*impossible, "--sweep-num-blocks", "1:4", "--max-kl", "0"]) == 2
+    assert (
+        "No M of [1, 2, 3] keeps within the budget" in capsys.readouterr().err
+        and not (tmp_path / "none").exists()
+    )
+    # missing pieces fail before the model loads
+    monkeypatch.setattr(Pruner, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    assert main([*args, "--num-blocks-to-remove", "auto", "--max-kl", "0.1"]) == 2
+    assert "needs the M's to try (--sweep-num-blocks" in capsys.readouterr().err
