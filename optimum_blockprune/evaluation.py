@@ -75,6 +75,7 @@ def removal_losses(
     show_progress: bool = False,
     reuse_prefix: bool = False,
     share_prefixes: bool = True,
+    desc: str = "Evaluating",
 ) -> RemovalLosses:
     """Every removal's `metric` on every sample, measured through gates at 0 (no copy, model unchanged).
 
@@ -126,7 +127,7 @@ def removal_losses(
         max_tokens_per_batch=max_tokens_per_batch,
         pad_token_id=pad_token_id,
         show_progress=show_progress,
-        desc="Evaluating",
+        desc=desc,
         shard=True,
     ) as run:
         num_blocks = len(adapter.block_list(model)) if adapter is not None else 0

@@ -155,10 +155,19 @@ def _is_terminal(stream) -> bool:
 
 
 class LoggedProgress:
-    """Progress as log lines, every `step` of the total (5 %), with the rate and the time left: what a log file
-    can show of a bar that redraws itself."""
+    """Progress as log lines, every `step` of the total (5 %) and at least every `every_s` seconds (30) while it
+    advances, with the rate and the time left: what a log file can show of a bar that redraws itself."""
 
-    def __init__(self, total: int, *, desc: str, unit: str = "it", step: float = 0.05, clock=None):
+    def __init__(
+        self,
+        total: int,
+        *,
+        desc: str,
+        unit: str = "it",
+        step: float = 0.05,
+        every_s: float = 30.0,
+        clock=None,
+    ):
         import logging
         import time
 
@@ -168,17 +177,21 @@ class LoggedProgress:
         self.done = 0
         self.next_report = step * total
         self.step = step
+        self.every_s = every_s
+        self.last_report = self.start
         self.logger = logging.getLogger("optimum_blockprune.progress")
 
     def update(self, n: int = 1) -> None:
         self.done += n
-        if self.done >= self.next_report or self.done >= self.total:
-            self._report()
+        now = self.clock()
+        if self.done >= self.next_report or self.done >= self.total or now - self.last_report >= self.every_s:
+            self._report(now)
             while self.next_report <= self.done:
                 self.next_report += self.step * self.total
 
-    def _report(self) -> None:
-        elapsed = max(self.clock() - self.start, 1e-9)
+    def _report(self, now: float) -> None:
+        self.last_report = now
+        elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         self.logger.info(

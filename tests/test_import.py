@@ -69,5 +69,14 @@ def test_progress_in_a_log_file_is_lines_with_rate_and_time_left(caplog):
         and "ETA 0 s" in lines[-1]
     )
     assert "ETA 9 s" in lines[0]  # 36 samples left at 4 per second
+    # a slow pass (1 % per 40 s) still logs every 30 s, not only every 5 %
+    caplog.clear()
+    slow = LoggedProgress(100, desc="Pair removals", clock=iter(range(0, 4000, 40)).__next__)
+    with caplog.at_level(logging.INFO, logger="optimum_blockprune.progress"):
+        for _ in range(3):
+            slow.update(1)
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [
+        f"Pair removals: {k}% ({k}/100 its)" for k in (1, 2, 3)
+    ]
     assert isinstance(progress_bar(total=10, desc="x"), LoggedProgress)  # pytest's stderr is not a terminal
     assert not isinstance(progress_bar(total=10, desc="x", enabled=False), LoggedProgress)

@@ -283,3 +283,23 @@ def test_the_command_line_prunes_a_checkpoint_without_tokenizer(tokenizer, tmp_p
     ]
     assert main([*args, "--num-calibration-samples", "6", "--max-length", "24", "--no-show-progress"]) == 0
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 4
+
+
+def test_every_long_phase_reports_progress_by_name(llama, tokenizer, caplog):
+    """Without a terminal (a log file, CI) the default choice logs each phase by name: calibration, the single and
+    pair removals, each correction round, the solve."""
+    import logging
+
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, num_calibration_samples=8, max_length=24, batch_size=4
+    )
+    with caplog.at_level(logging.INFO, logger="optimum_blockprune"):
+        Pruner(llama, tokenizer).select(config, TEXTS)
+    lines = [r.getMessage() for r in caplog.records]
+
+    def seen(prefix):
+        return any(line.startswith(prefix) for line in lines)
+
+    assert seen("Calibration: 8 samples")
+    assert seen("Single removals (7 removals): ") and seen("Pair removals (6 removals): ")
+    assert seen("Correction round 1/") and seen("Solver ")

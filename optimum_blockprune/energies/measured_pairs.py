@@ -55,7 +55,7 @@ class MeasuredPairsEnergy(Energy):
         if not pairs:
             context.stats.update(pairs_measured=0)
             return q
-        measured = context.measure(pairs)
+        measured = context.measure(pairs, phase="Pair removals")
         # per-sample interaction sums: l(i, j) - l(i) - l(j) + l(unpruned), summed over each sample's tokens
         interactions = np.stack(
             [

@@ -283,7 +283,13 @@ class RankingContext:
         return "loss" if self.adapter.task == "causal-lm" else "distortion"
 
     def measure(
-        self, removals: list[tuple[int, ...]], metric: str | None = None, samples: Sequence[int] | None = None
+        self,
+        removals: list[tuple[int, ...]],
+        metric: str | None = None,
+        samples: Sequence[int] | None = None,
+        *,
+        phase: str = "Measured removals",
+        progress: bool | None = None,
     ) -> RemovalLosses:
         """Every removal's calibration `metric` on every sample (or on the calibration `samples` given, by index:
         searches measure many states on a few samples and the best few on more), through gates at 0 (no model
@@ -303,7 +309,7 @@ class RankingContext:
 
             from ..finite import require_finite
 
-            losses = self._measure(todo, metric, data)
+            losses = self._measure(todo, metric, data, phase=phase, progress=progress)
             spent.append(losses.block_evaluations)
             bad = ~np.isfinite(losses.sums)
             if bad.any():
@@ -321,24 +327,41 @@ class RankingContext:
             self.stats["reused_removals"] = self.stats.get("reused_removals", 0) + len(removals) - new
         return measured
 
-    def _measure(self, removals: list[tuple[int, ...]], metric: str, data: CalibrationData) -> RemovalLosses:
+    def _measure(
+        self,
+        removals: list[tuple[int, ...]],
+        metric: str,
+        data: CalibrationData,
+        *,
+        phase: str = "Measured removals",
+        progress: bool | None = None,
+    ) -> RemovalLosses:
         from ..estimation.residual_cache import NotResumableError
         from ..evaluation import removal_losses
 
-        options = dict(metric=metric, adapter=self.adapter, granularity=self.config.granularity)
+        # the bar names the phase ("Single removals", "Correction round 2/3", ...): a user sees what runs
+        options = dict(
+            metric=metric,
+            adapter=self.adapter,
+            granularity=self.config.granularity,
+            desc=f"{phase} ({len(removals)} removals)",
+        )
+        forward = dict(self.forward_options)
+        if progress is not None:
+            forward["show_progress"] = progress and self.config.show_progress
         resume = self._resumable and self.config.granularity == "block"
         try:
-            return removal_losses(
-                self.model, data, removals, reuse_prefix=resume, **options, **self.forward_options
-            )
+            return removal_losses(self.model, data, removals, reuse_prefix=resume, **options, **forward)
         except NotResumableError as error:
             logger.warning("%s Measuring with full forwards.", error)
             self._resumable = False
-            return removal_losses(self.model, data, removals, **options, **self.forward_options)
+            return removal_losses(self.model, data, removals, **options, **forward)
 
-    def removal_costs(self, removals: list[tuple[int, ...]], metric: str = "loss") -> np.ndarray:
+    def removal_costs(
+        self, removals: list[tuple[int, ...]], metric: str = "loss", *, phase: str = "Measured removals"
+    ) -> np.ndarray:
         """The calibration `metric` of each removal (token-weighted over all samples)."""
-        return self.measure(removals, metric).mean()
+        return self.measure(removals, metric, phase=phase).mean()
 
     @property
     def num_gates(self) -> int:
@@ -349,7 +372,9 @@ class RankingContext:
         """The model (row 0: unpruned, or without `removed`) and every single removal on top (row i + 1), per
         sample; measured once."""
         if "single_removals" not in self.estimates:
-            self.estimates["single_removals"] = self.measure([(), *((i,) for i in range(self.num_gates))])
+            self.estimates["single_removals"] = self.measure(
+                [(), *((i,) for i in range(self.num_gates))], phase="Single removals"
+            )
         return self.estimates["single_removals"]
 
 

@@ -47,7 +47,11 @@ class MeasuredBruteForce(RankingMethod):
         start_time = time.perf_counter()
         states = [tuple(sorted({*forced, *chosen})) for chosen in itertools.combinations(free, to_pick)]
         states = [s for s, ok in zip(states, problem.is_feasible(problem.to_binary(states))) if ok]
-        scores = context.measure(states, metric=config.selection_metric).mean() if states else np.zeros(0)
+        scores = (
+            context.measure(states, metric=config.selection_metric, phase="Brute force").mean()
+            if states
+            else np.zeros(0)
+        )
         order = np.argsort(scores, kind="stable")[: config.num_states]
         return scored_ranking(
             problem,

@@ -71,7 +71,9 @@ def measure_and_correct(problem: CardinalityProblem, q: np.ndarray, context: Ran
         new = [s.removed_blocks for s in proposals if s.removed_blocks not in measured]
         if not new:
             break
-        costs = context.measure([(), *new]).mean()
+        costs = context.measure(
+            [(), *new], phase=f"Correction round {rounds}/{config.rounds_of_correction}"
+        ).mean()
         best_before = min(measured.values(), default=np.inf)
         predicted = QUBO(current)
         for state, cost in zip(new, costs[1:] - costs[0]):

@@ -74,7 +74,7 @@ class EvoPress(RankingMethod):
 
         def fitness(states: list[tuple[int, ...]], size: int) -> np.ndarray:
             samples = np.sort(rng.choice(num_samples, size=min(size, num_samples), replace=False))
-            return context.measure(states, metric="kl", samples=samples.tolist()).mean()
+            return context.measure(states, metric="kl", samples=samples.tolist(), progress=False).mean()
 
         initial = self._random_states(problem, free, to_pick, rng)
         parent = initial[int(np.argmin(fitness(initial, stage_sizes[0])))]

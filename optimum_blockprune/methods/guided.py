@@ -104,6 +104,7 @@ class GuidedSearch(RankingMethod):
         q = np.zeros((n, n))
         q[list(problem.candidates), list(problem.candidates)] = singles
         full: dict[tuple[int, ...], float] = {}
+        rows.phase, rows.progress = "Guided search", False  # the search's own bar from here on
         seeds = _lowest(problem, q, self.seeds, config.solver)
         full.update(zip(seeds, rows.mean(seeds, range(num_samples))))
         seen = set(full)
@@ -189,6 +190,7 @@ class _SampleRows:
     def __init__(self, context: RankingContext, metric: str) -> None:
         self._context = context
         self._metric = metric
+        self.phase, self.progress = "Guided search: single removals", None  # the prior has a bar of its own
         self._sums: dict[tuple[int, ...], np.ndarray] = {}
         self._tokens = np.full(context.data.num_samples, np.nan)
 
@@ -202,7 +204,9 @@ class _SampleRows:
             if missing:
                 groups.setdefault(missing, []).append(state)
         for missing, group in groups.items():
-            measured = self._context.measure(group, metric=self._metric, samples=list(missing))
+            measured = self._context.measure(
+                group, metric=self._metric, samples=list(missing), phase=self.phase, progress=self.progress
+            )
             self._tokens[list(missing)] = measured.tokens
             for state, row in zip(group, measured.sums):
                 self._sums[state][list(missing)] = row

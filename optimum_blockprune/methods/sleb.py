@@ -16,4 +16,9 @@ class SLEB(GreedyMethod):
     sublayers = True
 
     def step_costs(self, context, removed, options):
-        return context.removal_costs([(*removed, b) for b in options], metric="loss")
+        step = len(removed) + 1
+        return context.removal_costs(
+            [(*removed, b) for b in options],
+            metric="loss",
+            phase=f"SLEB step {step}/{context.config.num_blocks_to_remove}",
+        )
