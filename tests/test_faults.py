@@ -576,8 +576,8 @@ def test_a_nan_in_any_measured_removal_names_the_removal_and_the_sample(tokenize
 
     real = RankingContext._measure
 
-    def overflowing(self, removals, metric, data):
-        losses = real(self, removals, metric, data)
+    def overflowing(self, removals, metric, data, **options):
+        losses = real(self, removals, metric, data, **options)
         for row, removal in enumerate(removals):
             if removal == (2,):
                 losses.sums[row, 1] = np.inf
