@@ -51,6 +51,7 @@ def main(argv=None) -> dict:
         num_calibration_samples=args.num_calibration_samples,
         max_length=args.max_length,
         batch_size=args.batch_size,
+        calibration_name=f"Shakespeare: {', '.join(CALIBRATION_PLAYS)} (passages)",  # how the card names the data
         **({"energy": args.energy} if args.energy else {}),
     )
     held_out = held_out_data(pruner.tokenizer, num_samples=args.num_eval_samples, max_length=args.max_length)
@@ -59,10 +60,12 @@ def main(argv=None) -> dict:
         held_out, batch_size=args.batch_size, dataset_name=held_out_name
     )  # shown in the card
 
+    pruner.measure_speed()  # prefill and decode tokens/s, before and after: the card shows the speed-up
     start = time.perf_counter()
     result = pruner.prune(config, calibration_dataset=shakespeare_passages(CALIBRATION_PLAYS))
     prune_seconds = time.perf_counter() - start
     after = pruner.evaluate(held_out, batch_size=args.batch_size, dataset_name=held_out_name)
+    pruner.measure_speed()
 
     print()
     print(pruner.ranking)
