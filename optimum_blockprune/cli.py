@@ -189,18 +189,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         help="The M's to try with --num-blocks-to-remove auto (e.g. 2:16:2); the largest within the budget is "
         "pruned, and the sweep's table and picture go into the card.",
     )
-    sweep.add_argument(
-        "--max-perplexity-increase", type=float, default=None, help="e.g. 0.1: at most +10 %%."
-    )
-    sweep.add_argument(
-        "--max-kl", type=float, default=None, help="At most this per-token KL to the unpruned model."
-    )
-    sweep.add_argument(
-        "--num-eval-samples",
-        type=int,
-        default=16,
-        help="Held-out samples for the sweep's quality (default: 16).",
-    )
+    _add_sweep_quality_arguments(sweep)
     parser.add_argument(
         "--measure-speed",
         action=argparse.BooleanOptionalAction,
@@ -296,6 +285,36 @@ def _block_count_list(text: str) -> list[int]:
         ) from None
 
 
+def _add_sweep_quality_arguments(group) -> None:
+    """The held-out slice and the quality budget, the same for `sweep` and `prune --num-blocks-to-remove auto`."""
+    group.add_argument(
+        "--num-eval-samples",
+        type=int,
+        default=16,
+        help="Held-out samples (after the scoring ones in the data) for perplexity and KL (default: 16).",
+    )
+    group.add_argument(
+        "--max-perplexity-increase",
+        type=float,
+        default=None,
+        help="A quality budget, e.g. 0.1 for +10 %% held-out perplexity: the largest M within it.",
+    )
+    group.add_argument(
+        "--max-kl", type=float, default=None, help="A budget in per-token KL to the unpruned model."
+    )
+
+
+def _sweep_request(args: argparse.Namespace, counts: list[int]) -> dict[str, float | None]:
+    """Check a sweep's counts, held-out slice and budget before the model loads; return the budget."""
+    from .sweep import block_counts, check_budget, check_eval_samples
+
+    block_counts(counts)  # the model's block count bounds them again once it is loaded
+    check_eval_samples(args.num_eval_samples)
+    budget = dict(max_perplexity_increase=args.max_perplexity_increase, max_kl=args.max_kl)
+    check_budget(**budget)
+    return budget
+
+
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser, quantization=False)
     _add_dataset_argument(parser, required=True)
@@ -305,12 +324,6 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="START:STOP[:STEP]",
         help="How many blocks to remove at each point: 2:16:2 is 2, 4, ..., 14 (as range), or a list 2,4,6.",
-    )
-    parser.add_argument(
-        "--num-eval-samples",
-        type=int,
-        default=16,
-        help="Held-out samples (after the scoring ones in the data) for perplexity and KL (default: 16).",
     )
     parser.add_argument("--no-speed", action="store_true", help="Skip timing the pruned models.")
     parser.add_argument(
@@ -325,15 +338,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--repeats", type=int, default=5, help="Timed runs per model; the median counts (default: 5)."
     )
-    parser.add_argument(
-        "--max-perplexity-increase",
-        type=float,
-        default=None,
-        help="A quality budget, e.g. 0.1 for +10 %% held-out perplexity: report the largest M within it.",
-    )
-    parser.add_argument(
-        "--max-kl", type=float, default=None, help="A budget in per-token KL to the unpruned model."
-    )
+    _add_sweep_quality_arguments(parser)
     parser.add_argument("--json", default=None, metavar="PATH", help="Write the sweep as JSON.")
     parser.add_argument(
         "--plot", default=None, metavar="PATH", help="Write the quality and speed picture (PNG)."
@@ -465,17 +470,13 @@ def run_prune(args: argparse.Namespace) -> int:
     from .utils import check_output_directory, check_output_file
 
     auto = args.num_blocks_to_remove == "auto"
-    budget = dict(max_perplexity_increase=args.max_perplexity_increase, max_kl=args.max_kl)
     if auto:
-        from .sweep import block_counts, largest_within_budget
-
-        if args.sweep_num_blocks is None or all(v is None for v in budget.values()):
+        if args.sweep_num_blocks is None or (args.max_perplexity_increase is None and args.max_kl is None):
             raise BlockPruneError(
                 "--num-blocks-to-remove auto needs the M's to try (--sweep-num-blocks, e.g. 2:16:2) and a budget "
                 "(--max-perplexity-increase, e.g. 0.1, or --max-kl)."
             )
-        block_counts(args.sweep_num_blocks)
-        largest_within_budget([], 1.0, **budget)  # a bad budget fails now
+        budget = _sweep_request(args, args.sweep_num_blocks)
         if args.dataset is None:
             raise BlockPruneError(
                 "--num-blocks-to-remove auto measures quality on held-out data: pass --dataset."
@@ -547,7 +548,7 @@ def _save_or_fall_back(pruner, output_dir: str, **options) -> None:
 
     try:
         pruner.save_pretrained(output_dir, **options)
-    except (OSError, OutputPathError) as error:
+    except OSError as error:  # OutputPathError is one
         if isinstance(error, OutputExistsError):
             raise
         import tempfile
@@ -568,18 +569,12 @@ def _save_or_fall_back(pruner, output_dir: str, **options) -> None:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from .sweep import SpeedSettings, block_counts, largest_within_budget
+    from .sweep import SpeedSettings
     from .utils import check_output_file
 
     config = config_from_args(args)
-    block_counts(args.num_blocks)  # the model's block count bounds them again once it is loaded
+    budget = _sweep_request(args, args.num_blocks)
     settings = SpeedSettings(args.speed_batch_size, args.prompt_length, args.new_tokens, args.repeats)
-    settings.check()
-    if args.num_eval_samples < 2:
-        raise BlockPruneError(f"--num-eval-samples must be at least 2, got {args.num_eval_samples}.")
-    budget = dict(max_perplexity_increase=args.max_perplexity_increase, max_kl=args.max_kl)
-    if any(v is not None for v in budget.values()):
-        largest_within_budget([], 1.0, **budget)  # a bad budget fails now, not after the sweep
     for path, name in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
             check_output_file(path, name, overwrite=args.overwrite)

@@ -339,6 +339,12 @@ def evaluate_lm_eval(
     return output
 
 
+def removal_metric_for(adapter: ArchitectureAdapter) -> str:
+    """What a removal is measured by: next-token loss for a language model, the final hidden states' distortion
+    (1 - cos per token) for an encoder, which predicts no next token."""
+    return "loss" if adapter.task == "causal-lm" else "distortion"
+
+
 def check_unpruned_loss(model: nn.Module, data, adapter, *, pad_token_id: int = 0) -> int:
     """The model's own loss on the first calibration sample, before any long pass: a model that is broken as it
     is (a NaN weight, overflow) is refused at once, saying why. Returns the block evaluations it cost.
@@ -348,8 +354,7 @@ def check_unpruned_loss(model: nn.Module, data, adapter, *, pad_token_id: int = 
     """
     from .finite import require_finite
 
-    # an encoder has no next-token loss: its output's distortion (NaN when the output is)
-    metric = "loss" if adapter.task == "causal-lm" else "distortion"
+    metric = removal_metric_for(adapter)  # an encoder's distortion is NaN when its output is
     losses = removal_losses(
         model, data.subset([0]), [()], metric=metric, adapter=adapter, pad_token_id=pad_token_id
     )

@@ -303,8 +303,8 @@ def _sweep_table(sweep: dict[str, Any] | None) -> str:
 
 
 def _dataset_type(name: str) -> str:
-    """A Hub dataset id (`owner/name` or a bare canonical name) as it is; anything else (a file, a list, a
-    sentence) is `custom`."""
+    """A Hub dataset id (`owner/name`) as it is; anything else (a file, a list, a sentence, a bare name that may
+    be free text) is `custom`."""
     return name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) else "custom"
 
 

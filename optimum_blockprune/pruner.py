@@ -17,7 +17,6 @@ from .architectures import BlockInfo, get_adapter
 from .config import BlockRemovalConfig
 from .errors import ConfigurationError, SurgeryError
 from .estimation.measurements import MeasurementCache
-from .finite import require_finite
 from .problem import check_request, check_sample_count, fisher_type
 from .result import PruningResult, RankedState, Ranking
 from .selection import Selection, check_given_fisher, rank_from_fisher, resolve_state, select_removal
@@ -201,7 +200,7 @@ class Pruner:
         from .evaluation import check_unpruned_loss
 
         check_unpruned_loss(self.model, data, self.adapter, pad_token_id=self.pad_token_id)
-        fisher = estimate_fisher(
+        self.fisher = estimate_fisher(
             self.model,
             data,
             adapter=self.adapter,
@@ -217,8 +216,6 @@ class Pruner:
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
         )
-        require_finite(fisher.gradients, "The Fisher estimate's gradients", model=self.model)
-        self.fisher = fisher
         return self.fisher
 
     def solve(
@@ -323,14 +320,14 @@ class Pruner:
         from .evaluation import removal_losses
         from .selection import prepare_scoring_data
         from .surgery import pruned_copy
-        from .sweep import SpeedSettings, SweepPoint, SweepResult, block_counts, measure_speed
+        from .sweep import SpeedSettings, SweepPoint, SweepResult, block_counts, check_eval_samples
 
         self._refuse_if_pruned("sweep")
         counts = block_counts(num_blocks, self.num_blocks)
         for count in counts:  # every M's constraints before any work
             self.check_config(replace(config, num_blocks_to_remove=count), applying=False)
+        check_eval_samples(num_eval_samples)
         settings = speed_settings or SpeedSettings()
-        settings.check()
         start = time.perf_counter()
         wanted = config.num_calibration_samples + num_eval_samples
         prepared = prepare_scoring_data(
@@ -360,14 +357,11 @@ class Pruner:
         total = sum(p.numel() for p in self.model.parameters())
         speeds: list[Any] = [None] * len(picks)
         unpruned_speed = None
-        generates = self.adapter.task == "causal-lm"
         if speed:
-            vocab = self.model.get_input_embeddings().num_embeddings
-            timing = dict(vocab_size=vocab, settings=settings, generates=generates)
-            unpruned_speed = measure_speed(self.model, **timing)
+            unpruned_speed = self._speed_of(self.model, settings)
             for index, removed in enumerate(picks):
                 twin = pruned_copy(self.model, removed, self.adapter)
-                speeds[index] = measure_speed(twin, **timing)
+                speeds[index] = self._speed_of(twin, settings)
                 del twin  # one pruned copy at a time
         points = [
             SweepPoint(
@@ -498,7 +492,7 @@ class Pruner:
         value = evaluate_perplexity(
             self.model, prepared, batch_size=batch_size, pad_token_id=self.pad_token_id
         )
-        stage = "unpruned" if self.result is None else "pruned + distilled" if self.distillation else "pruned"
+        stage = self._stage
         self.evaluations.append(
             {
                 "metric": "perplexity",
@@ -516,17 +510,11 @@ class Pruner:
         for the card, which shows the speed-up when both stages were measured (measure before pruning, then after).
         Medians of `settings.repeats` timings after a warm-up; timings are this machine's, and the card says so."""
         from .estimation.forward import input_device
-        from .sweep import SpeedSettings, measure_speed
+        from .sweep import SpeedSettings
 
         settings = settings or SpeedSettings()
-        settings.check()
-        measured = measure_speed(
-            self.model,
-            vocab_size=self.model.get_input_embeddings().num_embeddings,
-            settings=settings,
-            generates=self.adapter.task == "causal-lm",
-        )
-        stage = "unpruned" if self.result is None else "pruned + distilled" if self.distillation else "pruned"
+        measured = self._speed_of(self.model, settings)
+        stage = self._stage
         self.speed_measurements.append(
             {
                 "stage": stage,
@@ -543,6 +531,22 @@ class Pruner:
             f"{measured.decode_tokens_per_s:.0f}" if measured.decode_tokens_per_s else "–",
         )
         return measured
+
+    @property
+    def _stage(self) -> str:
+        """What the card calls the model as it is now."""
+        return "unpruned" if self.result is None else "pruned + distilled" if self.distillation else "pruned"
+
+    def _speed_of(self, model: nn.Module, settings: SpeedSettings) -> SpeedMeasurement:
+        """`sweep.measure_speed` of `model` (this pruner's model, or a pruned copy of it)."""
+        from .sweep import measure_speed
+
+        return measure_speed(
+            model,
+            vocab_size=self.model.get_input_embeddings().num_embeddings,
+            settings=settings,
+            generates=self.adapter.task == "causal-lm",
+        )
 
     # -- output ---------------------------------------------------------------------------------------------------
     def provenance(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ class SpeedSettings:
     new_tokens: int = 32
     repeats: int = 5
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         from .errors import ConfigurationError
 
         for name, value in asdict(self).items():
@@ -315,6 +315,36 @@ def block_counts(num_blocks: Any, total: int | None = None) -> list[int]:
     return sorted(items)
 
 
+def check_eval_samples(num_eval_samples: Any) -> None:
+    """A sweep's held-out slice: at least 2 samples (an integer).
+
+    Raises:
+        ConfigurationError: naming the value.
+    """
+    from .errors import ConfigurationError
+
+    if isinstance(num_eval_samples, bool) or not isinstance(num_eval_samples, int) or num_eval_samples < 2:
+        raise ConfigurationError(
+            f"`num_eval_samples` must be an integer of at least 2 (the held-out samples of the sweep's quality), got "
+            f"{num_eval_samples!r}."
+        )
+
+
+def check_budget(*, max_perplexity_increase: float | None = None, max_kl: float | None = None) -> None:
+    """Each budget given is a non-negative finite number (none given is fine here).
+
+    Raises:
+        ConfigurationError: naming the budget and its value.
+    """
+    from .errors import ConfigurationError
+
+    for name, value in (("max_perplexity_increase", max_perplexity_increase), ("max_kl", max_kl)):
+        if value is not None and not (
+            isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)
+        ):
+            raise ConfigurationError(f"`{name}` must be a non-negative number, got {value!r}.")
+
+
 def largest_within_budget(
     points: Sequence[SweepPoint],
     unpruned_perplexity: float,
@@ -333,11 +363,7 @@ def largest_within_budget(
 
     if max_perplexity_increase is None and max_kl is None:
         raise ConfigurationError("Give a budget: `max_perplexity_increase` (e.g. 0.1 for +10 %) or `max_kl`.")
-    for name, value in (("max_perplexity_increase", max_perplexity_increase), ("max_kl", max_kl)):
-        if value is not None and not (
-            isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)
-        ):
-            raise ConfigurationError(f"`{name}` must be a non-negative number, got {value!r}.")
+    check_budget(max_perplexity_increase=max_perplexity_increase, max_kl=max_kl)
     chosen = None
     for point in sorted(points, key=lambda p: p.num_blocks):
         within = (

@@ -18,6 +18,16 @@ from optimum_blockprune.sweep import SpeedSettings, SweepPoint, knee_of, largest
 CONFIG = BlockRemovalConfig(num_calibration_samples=8, max_length=24, batch_size=4, show_progress=False)
 FAST_SPEED = SpeedSettings(prompt_length=8, new_tokens=3, repeats=1)
 DATA = TEXTS * 3
+#: a small sweep on the command line: 6 scoring and 4 held-out samples of 24 tokens
+SMALL_RUN = [
+    "--num-calibration-samples",
+    "6",
+    "--num-eval-samples",
+    "4",
+    "--max-length",
+    "24",
+    "--no-show-progress",
+]
 
 
 @pytest.mark.parametrize("method", ["cbo", "sleb"])
@@ -133,15 +143,14 @@ def test_the_sweep_command_prints_the_table_the_budget_and_writes_json_and_pictu
 ):
     from optimum_blockprune.cli import main
 
-    args = ["sweep", str(tiny_model_dir), "--dataset", str(calibration_file), "--num-blocks", "1:4"]
-    args += [
-        "--num-calibration-samples",
-        "6",
-        "--num-eval-samples",
-        "4",
-        "--max-length",
-        "24",
-        "--no-show-progress",
+    args = [
+        "sweep",
+        str(tiny_model_dir),
+        "--dataset",
+        str(calibration_file),
+        "--num-blocks",
+        "1:4",
+        *SMALL_RUN,
     ]
     args += ["--prompt-length", "8", "--new-tokens", "2", "--repeats", "1", "--max-perplexity-increase", "10"]
     assert main([*args, "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")]) == 0
@@ -176,15 +185,7 @@ def test_prune_auto_sweeps_then_prunes_the_largest_m_within_the_budget(
         "--output-dir",
         str(tmp_path / "o"),
     ]
-    args += [
-        "--num-calibration-samples",
-        "6",
-        "--num-eval-samples",
-        "4",
-        "--max-length",
-        "24",
-        "--no-show-progress",
-    ]
+    args += SMALL_RUN
     assert (
         main([*args, "--num-blocks-to-remove", "auto", "--sweep-num-blocks", "1:4", "--max-kl", "1e9"]) == 0
     )

@@ -431,6 +431,10 @@ def estimate_fisher(
     if removed:
         info["expanded_at_removed"] = list(removed)
     info.update(metadata or {})
+    from ..finite import require_finite
+
+    # checked where every Fisher is made (`Pruner.estimate`, a ranking's own pass, the callback)
+    require_finite(gradients, "The Fisher estimate's gradients", model=model)
     logger.info(
         "Estimated the %s Fisher over %d %ss from %d samples (%d tokens); mean calibration loss %.4f.",
         fisher,

@@ -180,13 +180,13 @@ class BlockInputs:
         with self.starting_at(self.num_blocks // 2):
             resumed = _primary(run.outputs(batch))
         logits = _primary(self.outputs)
-        if not torch.isfinite(logits).all():
+        bad = ~torch.isfinite(logits)
+        if bad.any():
             from ..finite import require_finite
 
             # not a resumption problem: the model's own output is broken; say where it came from
-            require_finite(
-                float("nan"), "The unpruned model's logits on a calibration batch", model=run.model
-            )
+            first = float(logits[bad][0])
+            require_finite(first, "The unpruned model's logits on a calibration batch", model=run.model)
         if not torch.allclose(resumed, logits, rtol=1e-4, atol=1e-4 * max(float(logits.abs().max()), 1.0)):
             raise NotResumableError(
                 f"Starting a `{run.adapter.model_type}` model half-way from its captured residual stream does not "

@@ -230,11 +230,6 @@ class RankingContext:
             )
             # a backward costs about two forwards: three block evaluations per block and token
             self._spent("fisher", self.estimates["fisher"].num_samples, start, 3 * self._full_pass())
-            from ..finite import require_finite
-
-            require_finite(
-                self.estimates["fisher"].gradients, "The Fisher estimate's gradients", model=self.model
-            )
         return self.estimates["fisher"]
 
     def _spent(self, kind: str, amount: int, start: float, block_evaluations: int = 0) -> None:
@@ -279,8 +274,10 @@ class RankingContext:
     def removal_metric(self) -> str:
         """What measured energies measure: next-token loss for a language model, the final hidden states'
         distortion (1 - cos per token) for an encoder."""
+        from ..evaluation import removal_metric_for
+
         self._require_model("measured removals")
-        return "loss" if self.adapter.task == "causal-lm" else "distortion"
+        return removal_metric_for(self.adapter)
 
     def measure(
         self,
