@@ -49,7 +49,7 @@ def main() -> None:
     from optimum_blockprune.sweep import SpeedSettings
 
     torch.set_num_threads(args.threads)
-    methods = args.methods or [BlockRemovalConfig().method, "sleb", "block_influence"]
+    methods = args.methods or [BlockRemovalConfig().method_name, "sleb", "block_influence"]
     pruner = demo.load_smollm2_pruner()
     min_chars = 4 * args.max_length
     calibration = demo.shakespeare_passages(demo.CALIBRATION_PLAYS, min_chars=min_chars)[: args.samples]

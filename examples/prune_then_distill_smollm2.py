@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output-dir", default="smollm2-healed")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--num-blocks-to-remove", type=int, default=6)
-    parser.add_argument("--method", default="cbo")
+    parser.add_argument("--method", default=None, help="a registered method (default: the library's default)")
     parser.add_argument("--selection", default="auto")
     parser.add_argument("--num-calibration-samples", type=int, default=64)
     parser.add_argument("--num-eval-samples", type=int, default=32)

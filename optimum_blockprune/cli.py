@@ -426,6 +426,7 @@ def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalCo
     from .methods import get_method
     from .selection import needs_calibration_data
 
+    config = config.resolved(has_data=args.dataset is not None)  # what the library will resolve without data
     if args.dataset is not None or not needs_calibration_data(
         config, has_fisher=args.fisher_file is not None
     ):
@@ -436,7 +437,7 @@ def _require_data(args: argparse.Namespace, command: str, config: BlockRemovalCo
             "needs calibration data: pass `--dataset PATH_OR_NAME`"
             + (
                 ", or rank from the Fisher file alone with `--energy paper`."
-                if args.fisher_file and get_method(config.method).uses_energy
+                if args.fisher_file and get_method(config.method_name).uses_energy
                 else "."
             )
         )
@@ -484,9 +485,9 @@ def run_prune(args: argparse.Namespace) -> int:
         args.num_blocks_to_remove = min(args.sweep_num_blocks)  # checked now; the sweep picks the real one
     config = config_from_args(args)
     _require_data(args, "prune", config)
-    if args.save_fisher and "fisher" not in get_method(config.method).requirements(config):
+    if args.save_fisher and "fisher" not in get_method(config.method_name).requirements(config):
         raise BlockPruneError(
-            f"--save-fisher saves the Fisher the ranking estimates, but --method {config.method} --energy "
+            f"--save-fisher saves the Fisher the ranking estimates, but --method {config.method_name} --energy "
             f"{config.energy} estimates none: add --energy paper (or a Fisher-based method), or drop --save-fisher."
         )
     # every output location before any expensive work
@@ -592,7 +593,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 0
     print(sweep.to_markdown())
     print(
-        f"\n`{config.method}` on {pruner.num_blocks} blocks; held-out: {sweep.held_out['num_samples']} samples, "
+        f"\n`{sweep.method}` on {pruner.num_blocks} blocks; held-out: {sweep.held_out['num_samples']} samples, "
         f"{sweep.held_out['num_tokens']:,} tokens; the choices cost {sweep.block_evaluations:,} block evaluations; "
         f"{sweep.seconds:.0f} s in all" + (f"; timed on {sweep.device}" if sweep.unpruned_speed else "") + "."
     )
@@ -631,7 +632,7 @@ def run_rank(args: argparse.Namespace) -> int:
     else:
         if args.model is None:
             raise BlockPruneError(
-                f"`rank` needs a MODEL for --method {config.method} --selection {config.selection} (only methods "
+                f"`rank` needs a MODEL for --method {config.method_name} --selection {config.selection} (only methods "
                 "that read nothing but the Fisher, such as 'cbo' with `selection='ground'`, rank from "
                 "`--fisher-file` alone)."
             )

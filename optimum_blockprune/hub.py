@@ -63,7 +63,7 @@ def pruning_provenance(
     from .energies import get_energy
     from .methods import get_method
 
-    method = get_method(config.method) if config is not None else None
+    method = get_method(config.method_name) if config is not None else None
     ranked = result.ranking is not None
     return {
         "base_model": model_id,

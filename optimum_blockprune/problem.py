@@ -149,6 +149,15 @@ def fisher_type(adapter: ArchitectureAdapter, config: BlockRemovalConfig) -> str
     return config.fisher
 
 
+def resolved_for(
+    adapter: ArchitectureAdapter, config: BlockRemovalConfig, *, has_data: bool = True
+) -> BlockRemovalConfig:
+    """`config` with its method resolved for this model (`BlockRemovalConfig.resolved`)."""
+    return config.resolved(
+        task=adapter.task, exact_gates=adapter.exact_gates(config.granularity), has_data=has_data
+    )
+
+
 def check_request(
     adapter: ArchitectureAdapter,
     units: Sequence[BlockInfo],
@@ -167,6 +176,7 @@ def check_request(
     """
     from .methods import get_method
 
+    config = resolved_for(adapter, config)
     names = (config.method, *(config.auto_candidates if config.selection == "auto" else ()))
     needs = {need for name in names for need in get_method(name).requirements(config)}
     if "fisher" in needs:

@@ -17,7 +17,7 @@ from .architectures import BlockInfo, get_adapter
 from .config import BlockRemovalConfig
 from .errors import ConfigurationError, SurgeryError
 from .estimation.measurements import MeasurementCache
-from .problem import check_request, check_sample_count, fisher_type
+from .problem import check_request, check_sample_count, fisher_type, resolved_for
 from .result import PruningResult, RankedState, Ranking
 from .selection import Selection, check_given_fisher, rank_from_fisher, resolve_state, select_removal
 
@@ -141,6 +141,7 @@ class Pruner:
                 be stored as a standard checkpoint.
         """
         self._check_checkpointing(config)
+        config = resolved_for(self.adapter, config)
         return check_request(
             self.adapter,
             self.units(config.granularity),
@@ -323,6 +324,7 @@ class Pruner:
         from .sweep import SpeedSettings, SweepPoint, SweepResult, block_counts, check_eval_samples
 
         self._refuse_if_pruned("sweep")
+        config = resolved_for(self.adapter, config)
         counts = block_counts(num_blocks, self.num_blocks)
         for count in counts:  # every M's constraints before any work
             self.check_config(replace(config, num_blocks_to_remove=count), applying=False)
@@ -610,6 +612,7 @@ class Pruner:
         self, config: BlockRemovalConfig, data: Any, fisher: FisherEstimate | None, *, applying: bool
     ) -> Selection:
         self._refuse_if_pruned("prune" if applying else "select")
+        config = resolved_for(self.adapter, config, has_data=data is not None)
         selection = select_removal(
             self.check_config(config, applying=applying),
             config,

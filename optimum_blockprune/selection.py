@@ -21,6 +21,7 @@ from .problem import (
     fisher_type,
     removal_problem,
     require_states,
+    resolved_for,
 )
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class Selection:
 def needs_calibration_data(config: BlockRemovalConfig, *, has_fisher: bool) -> bool:
     """Whether ranking and choosing with `config` reads calibration data (a given Fisher spares a Fisher-based
     method the estimate, but not `selection='auto'`, which measures states on held-out samples)."""
-    needs = get_method(config.method).requirements(config)
+    needs = get_method(config.method_name).requirements(config)
     return (
         ("fisher" in needs and not has_fisher)
         or any(need in needs for need in _DATA_NEEDS)
@@ -100,6 +101,7 @@ def rank_from_fisher(
     Raises:
         ConfigurationError: the method or the selection needs more than the Fisher (calibration data).
     """
+    config = config.resolved(has_data=False)
     if needs_calibration_data(config, has_fisher=True):
         raise ConfigurationError(
             f"`method`={config.method!r} with `energy`={config.energy!r} and `selection`={config.selection!r} needs "
@@ -294,6 +296,7 @@ def select_removal(
         ConfigurationError: the method needs calibration data that was not given, or a given Fisher does not
             fit the model.
     """
+    config = resolved_for(adapter, config, has_data=calibration_dataset is not None)
     method = get_method(config.method)
     needs = method.requirements(config)
     unit_dicts = [unit.to_dict() for unit in units]

@@ -118,3 +118,45 @@ def test_every_field_has_help():
     from dataclasses import fields
 
     assert all(f.metadata.get("help") for f in fields(BlockRemovalConfig))
+
+
+def test_an_unset_method_resolves_to_guided_where_it_applies_and_cbo_elsewhere():
+    config = BlockRemovalConfig(num_blocks_to_remove=2)
+    assert config.method is None and config.method_name == "guided"
+    assert config.resolved().method == "guided" and config.resolved().resolved() == config.resolved()
+    # where the guided search cannot run: no next-token predictions, inexact gates, no data
+    for context in ({"task": "feature-extraction"}, {"exact_gates": False}, {"has_data": False}):
+        assert config.resolved(**context).method == "cbo", context
+    # a setting of cbo's, given with the method unset, chooses cbo
+    for given in (
+        {"energy": "paper"},
+        {"correction_rounds": 0},
+        {"reexpansion_interval": 2},
+        {"granularity": "sublayer"},
+    ):
+        assert (
+            BlockRemovalConfig(**given).method_name == "cbo" == BlockRemovalConfig(**given).resolved().method
+        )
+    # a method given is kept, whatever the context
+    assert BlockRemovalConfig(method="sleb").resolved(task="feature-extraction").method == "sleb"
+    with pytest.raises(ConfigurationError, match="`method` must be a registered method's name or None"):
+        BlockRemovalConfig(method=3)
+
+
+def test_a_pruner_records_the_method_an_unset_one_became(llama, tokenizer, tmp_path):
+    from optimum_blockprune import Pruner
+    from optimum_blockprune.estimation.calibration import CalibrationData
+
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=2, num_calibration_samples=6, max_length=16, show_progress=False
+    )
+    pruner = Pruner(llama, tokenizer)
+    data = CalibrationData([[5, 6, 7, 8, 9, 10]] * 3 + [[11, 12, 13, 14]] * 3, "ids")
+    selection = pruner.select(config, data)
+    assert selection.config.method == pruner.config.method == selection.ranking.method == "guided"
+    # rerunning the recorded config repeats the choice
+    assert Pruner(llama, tokenizer).select(selection.config, data).removed_blocks == selection.removed_blocks
+    pruner.apply(selection)
+    pruner.save_pretrained(tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "blockprune_config.json").read_text())
+    assert saved["config"]["method"] == "guided"

@@ -291,8 +291,8 @@ def test_lora_distillation_merges_into_a_plain_checkpoint(tmp_path, tokenizer):
 def test_prune_and_distill_saves_a_plain_checkpoint_with_the_retraining_recorded(tmp_path, tokenizer):
     model = build_tiny_model("llama")
     pruner = Pruner(model, tokenizer, model_id="tiny/llama")
-    config = BlockRemovalConfig(
-        num_blocks_to_remove=2, num_calibration_samples=8, max_length=32, show_progress=False
+    config = BlockRemovalConfig(  # cbo's pick: the one this test's 8 training steps were sized on
+        num_blocks_to_remove=2, method="cbo", num_calibration_samples=8, max_length=32, show_progress=False
     )
     out = tmp_path / "healed"
     result = pruner.prune_and_distill(

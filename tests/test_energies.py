@@ -179,8 +179,11 @@ def test_measure_and_correct_carries_measurements_into_the_ranking(llama, tokeni
 def test_correction_is_on_by_default_only_where_it_applies():
     from dataclasses import replace
 
-    config = BlockRemovalConfig()
+    config = BlockRemovalConfig(method="cbo")
     assert config.correction_rounds is None and config.rounds_of_correction == 3
+    # the default method (guided) corrects its own QUBO; cbo settings given with the method unset choose cbo
+    assert BlockRemovalConfig().rounds_of_correction == 0
+    assert BlockRemovalConfig(correction_rounds=2).method_name == "cbo"
     # resolved when read: a config changed to another method or energy gets that one's default, not an error
     assert replace(config, method="oneshot_ppl").rounds_of_correction == 0
     assert replace(config, energy="paper").rounds_of_correction == 0

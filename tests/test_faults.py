@@ -774,12 +774,13 @@ def test_the_card_says_what_this_run_did(tokenizer, tmp_path):
     pruner = Pruner(build_tiny_model("llama"), tokenizer, model_id="someone/tiny")
     config = BlockRemovalConfig(
         num_blocks_to_remove=2,
+        method="cbo",
         num_calibration_samples=8,
         max_length=24,
         show_progress=False,
         calibration_name="support tickets 2024",
     )
-    assert config.correction_rounds is None  # left to the default, which runs rounds
+    assert config.correction_rounds is None  # left to cbo's default, which runs rounds
     pruner.evaluate(TEXTS[:4], dataset_name="held-out tickets")
     pruner.prune(config, TEXTS * 2)
     pruner.evaluate(TEXTS[:4], dataset_name="held-out tickets")

@@ -93,7 +93,7 @@ def test_push_uploads_checkpoint_card_and_provenance(llama, tokenizer, mock_hub)
         "tokenizer.json",
     } <= set(files)
     card = files["README.md"].decode()
-    assert 'from_pretrained("me/tiny-pruned")' in card and "CBO:0" in card
+    assert 'from_pretrained("me/tiny-pruned")' in card and "Guided:0" in card  # the default method's ranking
     assert json.loads(files["blockprune_config.json"])["result"]["removed_blocks"]
     assert any(path == "/api/repos/create" for _, path, _ in mock_hub["calls"])
 

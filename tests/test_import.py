@@ -29,28 +29,6 @@ def test_public_names_resolve():
         assert getattr(ob, name) is not None, name
 
 
-def test_readme_architecture_table_is_generated_from_the_registry():
-    from pathlib import Path
-
-    from optimum_blockprune.architectures import architecture_table
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start, end = "<!-- architecture-table:start -->\n", "\n<!-- architecture-table:end -->"
-    assert readme[readme.index(start) + len(start) : readme.index(end)] == architecture_table()
-
-
-def test_readme_method_and_energy_tables_are_generated_from_the_registries():
-    from pathlib import Path
-
-    from optimum_blockprune.energies import energy_table
-    from optimum_blockprune.methods import method_table
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    for name, table in (("method", method_table()), ("energy", energy_table())):
-        start, end = f"<!-- {name}-table:start -->\n", f"\n<!-- {name}-table:end -->"
-        assert readme[readme.index(start) + len(start) : readme.index(end)] == table
-
-
 def test_progress_in_a_log_file_is_lines_with_rate_and_time_left(caplog):
     """Without a terminal a bar cannot redraw: the progress of long passes is logged every 5 %."""
     import logging

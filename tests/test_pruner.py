@@ -285,13 +285,14 @@ def test_the_command_line_prunes_a_checkpoint_without_tokenizer(tokenizer, tmp_p
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 4
 
 
-def test_every_long_phase_reports_progress_by_name(llama, tokenizer, caplog):
-    """Without a terminal (a log file, CI) the default choice logs each phase by name: calibration, the single and
-    pair removals, each correction round, the solve."""
+@pytest.mark.parametrize("method", [None, "cbo"])
+def test_every_long_phase_reports_progress_by_name(llama, tokenizer, caplog, method):
+    """Without a terminal (a log file, CI) a choice logs each phase by name: calibration, the measured removals,
+    the search's rounds or each correction round, the solve."""
     import logging
 
-    config = BlockRemovalConfig(
-        num_blocks_to_remove=2, num_calibration_samples=8, max_length=24, batch_size=4
+    config = BlockRemovalConfig(  # M = 3: on 6 blocks the guided search's budget leaves room for a round
+        num_blocks_to_remove=3, method=method, num_calibration_samples=8, max_length=24, batch_size=4
     )
     with caplog.at_level(logging.INFO, logger="optimum_blockprune"):
         Pruner(llama, tokenizer).select(config, TEXTS)
@@ -300,6 +301,9 @@ def test_every_long_phase_reports_progress_by_name(llama, tokenizer, caplog):
     def seen(prefix):
         return any(line.startswith(prefix) for line in lines)
 
-    assert seen("Calibration: 8 samples")
-    assert seen("Single removals (7 removals): ") and seen("Pair removals (6 removals): ")
-    assert seen("Correction round 1/") and seen("Solver ")
+    assert seen("Calibration: 8 samples") and seen("Solver ")
+    if method is None:  # the default: the guided search
+        assert seen("Guided search: single removals (6 removals): ") and seen("Guided search round 1:")
+    else:
+        assert seen("Single removals (7 removals): ") and seen("Pair removals (")
+        assert seen("Correction round 1/")

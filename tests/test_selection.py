@@ -377,6 +377,7 @@ def test_auto_selection_measures_other_methods_ground_states_too(llama, tokenize
     pruner = Pruner(llama, tokenizer)
     config = BlockRemovalConfig(
         num_blocks_to_remove=2,
+        method="cbo",
         selection="auto",
         num_states=3,
         protected_blocks=[0],

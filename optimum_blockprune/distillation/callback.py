@@ -18,7 +18,7 @@ from ..errors import ConfigurationError, SurgeryError
 from ..estimation.fisher import FisherEstimate, hessian_from_gradients
 from ..estimation.forward import next_token_targets
 from ..estimation.gates import CouplingGates
-from ..problem import check_request
+from ..problem import check_request, resolved_for
 from ..result import PruningResult, Ranking
 from ..selection import needs_calibration_data, rank_from_fisher
 from ..surgery import apply_removal
@@ -181,6 +181,8 @@ class BlockPruningCallback(TrainerCallback):
         self.adapter = get_adapter(self.model)
         self.units = self.adapter.units(self.model, self.config.granularity)
         self.num_blocks = len(self.adapter.block_list(self.model))
+        self.config = resolved_for(self.adapter, self.config)  # the method an unset one becomes on this model
+        self.measures = needs_calibration_data(self.config, has_fisher=True)
         # every check before any training step
         check_request(
             self.adapter,

@@ -80,13 +80,15 @@ def distillation_loss(
     """alpha * T^2 * mean-over-real-tokens KL(teacher || student) + (1 - alpha) * next-token cross-entropy.
 
     Args:
-        student_logits, teacher_logits: `[batch, seq, vocab]` logits on the same tokens.
+        student_logits: `[batch, seq, vocab]` logits of the pruned model.
+        teacher_logits: the unpruned model's logits on the same tokens.
         attention_mask: `[batch, seq]`, 1 on real tokens; `None` counts every position.
         labels: next-token labels (-100 ignored); needed when `alpha < 1`.
         temperature: T > 0; both distributions are softened by it and the KL is multiplied by T^2.
         alpha: weight of the KL term in [0, 1]; `1 - alpha` weights the cross-entropy.
-        num_kl_tokens, num_ce_tokens: divide the sums by these counts instead of this batch's own, e.g. the
-            token counts of a whole accumulated (and gathered) batch, so micro-batches add up to its exact mean.
+        num_kl_tokens: divide the KL sum by this token count instead of this batch's own, e.g. the count of a
+            whole accumulated (and gathered) batch, so micro-batches add up to its exact mean.
+        num_ce_tokens: the same for the cross-entropy sum.
 
     Returns:
         A float32 scalar.

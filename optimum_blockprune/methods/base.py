@@ -187,7 +187,7 @@ class RankingContext:
             from ..errors import ConfigurationError
 
             raise ConfigurationError(
-                f"`method`={self.config.method!r} needs {what}, which needs a model and calibration data."
+                f"`method`={self.config.method_name!r} needs {what}, which needs a model and calibration data."
             )
 
     @property

@@ -5,7 +5,15 @@ from __future__ import annotations
 from ..qubo import CardinalityProblem
 from ..result import Ranking
 from . import backends  # noqa: F401  (registers the optional back-ends; their packages load lazily)
-from .base import SearchOutcome, Solver, available_solvers, get_solver, register_solver, solver_class
+from .base import (
+    SearchOutcome,
+    Solver,
+    available_solvers,
+    get_solver,
+    register_solver,
+    solver_class,
+    solver_table,
+)
 from .enumeration import EnumerationSolver
 from .exact import AnnealSolver, AutoSolver, ExactSolver
 from .local_search import LocalSearchSolver
@@ -43,4 +51,5 @@ __all__ = [
     "register_solver",
     "solve_ranking",
     "solver_class",
+    "solver_table",
 ]

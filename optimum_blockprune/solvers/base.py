@@ -36,6 +36,19 @@ available_solvers = SOLVERS.names
 solver_class = SOLVERS.get
 
 
+def solver_table() -> str:
+    """The documentation's table of registered solvers: what each is (its docstring's first paragraph) and the
+    extra that installs what it needs."""
+    import inspect
+
+    def summary(cls: type[Solver]) -> str:
+        return " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+
+    return SOLVERS.table(
+        {"what it is": summary, "extra": lambda cls: f"`[{cls.extra}]`" if cls.extra else "-"}
+    )
+
+
 def get_solver(name: str, **options: Any) -> Solver:
     return solver_class(name)(**options)
 
