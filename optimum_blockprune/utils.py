@@ -135,16 +135,17 @@ def check_output_directory(path: str | os.PathLike, argument: str) -> None:
         ) from None
 
 
-def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it"):
+def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it", initial=0):
     """A tqdm bar from huggingface_hub's wrapper (`HF_HUB_DISABLE_PROGRESS_BARS=1` silences it too) on a
-    terminal; when stderr is not a terminal (a log file, CI), log lines instead (`LoggedProgress`)."""
+    terminal; when stderr is not a terminal (a log file, CI), log lines instead (`LoggedProgress`). `initial`: work
+    done before the bar started (shown, but not counted in the rate)."""
     import sys
 
     if enabled and total and iterable is None and not _is_terminal(sys.stderr):
-        return LoggedProgress(total, desc=desc or "Progress", unit=unit)
+        return LoggedProgress(total, desc=desc or "Progress", unit=unit, initial=initial)
     from huggingface_hub.utils import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled or None, unit=unit)
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled or None, unit=unit, initial=initial)
 
 
 def _is_terminal(stream) -> bool:
@@ -167,6 +168,7 @@ class LoggedProgress:
         step: float = 0.05,
         every_s: float = 30.0,
         clock=None,
+        initial: int = 0,
     ):
         import logging
         import time
@@ -174,8 +176,10 @@ class LoggedProgress:
         self.total, self.desc, self.unit = total, desc, unit
         self.clock = clock or time.perf_counter
         self.start = self.clock()
-        self.done = 0
+        self.done = self.initial = initial
         self.next_report = step * total
+        while self.next_report <= self.done:
+            self.next_report += step * total
         self.step = step
         self.every_s = every_s
         self.last_report = self.start
@@ -192,7 +196,7 @@ class LoggedProgress:
     def _report(self, now: float) -> None:
         self.last_report = now
         elapsed = max(now - self.start, 1e-9)
-        rate = self.done / elapsed
+        rate = (self.done - self.initial) / elapsed
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         self.logger.info(
             "%s: %d%% (%d/%d %ss), %.3g %ss/s, %.0f s elapsed, ETA %.0f s",

@@ -56,5 +56,14 @@ def test_progress_in_a_log_file_is_lines_with_rate_and_time_left(caplog):
     assert [r.getMessage().split(",")[0] for r in caplog.records] == [
         f"Pair removals: {k}% ({k}/100 its)" for k in (1, 2, 3)
     ]
+    # work done before the bar started is shown but not counted in the rate (a search after its prior)
+    caplog.clear()
+    resumed = LoggedProgress(
+        100, desc="Guided search", unit="fe", initial=20, clock=iter(range(0, 1000, 10)).__next__
+    )
+    with caplog.at_level(logging.INFO, logger="optimum_blockprune.progress"):
+        resumed.update(5)
+    assert caplog.records[0].getMessage().startswith("Guided search: 25% (25/100 fes), 0.5 fes/s")
+    assert "ETA 150 s" in caplog.records[0].getMessage()
     assert isinstance(progress_bar(total=10, desc="x"), LoggedProgress)  # pytest's stderr is not a terminal
     assert not isinstance(progress_bar(total=10, desc="x", enabled=False), LoggedProgress)

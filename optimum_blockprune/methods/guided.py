@@ -111,10 +111,14 @@ class GuidedSearch(RankingMethod):
         incumbent = min(full, key=full.get)
         best_history = [full[incumbent]]
         rounds = stale = screened = 0
+        shown = min(int(spent()), math.ceil(budget))  # the prior's passes, shown on their own bar
         bar = progress_bar(
-            total=math.ceil(budget), desc="Guided search", enabled=config.show_progress, unit="fe"
+            total=math.ceil(budget),
+            desc="Guided search",
+            enabled=config.show_progress,
+            unit="fe",
+            initial=shown,
         )
-        shown = 0
         while spent() < budget and stale < self.patience:
             now = min(int(spent()), math.ceil(budget))
             bar.update(now - shown)
