@@ -515,9 +515,11 @@ def run_prune(args: argparse.Namespace) -> int:
             )
         print(f"\nLargest M within the budget: {chosen}.")
         config = replace(config, num_blocks_to_remove=chosen)
-    if args.measure_speed:
+    pruner.check_config(config, applying=True)  # what `prune` checks: the result must be storable
+    selection = pruner.select(config, args.dataset, fisher=fisher)
+    if args.measure_speed:  # right before and after the surgery, so both timings see the same machine load
         pruner.measure_speed()
-    result = pruner.prune(config, args.dataset, fisher=fisher)
+    result = pruner.apply(selection)
     if args.measure_speed:
         pruner.measure_speed()
     if not _is_main_process():  # under `accelerate launch` every process holds the result; one writes it
