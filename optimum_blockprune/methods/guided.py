@@ -119,10 +119,15 @@ class GuidedSearch(RankingMethod):
             unit="fe",
             initial=shown,
         )
-        while spent() < budget and stale < self.patience:
+
+        def advance() -> None:  # after every stage, so a log file hears from the search within a round
+            nonlocal shown
             now = min(int(spent()), math.ceil(budget))
             bar.update(now - shown)
             shown = now
+
+        while spent() < budget and stale < self.patience:
+            advance()
             rounds += 1
             current = corrected_matrix(q, full)
             neighbours = [s for s in _neighbours(problem, incumbent, free, current) if s not in seen]
@@ -143,6 +148,7 @@ class GuidedSearch(RankingMethod):
                 samples = order[:size]
                 scores = rows.mean(candidates, samples)
                 bar_to_beat = rows.mean([incumbent], samples)[0]
+                advance()
                 ranked = np.argsort(scores, kind="stable")[:keep]
                 if size == num_samples:
                     full.update((candidates[i], float(scores[i])) for i in ranked)
