@@ -164,16 +164,20 @@ def figures() -> dict[str, bytes]:
     return copies
 
 
+#: Each generated page (under docs/pages) and what writes it.
+GENERATED_PAGES = {
+    "reference/config.md": config_page,
+    "reference/cli.md": cli_page,
+    "reference/registries.md": registries_page,
+    "reference/errors.md": errors_page,
+    "reference/api.md": api_page,
+    "changelog.md": changelog_page,
+}
+
+
 def pages() -> dict[str, str]:
     """Each generated page's path (under docs/pages) and its text."""
-    return {
-        "reference/config.md": config_page(),
-        "reference/cli.md": cli_page(),
-        "reference/registries.md": registries_page(),
-        "reference/errors.md": errors_page(),
-        "reference/api.md": api_page(),
-        "changelog.md": changelog_page(),
-    }
+    return {relative: write() for relative, write in GENERATED_PAGES.items()}
 
 
 def marked_tables() -> dict[str, str]:
@@ -200,7 +204,7 @@ def with_tables(text: str, tables: dict[str, str]) -> str:
 def written_pages() -> dict[str, str]:
     """Hand-written pages holding marked tables, with the tables regenerated."""
     tables, updated = marked_tables(), {}
-    generated = set(pages())
+    generated = set(GENERATED_PAGES)
     for root, _, names in os.walk(PAGES):
         for name in sorted(names):
             relative = os.path.relpath(os.path.join(root, name), PAGES)

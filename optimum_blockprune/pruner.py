@@ -141,7 +141,6 @@ class Pruner:
                 be stored as a standard checkpoint.
         """
         self._check_checkpointing(config)
-        config = resolved_for(self.adapter, config)
         return check_request(
             self.adapter,
             self.units(config.granularity),

@@ -25,7 +25,7 @@ SKIP = re.compile(r"<!-- snippet: skip \((?P<reason>[^)]+)\) -->\s*$")
 
 
 def _written_pages() -> list[Path]:
-    generated = {PAGES / relative for relative in generate.pages()}
+    generated = {PAGES / relative for relative in generate.GENERATED_PAGES}
     return sorted(p for p in PAGES.rglob("*.md") if p not in generated)
 
 
