@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--method", default=None, help="a registered method (default: the library's default)")
     parser.add_argument("--energy", default=None, help="a registered energy, for `--method cbo`")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_writable_directory(args.output_dir, args.overwrite)
 
     start = time.perf_counter()

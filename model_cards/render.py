@@ -4,9 +4,8 @@
     python model_cards/render.py --check   # exit 1 if a committed card is not what the template renders (CI)
 
 Each sample is the `blockprune_config.json` (and pictures) of a real run, copied from its output directory:
-`python examples/prune_smollm2_shakespeare.py --output-dir DIR` (the default method) for the 6-of-30 card, with its
-`speed` list emptied (that run timed the unpruned model while a test run shared the cores and the pruned one on idle
-cores, so the ratio was not a speed-up),
+`python examples/prune_smollm2_shakespeare.py --output-dir DIR` (the default method) for the 6-of-30 card (its speed
+timed right before and after the surgery, on 2 idle cores),
 `python examples/prune_then_distill_smollm2.py --output-dir DIR` for the distilled one.
 """
 

@@ -150,7 +150,8 @@ class BlockRemovalConfig:
             "help": "How much a measured search (`method='guided'` or 'evopress') may spend, in "
             "forward-equivalents: one forward of the model over every calibration sample = 1 "
             "(`ranking.stats['forward_equivalents']` reports what was spent). Unset: the method's own default "
-            "(guided: about what SLEB spends on the same problem; EvoPress: M (N - M) / 1.5 generations)."
+            "(guided: about what SLEB spends on its search samples, plus one pass per finalist over the samples the "
+            "search left out; EvoPress: M (N - M) / 1.5 generations)."
         },
     )
     auto_candidates: tuple[str, ...] = field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,6 +149,14 @@ def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it
     return tqdm(iterable, total=total, desc=desc, disable=not enabled or None, unit=unit, initial=initial)
 
 
+def set_total(bar, total: int) -> None:
+    """Change a display's total as the work turns out shorter (a search that stops early): a tqdm bar or a
+    `LoggedProgress`."""
+    bar.total = total
+    if hasattr(bar, "refresh"):
+        bar.refresh()
+
+
 def _is_terminal(stream) -> bool:
     try:
         return stream.isatty()
@@ -156,8 +165,10 @@ def _is_terminal(stream) -> bool:
 
 
 class LoggedProgress:
-    """Progress as log lines, every `step` of the total (5 %) and at least every `every_s` seconds (30) while it
-    advances, with the rate and the time left: what a log file can show of a bar that redraws itself."""
+    """Progress as log lines, every `step` of the total (5 %) and at least every `every_s` seconds (30) until it
+    ends, with the rate and the time left: what a log file can show of a bar that redraws itself. On the real clock
+    a heartbeat thread repeats the line when no update came for `every_s` (one pass can take longer than that), so a
+    log file never goes quiet for longer; it stops when the display is closed, finished or dropped."""
 
     def __init__(
         self,
@@ -171,6 +182,7 @@ class LoggedProgress:
         initial: int = 0,
     ):
         import logging
+        import threading
         import time
 
         self.total, self.desc, self.unit = total, desc, unit
@@ -184,22 +196,33 @@ class LoggedProgress:
         self.every_s = every_s
         self.last_report = self.start
         self.logger = logging.getLogger("optimum_blockprune.progress")
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        if clock is None:  # a test's clock is driven by the test alone
+            threading.Thread(
+                target=_heartbeat, args=(weakref.ref(self), self._closed, every_s), daemon=True
+            ).start()
 
     def update(self, n: int = 1) -> None:
         self.done += n
         now = self.clock()
-        if self.done >= self.next_report or self.done >= self.total or now - self.last_report >= self.every_s:
+        finished = self.done >= self.total > self.done - n  # reported once, when it gets there
+        if self.done >= self.next_report or finished or now - self.last_report >= self.every_s:
             self._report(now)
             while self.next_report <= self.done:
                 self.next_report += self.step * self.total
 
     def _report(self, now: float) -> None:
+        with self._lock:
+            self._log(now)
+
+    def _log(self, now: float) -> None:
         self.last_report = now
         elapsed = max(now - self.start, 1e-9)
         rate = (self.done - self.initial) / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        left = f"{(self.total - self.done) / rate:.0f} s" if rate > 0 else "unknown"  # nothing done yet
         self.logger.info(
-            "%s: %d%% (%d/%d %ss), %.3g %ss/s, %.0f s elapsed, ETA %.0f s",
+            "%s: %d%% (%d/%d %ss), %.3g %ss/s, %.0f s elapsed, ETA %s",
             self.desc,
             100 * self.done // self.total,
             self.done,
@@ -211,14 +234,33 @@ class LoggedProgress:
             left,
         )
 
+    def set_description(self, desc: str) -> None:
+        """A new phase (tqdm's name for it): reported at once, so a log file names every phase as it starts."""
+        if desc != self.desc:
+            self.desc = desc
+            self._report(self.clock())
+
     def close(self) -> None:
-        pass
+        self._closed.set()
 
     def __enter__(self) -> LoggedProgress:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _heartbeat(display: weakref.ref, closed, every_s: float) -> None:
+    """Repeat a `LoggedProgress` line while it gets no updates; ends with the display (closed, finished, or
+    garbage-collected after an error left it open)."""
+    while not closed.wait(min(every_s / 4, 5.0)):
+        progress = display()
+        if progress is None or progress.done >= progress.total:
+            return
+        now = progress.clock()
+        if now - progress.last_report >= progress.every_s:
+            progress._report(now)
+        del progress  # hold no reference while waiting
 
 
 def block_indices(

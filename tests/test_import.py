@@ -47,6 +47,9 @@ def test_progress_in_a_log_file_is_lines_with_rate_and_time_left(caplog):
         and "ETA 0 s" in lines[-1]
     )
     assert "ETA 9 s" in lines[0]  # 36 samples left at 4 per second
+    with caplog.at_level(logging.INFO, logger="optimum_blockprune.progress"):
+        progress.update(0)  # at the end already: nothing new to say (a search's last stages)
+    assert len(caplog.records) == 10
     # a slow pass (1 % per 40 s) still logs every 30 s, not only every 5 %
     caplog.clear()
     slow = LoggedProgress(100, desc="Pair removals", clock=iter(range(0, 4000, 40)).__next__)
@@ -65,5 +68,42 @@ def test_progress_in_a_log_file_is_lines_with_rate_and_time_left(caplog):
         resumed.update(5)
     assert caplog.records[0].getMessage().startswith("Guided search: 25% (25/100 fes), 0.5 fes/s")
     assert "ETA 150 s" in caplog.records[0].getMessage()
+    # a new phase is named in a line at once, with the whole display's progress and time left
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="optimum_blockprune.progress"):
+        resumed.set_description("Guided search, round 2")
+        resumed.set_description("Guided search, round 2")  # the same phase: no news
+    assert [r.getMessage().split(",")[:2] for r in caplog.records] == [
+        ["Guided search", " round 2: 25% (25/100 fes)"]
+    ]
     assert isinstance(progress_bar(total=10, desc="x"), LoggedProgress)  # pytest's stderr is not a terminal
     assert not isinstance(progress_bar(total=10, desc="x", enabled=False), LoggedProgress)
+
+
+def test_a_logged_display_repeats_its_line_while_one_pass_runs_long(caplog):
+    """A pass longer than `every_s` (one batch of a big model) does not leave the log file silent: a heartbeat
+    repeats the line until the display is closed or dropped."""
+    import gc
+    import logging
+    import time
+
+    from optimum_blockprune.utils import LoggedProgress
+
+    with caplog.at_level(logging.INFO, logger="optimum_blockprune.progress"):
+        display = LoggedProgress(10, desc="Guided search, single removals", every_s=0.1)
+        display.update(1)
+        time.sleep(0.5)
+        beats = len(caplog.records)
+        display.close()
+        time.sleep(0.3)
+        assert 3 <= beats == len(caplog.records)  # about every 0.1 s while open, nothing once closed
+        assert all(
+            r.getMessage().startswith("Guided search, single removals: 10% (1/10 its)")
+            for r in caplog.records
+        )
+        caplog.clear()
+        dropped = LoggedProgress(10, desc="Left open by an error", every_s=0.1)
+        del dropped
+        gc.collect()
+        time.sleep(0.3)
+        assert not caplog.records

@@ -303,7 +303,10 @@ def test_every_long_phase_reports_progress_by_name(llama, tokenizer, caplog, met
 
     assert seen("Calibration: 8 samples") and seen("Solver ")
     if method is None:  # the default: the guided search
-        assert seen("Guided search: single removals (6 removals): ") and seen("Guided search round 1:")
+        # one display for the whole choice, each phase named as it starts, with the choice's progress and ETA
+        assert seen("Guided search, single removals (6 blocks): 0% (0/") and seen("Guided search, solve: ")
+        assert seen("Guided search, round 1: ") and seen("Guided search round 1: ")
+        assert all("ETA" in line for line in lines if line.startswith("Guided search, "))
     else:
         assert seen("Single removals (7 removals): ") and seen("Pair removals (")
         assert seen("Correction round 1/")

@@ -130,7 +130,7 @@ def test_guided_search_finds_the_brute_force_optimum(tokenizer, structured):
     stats = pruner.ranking.stats
     assert pruner.ranking[0].removed_blocks == oracle.state.removed_blocks
     assert stats["guided"]["rounds"] >= 1 and stats["guided"]["states_screened"] > 0
-    assert stats["guided"]["samples_per_stage"] == {"screen": 2, "half": 8, "full": 16}
+    assert stats["guided"]["samples_per_stage"] == {"screen": 2, "half": 8, "full": 16, "final": 16}
     assert stats["guided"]["tokens_per_stage"]["full"] == stats["calibration"]["num_tokens"]
     # every ranked state was measured on every sample (stitched from its stages' samples): its energy is the KL
     # the brute force measures on all samples at once
@@ -141,6 +141,56 @@ def test_guided_search_finds_the_brute_force_optimum(tokenizer, structured):
     assert len(shared) >= 2
     for state in shared:
         assert state.energy == pytest.approx(oracle_energy[state.removed_blocks], rel=1e-5, abs=1e-7)
+
+
+def test_guided_search_spends_its_tokens_on_the_finalists(tokenizer, monkeypatch):
+    """With more samples than the search uses, it searches on a subset and measures on every sample only the states
+    the subset cannot tell from its best: the ranking holds those, each with the KL the brute force measures on all
+    samples."""
+    from optimum_blockprune.methods.guided import GuidedSearch
+
+    monkeypatch.setattr(GuidedSearch, "search_samples", 8)
+    monkeypatch.setattr(GuidedSearch, "finalists", 3)
+    oracle = Pruner(_structured_model(), tokenizer).select(
+        BlockRemovalConfig(num_blocks_to_remove=3, method="brute_force", selection_metric="kl", **FAST), DATA
+    )
+    pruner = Pruner(_structured_model(), tokenizer)
+    pruner.select(BlockRemovalConfig(num_blocks_to_remove=3, method="guided", **FAST), DATA)
+    stats = pruner.ranking.stats
+    run = stats["guided"]
+    assert run["samples_per_stage"] == {"screen": 2, "half": 4, "full": 8, "final": 16}
+    assert run["tokens_per_stage"]["final"] == stats["calibration"]["num_tokens"]
+    assert 1 <= run["finalists"] == len(pruner.ranking) <= 3 < run["states_measured"]
+    assert pruner.ranking[0].removed_blocks == oracle.state.removed_blocks == WEAK
+    oracle_energy = {s.removed_blocks: s.energy for s in oracle.ranking}
+    for state in pruner.ranking:  # stitched from the search's samples and the rest: the same as all at once
+        assert state.energy == pytest.approx(oracle_energy[state.removed_blocks], rel=1e-5, abs=1e-7)
+    # the default budget: SLEB's cost on the search's share of the samples, plus the finalists' reserve (and the
+    # unpruned pass they compare with)
+    assert run["budget_forward_equivalents"] == pytest.approx(
+        (3 + (8 + 7 + 6) / 2) * 8 / 16 + (3 + 1) * 8 / 16
+    )
+    summary = GuidedSearch().run_summary(pruner.config, stats)  # the card's "this run"
+    finalists = f"{run['finalists']} finalist{'s' if run['finalists'] != 1 else ''}"
+    assert f"measured on all 8 search samples, {finalists} on all 16 calibration samples" in summary
+
+
+def test_a_paired_gap_counts_standard_errors_of_the_per_sample_differences():
+    """Which states go to the finalists: the paired difference from the best in standard errors (a ratio
+    estimator over samples of different token counts), by hand on three samples."""
+    from types import SimpleNamespace
+
+    from optimum_blockprune.methods.guided import _SampleRows
+
+    rows = _SampleRows(SimpleNamespace(data=SimpleNamespace(num_samples=3)), "kl")
+    rows._tokens[:] = [10, 10, 20]
+    rows._sums[(0,)] = np.array([1.0, 2.0, 3.0])
+    rows._sums[(1,)] = np.array([2.0, 2.0, 5.0])  # differences 1, 0, 2 over 40 tokens: mean 0.075 per token
+    rows._sums[(2,)] = rows._sums[(0,)] + np.array([1.0, 1.0, 2.0])  # 0.1 per token on every sample: no noise
+    residuals = np.array([1.0, 0.0, 2.0]) - 0.075 * rows._tokens
+    standard_error = np.sqrt(3 / 2 * (residuals**2).sum()) / 40
+    assert rows.gap((1,), (0,), range(3)) == pytest.approx(0.075 / standard_error)
+    assert rows.gap((2,), (0,), range(3)) == np.inf and rows.gap((0,), (0,), range(3)) == 0.0
 
 
 def test_guided_search_keeps_constraints_and_its_budget(tokenizer):

@@ -1,16 +1,19 @@
 """The QUBO proposes, measurement decides: a measured local search guided by a corrected QUBO.
 
-The prior is cheap: every single removal's KL to the unpruned model (a diagonal QUBO, one resumed pass per
-block). Each round the corrected QUBO proposes the incumbent's one-swap neighbours it predicts cheapest, a few
-random ones (what the model has not learnt yet) and its lowest unmeasured states; they are selected in stages on
-one fresh random order of the calibration samples (all on the first eighth, the best few on the first half, the
-best on all), each stage against the incumbent on the same samples, and a sample a state was measured on is never
-measured again. Every state measured on all samples corrects the QUBO (`correction.corrected_matrix`), so the next
-proposals know what the last ones cost. The fitness is the KL divergence from the unpruned model's next-token
-distribution (as EvoPress's): it compares whole distributions, so a few samples rank states more reliably than
-the loss does. It stops when `search_budget` is spent or `patience` rounds in a row bring nothing better; the
-ranking is the states measured on all samples, best first, so `selection='auto'` can choose among them on samples
-the search never saw.
+The search runs on at most `search_samples` calibration samples (a seeded random subset; all of them when there
+are fewer). The prior is cheap: every single removal's KL to the unpruned model on those samples (a diagonal QUBO,
+one resumed pass per block). Each round the corrected QUBO proposes the incumbent's one-swap neighbours it
+predicts cheapest, a few random ones (what the model has not learnt yet) and its lowest unmeasured states; they
+are selected in stages on one fresh random order of the search samples (all on the first eighth, the best few on
+the first half, the best on all), each stage against the incumbent on the same samples, and a sample a state was
+measured on is never measured again. Every state measured on all search samples corrects the QUBO
+(`correction.corrected_matrix`), so the next proposals know what the last ones cost. The fitness is the KL
+divergence from the unpruned model's next-token distribution (as EvoPress's): it compares whole distributions, so
+a few samples rank states more reliably than the loss does. It stops when `search_budget` is spent or `patience`
+rounds in a row bring nothing better. With more calibration samples than the search used, its best states that
+the search samples cannot tell from the best (a paired gap under two standard errors; at most `finalists`) are then
+measured on every sample: tokens are spent where the decision is close, and the ranking (best first, every state
+measured on every sample) lets `selection='auto'` choose among them on samples the search never saw.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..estimation.batching import batch_plan
 from ..qubo import QUBO
 from ..result import Ranking
 from ..solvers import solve_ranking
-from ..utils import progress_bar
+from ..utils import progress_bar, set_total
 from .base import RankingContext, RankingMethod, register_method
 from .correction import corrected_matrix
 from .rules import scored_ranking
@@ -41,14 +45,16 @@ class GuidedSearch(RankingMethod):
     description = (
         "a measured local search guided by a corrected QUBO (single-removal KL as its prior): the incumbent's "
         "best-predicted and some random swaps and the QUBO's lowest states, selected in stages on 1/8, 1/2 and all "
-        "of the samples against the incumbent, each full measurement correcting the QUBO"
+        "of the search samples (at most 16) against the incumbent, each full measurement correcting the QUBO; the states "
+        "those samples cannot tell from the best measured on every sample"
     )
     objective = "calibration KL (all samples)"
     needs = ("removals", "next_token")
     cost = (
-        "one resumed pass per candidate block, then rounds of 16 states on 1/8 of the samples, 4 on half and 1 on "
-        "all, until `search_budget` (default: about what SLEB spends, `sleb_budget`) is spent or 12 rounds bring "
-        "nothing"
+        "one resumed pass per candidate block on the search samples, then rounds of 16 states on 1/8 of them, 4 on "
+        "half and 1 on all, until `search_budget` (default: about what SLEB spends on the search samples, "
+        "`sleb_budget`, plus the finalists' passes) is spent or 6 rounds bring nothing; then up to 8 "
+        "finalists on the samples the search left out"
     )
     reference = (
         "this library: the QUBO as a corrected surrogate; KL fitness and staged selection after EvoPress "
@@ -69,19 +75,28 @@ class GuidedSearch(RankingMethod):
     survivors: ClassVar[tuple[int, ...]] = (4, 1, 1)
     #: Lowest states of the prior measured on all samples before the first round.
     seeds: ClassVar[int] = 4
-    #: Rounds without a better state before the search stops.
-    patience: ClassVar[int] = 12
+    #: Rounds without a better state before the search stops (in the benchmarks' searches an improvement never
+    #: came after more than 3 rounds without one).
+    patience: ClassVar[int] = 6
+    #: The search measures on at most this many samples (the benchmarks' calibration size) ...
+    search_samples: ClassVar[int] = 16
+    #: ... and, with more samples, measures at most this many of its best states on all of them before ranking.
+    finalists: ClassVar[int] = 8
 
     def run_summary(self, config, stats):
         run = stats.get("guided")
         if not run:
             return self.description
         samples = run["samples_per_stage"]
-        return (
+        summary = (
             f"a measured local search guided by a corrected QUBO: {run['rounds']} rounds, {run['states_screened']} "
             f"states screened on {samples['screen']} samples, {run['states_measured']} measured on all "
-            f"{samples['full']} (KL to the unpruned model)"
+            f"{samples['full']} search samples"
         )
+        if samples.get("final", samples["full"]) > samples["full"]:
+            finalists = f"{run['finalists']} finalist" + ("s" if run["finalists"] != 1 else "")
+            summary += f", {finalists} on all {samples['final']} calibration samples"
+        return summary + " (KL to the unpruned model)"
 
     def rank(self, problem, context: RankingContext) -> Ranking:
         config = context.config
@@ -89,46 +104,71 @@ class GuidedSearch(RankingMethod):
         spent_before = context.stats.get("forward_equivalents", 0.0)
         rng = np.random.default_rng(config.seed)
         num_samples = context.data.num_samples
-        stage_sizes = [min(num_samples, max(2, math.ceil(f * num_samples))) for f in self.stage_fractions]
-        stage_sizes[-1] = num_samples
+        # the samples the search measures on; an own generator keeps the search's draws the same for any count
+        if num_samples <= self.search_samples:
+            search = np.arange(num_samples)
+        else:
+            picked = np.random.default_rng([config.seed, 1]).choice(
+                num_samples, self.search_samples, replace=False
+            )
+            search = np.sort(picked)
+        num_search = len(search)
+        stage_sizes = [min(num_search, max(2, math.ceil(f * num_search))) for f in self.stage_fractions]
+        stage_sizes[-1] = num_search
         free = [b for b in problem.candidates if b not in set(problem.forced)]
-        budget = config.search_budget or sleb_budget(len(problem.candidates), problem.num_selected)
+        # the finalists' measurement on the samples the search left out: at most one full pass each, and the
+        # unpruned pass their KL compares with
+        reserve = (self.finalists + 1) * (num_samples - num_search) / num_samples
+        budget = config.search_budget or (
+            sleb_budget(len(problem.candidates), problem.num_selected) * num_search / num_samples + reserve
+        )
         rows = _SampleRows(context, self.metric)
+        # one display for the whole choice, in forward-equivalents of the budget, naming the phase
+        bar = progress_bar(
+            total=math.ceil(budget), desc="Guided search", enabled=config.show_progress, unit="fe"
+        )
+        shown = 0
 
         def spent() -> float:
             return context.stats.get("forward_equivalents", 0.0) - spent_before
 
+        def advance(phase: str | None = None) -> None:
+            nonlocal shown
+            if phase is not None:
+                bar.set_description(f"Guided search, {phase}")
+            now = min(int(spent()), bar.total)
+            bar.update(now - shown)
+            shown = now
+
+        def measure_in_batches(states, samples, phase: str) -> np.ndarray:
+            """`rows.mean` batch by batch (the batches one call would run), so the display moves during a long
+            pass."""
+            advance(phase)
+            lengths = [len(context.data.samples[i]) for i in samples]
+            for batch in batch_plan(lengths, config.batch_size, config.max_tokens_per_batch):
+                rows.mean(states, samples[batch])
+                advance()
+            return rows.mean(states, samples)
+
         # The prior: each candidate's single-removal KL on the diagonal.
-        singles = rows.mean([(b,) for b in problem.candidates], range(num_samples))
+        singles = measure_in_batches(
+            [(b,) for b in problem.candidates], search, f"single removals ({len(problem.candidates)} blocks)"
+        )
         n = problem.qubo.num_variables
         q = np.zeros((n, n))
         q[list(problem.candidates), list(problem.candidates)] = singles
         full: dict[tuple[int, ...], float] = {}
-        rows.phase, rows.progress = "Guided search", False  # the search's own bar from here on
+        advance("solve")
         seeds = _lowest(problem, q, self.seeds, config.solver)
-        full.update(zip(seeds, rows.mean(seeds, range(num_samples))))
+        full.update(zip(seeds, measure_in_batches(seeds, search, f"{len(seeds)} seed states")))
         seen = set(full)
         incumbent = min(full, key=full.get)
         best_history = [full[incumbent]]
         rounds = stale = screened = 0
-        shown = min(int(spent()), math.ceil(budget))  # the prior's passes, shown on their own bar
-        bar = progress_bar(
-            total=math.ceil(budget),
-            desc="Guided search",
-            enabled=config.show_progress,
-            unit="fe",
-            initial=shown,
-        )
 
-        def advance() -> None:  # after every stage, so a log file hears from the search within a round
-            nonlocal shown
-            now = min(int(spent()), math.ceil(budget))
-            bar.update(now - shown)
-            shown = now
-
-        while spent() < budget and stale < self.patience:
-            advance()
+        while spent() < budget - reserve and stale < self.patience:
             rounds += 1
+            advance(f"round {rounds}")
             current = corrected_matrix(q, full)
             neighbours = [s for s in _neighbours(problem, incumbent, free, current) if s not in seen]
             proposals = neighbours[: self.local_proposals]
@@ -142,15 +182,15 @@ class GuidedSearch(RankingMethod):
                 break
             seen.update(proposals)
             screened += len(proposals)
-            order = rng.permutation(num_samples)
+            order = search[rng.permutation(num_search)]
             candidates = proposals
             for size, keep in zip(stage_sizes, self.survivors):
                 samples = order[:size]
                 scores = rows.mean(candidates, samples)
                 bar_to_beat = rows.mean([incumbent], samples)[0]
-                advance()
+                advance()  # after every stage, so a log file hears from the search within a round
                 ranked = np.argsort(scores, kind="stable")[:keep]
-                if size == num_samples:
+                if size == num_search:
                     full.update((candidates[i], float(scores[i])) for i in ranked)
                 # a state that does not beat the incumbent on these samples goes no further (the best one does,
                 # so the QUBO keeps learning from a full measurement per round)
@@ -167,11 +207,31 @@ class GuidedSearch(RankingMethod):
                 spent(),
                 budget,
             )
+        ranked_states = sorted(full, key=lambda s: (full[s], s))
+        if num_search < num_samples:
+            # The finalists on every sample, so the ranking compares states on the same, largest fidelity: the
+            # states the search samples cannot tell from the best (a paired gap under two standard errors).
+            finals = [
+                state
+                for state in ranked_states[: min(self.finalists, config.num_states)]
+                if state == incumbent or rows.gap(state, incumbent, search) < 2
+            ]
+            # the display's total so far assumed the whole budget: what is left is these passes at most
+            remaining = (len(finals) + 1) * (num_samples - num_search) / num_samples
+            set_total(bar, min(math.ceil(budget), math.ceil(spent() + remaining)))
+            everything = np.arange(num_samples)
+            phase = f"finalists on all {num_samples} samples ({len(finals)} of {len(full)} states)"
+            scores = measure_in_batches(finals, everything, phase)
+            final = dict(zip(finals, (float(x) for x in scores)))
+        else:
+            final = full
+        advance()
         bar.close()
-        ranked_states = sorted(full, key=lambda s: (full[s], s))[: config.num_states]
+        ranked_states = sorted(final, key=lambda s: (final[s], s))[: config.num_states]
+        sizes = {"screen": stage_sizes[0], "half": stage_sizes[1], "full": num_search, "final": num_samples}
         return scored_ranking(
             problem,
-            [(state, full[state]) for state in ranked_states],
+            [(state, final[state]) for state in ranked_states],
             solver="guided",
             proven=False,
             started=start_time,
@@ -180,13 +240,14 @@ class GuidedSearch(RankingMethod):
                     "rounds": rounds,
                     "states_measured": len(full),
                     "states_screened": screened,
+                    "finalists": len(final) if num_search < num_samples else 0,
                     "best_per_round": best_history,
                     "budget_forward_equivalents": budget,
-                    "samples_per_stage": dict(zip(("screen", "half", "full"), stage_sizes)),
+                    "samples_per_stage": sizes,
                     # each round draws a fresh sample order: the stages' tokens on average
                     "tokens_per_stage": {
                         stage: round(size * context.data.num_tokens / num_samples)
-                        for stage, size in zip(("screen", "half", "full"), stage_sizes)
+                        for stage, size in sizes.items()
                     },
                 }
             },
@@ -200,7 +261,7 @@ class _SampleRows:
     def __init__(self, context: RankingContext, metric: str) -> None:
         self._context = context
         self._metric = metric
-        self.phase, self.progress = "Guided search: single removals", None  # the prior has a bar of its own
+        self.phase, self.progress = "Guided search", False  # the search's one display reports progress
         self._sums: dict[tuple[int, ...], np.ndarray] = {}
         self._tokens = np.full(context.data.num_samples, np.nan)
 
@@ -222,6 +283,19 @@ class _SampleRows:
                 self._sums[state][list(missing)] = row
         tokens = self._tokens[samples].sum()
         return np.array([self._sums[state][samples].sum() / tokens for state in states])
+
+    def gap(self, state: tuple[int, ...], reference: tuple[int, ...], samples) -> float:
+        """How many standard errors `state`'s mean lies above `reference`'s on `samples` (both measured there): the
+        paired difference, whose sampling noise the per-sample rows give (a ratio estimator, tokens as weights)."""
+        samples = np.asarray(list(samples), dtype=int)
+        difference = self._sums[state][samples] - self._sums[reference][samples]
+        tokens = self._tokens[samples]
+        mean = difference.sum() / tokens.sum()
+        spread = (
+            np.sqrt(len(samples) / (len(samples) - 1) * ((difference - mean * tokens) ** 2).sum())
+            / tokens.sum()
+        )
+        return float(mean / spread) if spread > 0 else (math.inf if mean > 0 else 0.0)
 
 
 def sleb_budget(num_candidates: int, num_removed: int) -> float:
