@@ -27,6 +27,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..estimation.batching import batch_plan
+from ..estimation.parallel import current_processes
 from ..qubo import QUBO
 from ..result import Ranking
 from ..solvers import solve_ranking
@@ -141,12 +142,14 @@ class GuidedSearch(RankingMethod):
             shown = now
 
         def measure_in_batches(states, samples, phase: str) -> np.ndarray:
-            """`rows.mean` batch by batch (the batches one call would run), so the display moves during a long
-            pass."""
+            """`rows.mean` a round of batches at a time (the batches one call would run, one per process), so the
+            display moves during a long pass and data-parallel processes still share every call."""
             advance(phase)
             lengths = [len(context.data.samples[i]) for i in samples]
-            for batch in batch_plan(lengths, config.batch_size, config.max_tokens_per_batch):
-                rows.mean(states, samples[batch])
+            plan = batch_plan(lengths, config.batch_size, config.max_tokens_per_batch)
+            step = current_processes().num_processes
+            for start in range(0, len(plan), step):
+                rows.mean(states, samples[[i for batch in plan[start : start + step] for i in batch]])
                 advance()
             return rows.mean(states, samples)
 
