@@ -117,6 +117,12 @@ def removal_losses(
     sums = np.zeros((len(removals), data.num_samples), dtype=np.float64)
     tokens = np.zeros(data.num_samples, dtype=np.float64)
     first = True
+    num_blocks = len(adapter.block_list(model)) if adapter is not None else 0
+    plan = plan_resumption(removals, num_blocks, share=share_prefixes) if reuse_prefix else None
+    # Blocks run per token: the unpruned pass (when one is captured), then each removal from where it resumes
+    # (gated blocks still run: a gate scales a block's output, it does not skip it).
+    unpruned_pass = num_blocks if needs_gates and (compares or reuse_prefix) else 0
+    removal_blocks = num_blocks * len(removals) if plan is None else blocks_run(plan, num_blocks)
     with GatedForward(
         model,
         data,
@@ -129,13 +135,8 @@ def removal_losses(
         show_progress=show_progress,
         desc=desc,
         shard=True,
+        work=(unpruned_pass + removal_blocks) * data.num_tokens,
     ) as run:
-        num_blocks = len(adapter.block_list(model)) if adapter is not None else 0
-        plan = plan_resumption(removals, num_blocks, share=share_prefixes) if reuse_prefix else None
-        # Blocks run per token: the unpruned pass (when one is captured), then each removal from where it resumes
-        # (gated blocks still run: a gate scales a block's output, it does not skip it).
-        unpruned_pass = num_blocks if needs_gates and (compares or reuse_prefix) else 0
-        removal_blocks = num_blocks * len(removals) if plan is None else blocks_run(plan, num_blocks)
         evaluations = np.zeros(1)
         for batch in run:
             if metric == "distortion":

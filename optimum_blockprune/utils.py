@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import os
 import tempfile
 import weakref
@@ -136,17 +138,138 @@ def check_output_directory(path: str | os.PathLike, argument: str) -> None:
         ) from None
 
 
-def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it", initial=0):
+def progress_bar(iterable=None, *, total=None, desc=None, enabled=True, unit="it", initial=0, work=None):
     """A tqdm bar from huggingface_hub's wrapper (`HF_HUB_DISABLE_PROGRESS_BARS=1` silences it too) on a
     terminal; when stderr is not a terminal (a log file, CI), log lines instead (`LoggedProgress`). `initial`: work
-    done before the bar started (shown, but not counted in the rate)."""
+    done before the bar started (shown, but not counted in the rate).
+
+    Inside a `choice_display`, an enabled bar is a phase of that one display instead (named `desc`, counted in
+    `unit`s); `work`: what the whole pass costs in block evaluations, which moves the display as the pass runs."""
     import sys
 
+    display = _CHOICE_DISPLAY.get()
+    if display is not None and enabled and iterable is None:
+        return display.pass_of(desc or "Progress", total, unit, work)
     if enabled and total and iterable is None and not _is_terminal(sys.stderr):
         return LoggedProgress(total, desc=desc or "Progress", unit=unit, initial=initial)
     from huggingface_hub.utils import tqdm
 
     return tqdm(iterable, total=total, desc=desc, disable=not enabled or None, unit=unit, initial=initial)
+
+
+_CHOICE_DISPLAY: contextvars.ContextVar[ChoiceDisplay | None] = contextvars.ContextVar(
+    "optimum_blockprune_choice_display", default=None
+)
+
+
+class ChoiceDisplay:
+    """One progress display for a whole choice of blocks: the passes inside it (measured removals, a Fisher pass,
+    a solve) report into it instead of opening bars of their own, each named as its phase with its count ("Pair
+    removals (66 removals) 16/64 samples"). It counts forward-equivalents (one forward of the model over every
+    calibration sample): `spent` sets the position from the ranking's cost record after each pass, a pass moves it
+    in between by its share of `work`; the total is the method's estimate, so the ETA is the whole choice's (an
+    estimate: `set_total` corrects it as the work turns out). `start`: what the cost record held when it opened."""
+
+    def __init__(
+        self, desc: str, *, total: float, enabled: bool, full_pass: float, start: float = 0.0
+    ) -> None:
+        self.desc = desc
+        self.full_pass = full_pass  # block evaluations per forward-equivalent
+        self.start = start
+        self.position = 0.0
+        self._phase: str | None = None
+        self._shown = 0
+        self.bar = progress_bar(total=max(1, math.ceil(total)), desc=desc, enabled=enabled, unit="fe")
+
+    def phase(self, name: str, *, new: bool = True) -> None:
+        """Name what runs now (`new`: a phase starting, which a log file hears at once; else a count moving)."""
+        if name == self._phase:
+            return
+        self._phase = name
+        label = f"{self.desc}, {name}"
+        if isinstance(self.bar, LoggedProgress):
+            self.bar.set_description(label, report=new)
+        else:
+            self.bar.set_description(label)
+
+    def spent(self, forward_equivalents: float) -> None:
+        """The cost record's total now (exact, where a pass's `work` was an estimate)."""
+        self.position = forward_equivalents - self.start
+        self._show()
+
+    def set_total(self, total: float) -> None:
+        set_total(self.bar, max(1, math.ceil(total), self._shown))
+
+    def finish(self) -> None:
+        """The choice is done: the total becomes what it cost (the estimate was a budget or a guess)."""
+        total = max(1, math.ceil(self.position))
+        set_total(self.bar, total)
+        self.bar.update(total - self._shown)
+        self._shown = total
+
+    def pass_of(self, desc: str, total: int | None, unit: str, work: float | None) -> _PassOfDisplay:
+        return _PassOfDisplay(self, desc, total, unit, work)
+
+    def _show(self) -> None:
+        now = min(int(self.position), self.bar.total)
+        if now > self._shown:
+            self.bar.update(now - self._shown)
+            self._shown = now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _PassOfDisplay:
+    """A pass inside a `ChoiceDisplay`: the bar interface GatedForward and the solvers use."""
+
+    def __init__(self, display: ChoiceDisplay, desc: str, total: int | None, unit: str, work: float | None):
+        self.display, self.desc, self.total, self.unit = display, desc, total, unit
+        self.done = 0
+        self._step = work / display.full_pass / total if work and total else 0.0
+        display.phase(self._label())
+
+    def _label(self) -> str:
+        count = f"{self.done}/{self.total}" if self.total else str(self.done)
+        return f"{self.desc} {count} {self.unit}s"
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.display.position += n * self._step
+        self.display.phase(self._label(), new=False)
+        self.display._show()
+
+    def set_description(self, desc: str) -> None:
+        self.desc = desc
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _PassOfDisplay:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def choice_display(
+    desc: str, *, total: float, enabled: bool, full_pass: float, start: float = 0.0
+) -> Iterator[ChoiceDisplay]:
+    """Open one `ChoiceDisplay` for the passes run inside the block (and close it, even on an error); a display
+    opened inside another is the current one until it closes."""
+    display = ChoiceDisplay(desc, total=total, enabled=enabled, full_pass=full_pass, start=start)
+    token = _CHOICE_DISPLAY.set(display)
+    try:
+        yield display
+    finally:
+        _CHOICE_DISPLAY.reset(token)
+        display.close()
+
+
+def current_display() -> ChoiceDisplay | None:
+    """The `ChoiceDisplay` open around this code, if any."""
+    return _CHOICE_DISPLAY.get()
 
 
 def set_total(bar, total: int) -> None:
@@ -234,11 +357,13 @@ class LoggedProgress:
             left,
         )
 
-    def set_description(self, desc: str) -> None:
-        """A new phase (tqdm's name for it): reported at once, so a log file names every phase as it starts."""
+    def set_description(self, desc: str, report: bool = True) -> None:
+        """A new phase (tqdm's name for it): reported at once (`report`), so a log file names every phase as it
+        starts."""
         if desc != self.desc:
             self.desc = desc
-            self._report(self.clock())
+            if report:
+                self._report(self.clock())
 
     def close(self) -> None:
         self._closed.set()

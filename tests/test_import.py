@@ -107,3 +107,31 @@ def test_a_logged_display_repeats_its_line_while_one_pass_runs_long(caplog):
         gc.collect()
         time.sleep(0.3)
         assert not caplog.records
+
+
+def test_a_choice_display_gathers_every_pass_inside_it(caplog):
+    """Inside `choice_display` a pass's bar is a phase of the one display: it names the phase and its count, moves
+    the display by its share of the pass's work, and the cost record sets the position exactly; outside, a bar is
+    a bar of its own again."""
+    import logging
+
+    from optimum_blockprune.utils import LoggedProgress, choice_display, current_display, progress_bar
+
+    with caplog.at_level(logging.INFO, logger="optimum_blockprune.progress"):
+        with choice_display("CBO", total=10, enabled=True, full_pass=100.0, start=1.0) as display:
+            assert current_display() is display
+            with progress_bar(total=4, desc="Pair removals (6 removals)", unit="sample", work=400.0) as bar:
+                bar.update(2)  # half of a 4-forward pass
+                assert display.position == 2.0 and display.bar.done == 2
+            display.spent(4.5)  # the cost record: 3.5 forward-equivalents since the display opened
+            assert display.bar.done == 3
+            display.finish()
+            assert display.bar.total == display.bar.done == 4
+        assert current_display() is None
+    assert isinstance(progress_bar(total=3, desc="x"), LoggedProgress)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("CBO, Pair removals (6 removals) 0/4 samples: 0% (0/10 fes)")
+    assert any(
+        line.startswith("CBO, Pair removals (6 removals) 2/4 samples: 20% (2/10 fes)") for line in lines
+    )
+    assert lines[-1].startswith("CBO, Pair removals (6 removals) 2/4 samples: 100% (4/4 fes)")

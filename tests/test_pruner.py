@@ -287,8 +287,8 @@ def test_the_command_line_prunes_a_checkpoint_without_tokenizer(tokenizer, tmp_p
 
 @pytest.mark.parametrize("method", [None, "cbo"])
 def test_every_long_phase_reports_progress_by_name(llama, tokenizer, caplog, method):
-    """Without a terminal (a log file, CI) a choice logs each phase by name: calibration, the measured removals,
-    the search's rounds or each correction round, the solve."""
+    """Without a terminal (a log file, CI) a choice logs each phase by name in one display with the whole choice's
+    ETA: calibration, the measured removals, the search's rounds or each correction round, the solve."""
     import logging
 
     config = BlockRemovalConfig(  # M = 3: on 6 blocks the guided search's budget leaves room for a round
@@ -302,11 +302,15 @@ def test_every_long_phase_reports_progress_by_name(llama, tokenizer, caplog, met
         return any(line.startswith(prefix) for line in lines)
 
     assert seen("Calibration: 8 samples") and seen("Solver ")
+    # one display for the whole choice: each phase named (with its count) as it starts, the choice's share done
+    # and its ETA on every line
     if method is None:  # the default: the guided search
-        # one display for the whole choice, each phase named as it starts, with the choice's progress and ETA
-        assert seen("Guided search, single removals (6 blocks): 0% (0/") and seen("Guided search, solve: ")
-        assert seen("Guided search, round 1: ") and seen("Guided search round 1: ")
-        assert all("ETA" in line for line in lines if line.startswith("Guided search, "))
+        assert seen("Guided, single removals (6 blocks): 0% (0/") and seen("Guided, solve: ")
+        assert seen("Guided, round 1: ") and seen("Guided search round 1: ")
     else:
-        assert seen("Single removals (7 removals): ") and seen("Pair removals (")
-        assert seen("Correction round 1/")
+        assert seen("CBO, Single removals (7 removals) 0/8 samples: 0% (0/")
+        assert seen("CBO, Pair removals (") and seen("CBO, Correction round 1/")
+    display = [line for line in lines if line.startswith(("Guided, ", "CBO, "))]
+    assert display and all("% (" in line and "fes), " in line and "ETA" in line for line in display)
+    # the display ends at 100 % of what the choice cost, whatever the estimate was
+    assert display[-1].split(": ")[1].startswith("100% ")

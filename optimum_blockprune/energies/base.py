@@ -47,5 +47,9 @@ class Energy(ABC):
         """The symmetric matrix Q of E(x) = xᵀQx (a linear term sits on the diagonal, x_i² = x_i) for `problem`
         (its candidates and count, for energies that measure only what the problem can choose)."""
 
+    def estimated_cost(self, problem: CardinalityProblem, context: RankingContext) -> float | None:
+        """What `matrix` will cost in forward-equivalents (None: not known), for the choice's progress display."""
+        return None
+
     def info(self) -> dict[str, str]:
         return {"name": self.name, "description": self.description, "reference": self.reference}

@@ -45,6 +45,12 @@ class MeasuredPairsEnergy(Energy):
     min_samples = 4
     reference = "measured second-order interactions (cf. Shapley-style interaction indices)"
 
+    def estimated_cost(self, problem, context) -> float:
+        # a removal resumes on average half-way, and each pass adds one unpruned forward
+        singles = 0.0 if "single_removals" in context.estimates else 1 + context.num_gates / 2
+        plausible = min(2 * problem.num_selected, len(problem.candidates))
+        return singles + (1 + plausible * (plausible - 1) / 4 if plausible > 1 else 0.0)
+
     def matrix(self, problem, context) -> np.ndarray:
         singles = context.single_removals()
         base = singles.sums[0]  # the unpruned model, per sample

@@ -62,6 +62,7 @@ class GatedForward:
         shard: bool = False,
         skip: Collection[int] = (),
         gradient_checkpointing: bool = False,
+        work: float | None = None,
     ):
         from ..architectures import get_adapter
         from .batching import batch_plan, shard_plan
@@ -78,6 +79,7 @@ class GatedForward:
         self.pad_token_id = pad_token_id
         self.show_progress = show_progress
         self.desc = desc
+        self.work = work  # block evaluations of the whole pass, for a choice's one display
         self.gradient_checkpointing = gradient_checkpointing
         self.device = input_device(model)
         self.processes = current_processes() if shard else None
@@ -117,6 +119,7 @@ class GatedForward:
                     desc=self.desc,
                     enabled=self.show_progress,
                     unit="sample",
+                    work=self.work,
                 )
             )
         except BaseException:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..registry import Registry
+from ..utils import choice_display, current_display
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,27 @@ class RankingMethod(ABC):
     def rank(self, problem: CardinalityProblem, context: RankingContext) -> Ranking:
         """The ranked feasible states of `problem` (best first), as a `Ranking`."""
 
+    def estimated_cost(self, problem: CardinalityProblem, context: RankingContext) -> float | None:
+        """What ranking `problem` will cost, in forward-equivalents, before it runs (None: not known). A method that
+        says opens one progress display for its whole choice, with an overall ETA."""
+        return None
+
     def run(self, problem: CardinalityProblem, context: RankingContext) -> Ranking:
-        """`rank`, with the ranking stamped with this method's name, label, objective (and energy)."""
-        ranking = self.rank(problem, context)
+        """`rank`, with the ranking stamped with this method's name, label, objective (and energy); inside one
+        progress display for the whole choice when the method can estimate its cost."""
+        estimate = self.estimated_cost(problem, context) if context.has_model_and_data else None
+        if estimate is None:
+            ranking = self.rank(problem, context)
+        else:
+            with choice_display(
+                self.display_label,
+                total=estimate,
+                enabled=context.config.show_progress,
+                full_pass=context.full_pass(),
+                start=context.stats.get("forward_equivalents", 0.0),
+            ) as display:
+                ranking = self.rank(problem, context)
+                display.finish()
         return replace(
             ranking,
             method=self.name,
@@ -176,6 +195,10 @@ class RankingContext:
     #: measured removals kept across rankings (the `Pruner`'s); None: measure everything asked for
     measurements: MeasurementCache | None = None
     _resumable: bool = True
+
+    @property
+    def has_model_and_data(self) -> bool:
+        return self.model is not None and self.data is not None
 
     def partly_pruned(self, removed: tuple[int, ...]) -> RankingContext:
         """A context whose estimates (Fisher, statistics, measured removals) are taken at the model with `removed`
@@ -229,7 +252,7 @@ class RankingContext:
                 **self.forward_options,
             )
             # a backward costs about two forwards: three block evaluations per block and token
-            self._spent("fisher", self.estimates["fisher"].num_samples, start, 3 * self._full_pass())
+            self._spent("fisher", self.estimates["fisher"].num_samples, start, 3 * self.full_pass())
         return self.estimates["fisher"]
 
     def _spent(self, kind: str, amount: int, start: float, block_evaluations: int = 0) -> None:
@@ -244,9 +267,12 @@ class RankingContext:
         if block_evaluations:
             total = self.stats.get("block_evaluations", 0) + int(block_evaluations)
             self.stats["block_evaluations"] = total
-            self.stats["forward_equivalents"] = round(total / self._full_pass(), 3)
+            self.stats["forward_equivalents"] = round(total / self.full_pass(), 3)
+            display = current_display()
+            if display is not None:
+                display.spent(total / self.full_pass())
 
-    def _full_pass(self) -> int:
+    def full_pass(self) -> int:
         """Block evaluations of one forward of the whole model over every calibration sample."""
         return len(self.adapter.block_list(self.model)) * self.data.num_tokens
 
@@ -265,7 +291,7 @@ class RankingContext:
             removed=tuple(sorted({*self.removed, *removed})),
             **self.forward_options,
         )
-        self._spent("statistics", self.data.num_samples, start, self._full_pass())
+        self._spent("statistics", self.data.num_samples, start, self.full_pass())
         if not removed:
             self.estimates["statistics"] = stats
         return stats

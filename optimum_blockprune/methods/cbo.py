@@ -45,6 +45,14 @@ class CBO(RankingMethod):
     def objective_for(self, config):
         return f"energy ({config.energy})"
 
+    def estimated_cost(self, problem, context):
+        config = context.config
+        energy = get_energy(config.energy).estimated_cost(problem, context)
+        if energy is None or config.reexpansion_interval:
+            return None
+        # each correction round measures up to `correction_states` states, resumed half-way, beside the unpruned pass
+        return energy + config.rounds_of_correction * (config.correction_states / 2 + 1)
+
     def rank(self, problem, context):
         config = context.config
         at = context  # where the energy is expanded: the unpruned model, or the last re-expansion point

@@ -31,7 +31,7 @@ from ..estimation.parallel import current_processes
 from ..qubo import QUBO
 from ..result import Ranking
 from ..solvers import solve_ranking
-from ..utils import progress_bar, set_total
+from ..utils import current_display
 from .base import RankingContext, RankingMethod, register_method
 from .correction import corrected_matrix
 from .rules import scored_ranking
@@ -99,13 +99,12 @@ class GuidedSearch(RankingMethod):
             summary += f", {finalists} on all {samples['final']} calibration samples"
         return summary + " (KL to the unpruned model)"
 
-    def rank(self, problem, context: RankingContext) -> Ranking:
+    def _plan(self, problem, context: RankingContext) -> tuple[np.ndarray, float, float]:
+        """The samples the search measures on, its budget and the part of it kept for the finalists (in
+        forward-equivalents)."""
         config = context.config
-        start_time = time.perf_counter()
-        spent_before = context.stats.get("forward_equivalents", 0.0)
-        rng = np.random.default_rng(config.seed)
         num_samples = context.data.num_samples
-        # the samples the search measures on; an own generator keeps the search's draws the same for any count
+        # an own generator keeps the search's draws the same for any sample count
         if num_samples <= self.search_samples:
             search = np.arange(num_samples)
         else:
@@ -113,44 +112,50 @@ class GuidedSearch(RankingMethod):
                 num_samples, self.search_samples, replace=False
             )
             search = np.sort(picked)
+        # the finalists' measurement on the samples the search left out: at most one full pass each, and the
+        # unpruned pass their KL compares with
+        reserve = (self.finalists + 1) * (num_samples - len(search)) / num_samples
+        budget = config.search_budget or (
+            sleb_budget(len(problem.candidates), problem.num_selected) * len(search) / num_samples + reserve
+        )
+        return search, budget, reserve
+
+    def estimated_cost(self, problem, context):
+        return self._plan(problem, context)[1]
+
+    def rank(self, problem, context: RankingContext) -> Ranking:
+        config = context.config
+        start_time = time.perf_counter()
+        spent_before = context.stats.get("forward_equivalents", 0.0)
+        rng = np.random.default_rng(config.seed)
+        num_samples = context.data.num_samples
+        search, budget, reserve = self._plan(problem, context)
         num_search = len(search)
         stage_sizes = [min(num_search, max(2, math.ceil(f * num_search))) for f in self.stage_fractions]
         stage_sizes[-1] = num_search
         free = [b for b in problem.candidates if b not in set(problem.forced)]
-        # the finalists' measurement on the samples the search left out: at most one full pass each, and the
-        # unpruned pass their KL compares with
-        reserve = (self.finalists + 1) * (num_samples - num_search) / num_samples
-        budget = config.search_budget or (
-            sleb_budget(len(problem.candidates), problem.num_selected) * num_search / num_samples + reserve
-        )
         rows = _SampleRows(context, self.metric)
-        # one display for the whole choice, in forward-equivalents of the budget, naming the phase
-        bar = progress_bar(
-            total=math.ceil(budget), desc="Guided search", enabled=config.show_progress, unit="fe"
-        )
-        shown = 0
+        display = (
+            current_display()
+        )  # the choice's one display (`RankingMethod.run`), moved by every measurement
 
         def spent() -> float:
             return context.stats.get("forward_equivalents", 0.0) - spent_before
 
         def advance(phase: str | None = None) -> None:
-            nonlocal shown
-            if phase is not None:
-                bar.set_description(f"Guided search, {phase}")
-            now = min(int(spent()), bar.total)
-            bar.update(now - shown)
-            shown = now
+            if display is not None and phase is not None:
+                display.phase(phase)
 
         def measure_in_batches(states, samples, phase: str) -> np.ndarray:
             """`rows.mean` a round of batches at a time (the batches one call would run, one per process), so the
-            display moves during a long pass and data-parallel processes still share every call."""
+            display moves during a long pass (each call adds its cost) and data-parallel processes still share
+            every call."""
             advance(phase)
             lengths = [len(context.data.samples[i]) for i in samples]
             plan = batch_plan(lengths, config.batch_size, config.max_tokens_per_batch)
             step = current_processes().num_processes
             for start in range(0, len(plan), step):
                 rows.mean(states, samples[[i for batch in plan[start : start + step] for i in batch]])
-                advance()
             return rows.mean(states, samples)
 
         # The prior: each candidate's single-removal KL on the diagonal.
@@ -191,7 +196,6 @@ class GuidedSearch(RankingMethod):
                 samples = order[:size]
                 scores = rows.mean(candidates, samples)
                 bar_to_beat = rows.mean([incumbent], samples)[0]
-                advance()  # after every stage, so a log file hears from the search within a round
                 ranked = np.argsort(scores, kind="stable")[:keep]
                 if size == num_search:
                     full.update((candidates[i], float(scores[i])) for i in ranked)
@@ -221,15 +225,14 @@ class GuidedSearch(RankingMethod):
             ]
             # the display's total so far assumed the whole budget: what is left is these passes at most
             remaining = (len(finals) + 1) * (num_samples - num_search) / num_samples
-            set_total(bar, min(math.ceil(budget), math.ceil(spent() + remaining)))
+            if display is not None:
+                display.set_total(min(budget, spent() + remaining))
             everything = np.arange(num_samples)
             phase = f"finalists on all {num_samples} samples ({len(finals)} of {len(full)} states)"
             scores = measure_in_batches(finals, everything, phase)
             final = dict(zip(finals, (float(x) for x in scores)))
         else:
             final = full
-        advance()
-        bar.close()
         ranked_states = sorted(final, key=lambda s: (final[s], s))[: config.num_states]
         sizes = {"screen": stage_sizes[0], "half": stage_sizes[1], "full": num_search, "final": num_samples}
         return scored_ranking(

@@ -15,6 +15,11 @@ class SLEB(GreedyMethod):
     reference = "SLEB, Song et al. 2024, arXiv:2402.09025 (over sublayers: BlockPruner, Zhong et al. 2024)"
     sublayers = True
 
+    def estimated_cost(self, problem, context):
+        from .guided import sleb_budget
+
+        return sleb_budget(len(problem.candidates), problem.num_selected)
+
     def step_costs(self, context, removed, options):
         step = len(removed) + 1
         return context.removal_costs(
