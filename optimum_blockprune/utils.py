@@ -378,12 +378,14 @@ class LoggedProgress:
 def _heartbeat(display: weakref.ref, closed, every_s: float) -> None:
     """Repeat a `LoggedProgress` line while it gets no updates; ends with the display (closed, finished, or
     garbage-collected after an error left it open)."""
-    while not closed.wait(min(every_s / 4, 5.0)):
+    tick = min(every_s / 4, 1.0)
+    while not closed.wait(tick):
         progress = display()
         if progress is None or progress.done >= progress.total:
             return
         now = progress.clock()
-        if now - progress.last_report >= progress.every_s:
+        # a tick early, so lines are never more than every_s apart
+        if now - progress.last_report >= progress.every_s - tick:
             progress._report(now)
         del progress  # hold no reference while waiting
 
