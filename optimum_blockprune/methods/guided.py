@@ -35,6 +35,7 @@ from ..utils import current_display
 from .base import RankingContext, RankingMethod, register_method
 from .correction import corrected_matrix
 from .rules import scored_ranking
+from .sleb import sleb_budget
 
 logger = logging.getLogger(__name__)
 
@@ -135,22 +136,21 @@ class GuidedSearch(RankingMethod):
         stage_sizes[-1] = num_search
         free = [b for b in problem.candidates if b not in set(problem.forced)]
         rows = _SampleRows(context, self.metric)
-        display = (
-            current_display()
-        )  # the choice's one display (`RankingMethod.run`), moved by every measurement
+        # the choice's one display (`RankingMethod.run`): every measurement moves it, the search names its phases
+        display = current_display()
 
         def spent() -> float:
             return context.stats.get("forward_equivalents", 0.0) - spent_before
 
-        def advance(phase: str | None = None) -> None:
-            if display is not None and phase is not None:
+        def name_phase(phase: str) -> None:
+            if display is not None:
                 display.phase(phase)
 
         def measure_in_batches(states, samples, phase: str) -> np.ndarray:
             """`rows.mean` a round of batches at a time (the batches one call would run, one per process), so the
             display moves during a long pass (each call adds its cost) and data-parallel processes still share
             every call."""
-            advance(phase)
+            name_phase(phase)
             lengths = [len(context.data.samples[i]) for i in samples]
             plan = batch_plan(lengths, config.batch_size, config.max_tokens_per_batch)
             step = current_processes().num_processes
@@ -166,7 +166,7 @@ class GuidedSearch(RankingMethod):
         q = np.zeros((n, n))
         q[list(problem.candidates), list(problem.candidates)] = singles
         full: dict[tuple[int, ...], float] = {}
-        advance("solve")
+        name_phase("solve")
         seeds = _lowest(problem, q, self.seeds, config.solver)
         full.update(zip(seeds, measure_in_batches(seeds, search, f"{len(seeds)} seed states")))
         seen = set(full)
@@ -176,7 +176,7 @@ class GuidedSearch(RankingMethod):
 
         while spent() < budget - reserve and stale < self.patience:
             rounds += 1
-            advance(f"round {rounds}")
+            name_phase(f"round {rounds}")
             current = corrected_matrix(q, full)
             neighbours = [s for s in _neighbours(problem, incumbent, free, current) if s not in seen]
             proposals = neighbours[: self.local_proposals]
@@ -267,7 +267,6 @@ class _SampleRows:
     def __init__(self, context: RankingContext, metric: str) -> None:
         self._context = context
         self._metric = metric
-        self.phase, self.progress = "Guided search", False  # the search's one display reports progress
         self._sums: dict[tuple[int, ...], np.ndarray] = {}
         self._tokens = np.full(context.data.num_samples, np.nan)
 
@@ -281,8 +280,9 @@ class _SampleRows:
             if missing:
                 groups.setdefault(missing, []).append(state)
         for missing, group in groups.items():
+            # no bar of its own: the choice's display follows the cost record
             measured = self._context.measure(
-                group, metric=self._metric, samples=list(missing), phase=self.phase, progress=self.progress
+                group, metric=self._metric, samples=list(missing), progress=False
             )
             self._tokens[list(missing)] = measured.tokens
             for state, row in zip(group, measured.sums):
@@ -302,12 +302,6 @@ class _SampleRows:
             / tokens.sum()
         )
         return float(mean / spread) if spread > 0 else (math.inf if mean > 0 else 0.0)
-
-
-def sleb_budget(num_candidates: int, num_removed: int) -> float:
-    """About what SLEB spends, in forward-equivalents: M steps, each an unpruned pass and one removal per remaining
-    candidate, a removal resuming on average half-way (blocks before the removed one are read from the capture)."""
-    return num_removed + sum(num_candidates - step for step in range(num_removed)) / 2
 
 
 def _lowest(problem, matrix: np.ndarray, count: int, solver: str) -> list[tuple[int, ...]]:

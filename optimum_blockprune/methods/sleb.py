@@ -16,8 +16,6 @@ class SLEB(GreedyMethod):
     sublayers = True
 
     def estimated_cost(self, problem, context):
-        from .guided import sleb_budget
-
         return sleb_budget(len(problem.candidates), problem.num_selected)
 
     def step_costs(self, context, removed, options):
@@ -27,3 +25,9 @@ class SLEB(GreedyMethod):
             metric="loss",
             phase=f"SLEB step {step}/{context.config.num_blocks_to_remove}",
         )
+
+
+def sleb_budget(num_candidates: int, num_removed: int) -> float:
+    """About what SLEB spends, in forward-equivalents: M steps, each an unpruned pass and one removal per remaining
+    candidate, a removal resuming on average half-way (blocks before the removed one are read from the capture)."""
+    return num_removed + sum(num_candidates - step for step in range(num_removed)) / 2
