@@ -319,12 +319,18 @@ def main() -> None:
                 BlockRemovalConfig(num_blocks_to_remove=m, method=method, **common, **full), calibration
             )
             stats = selection.ranking.stats
+            seconds = time.perf_counter() - start
+            search = stats.get(method)
+            finalists = (search or {}).get("finalist_kl") or []
+            # every finalist's held-out perplexity (after the timing): what another rule among them would have picked
+            for finalist, loss in zip(finalists, held_out_loss([f["removed_blocks"] for f in finalists])):
+                finalist["held_out_perplexity"] = math.exp(loss)
             record(
                 method,
                 m,
                 selection.removed_blocks,
-                time.perf_counter() - start,
-                {"stats": numeric_stats(selection.ranking), "search": stats.get(method), "standalone": True},
+                seconds,
+                {"stats": numeric_stats(selection.ranking), "search": search, "standalone": True},
             )
         pruner.measurements = main_cache
         for k, spec in enumerate(args.energies):

@@ -338,14 +338,18 @@ def test_offline_mmlu_task_is_stratified_and_scores_gated_removals_like_surgery(
             for q in range(4)
         )
     )
-    info = mmlu.write_mmlu_task(tmp_path / "task", source, per_topic=2, seed=0)
-    assert info == {"num_questions": 6, "num_topics": 3, "per_topic": 2, "seed": 0}
-    docs = [json.loads(line) for line in (tmp_path / "task" / "mmlu_offline.jsonl").read_text().splitlines()]
-    assert [d["topic"] for d in docs] == ["topic 0"] * 2 + ["topic 1"] * 2 + ["topic 2"] * 2
-    gated = mmlu.mmlu_accuracy(llama, tokenizer, tmp_path / "task", removed=(1, 3), batch_size=2)
     pruned = copy.deepcopy(llama)
     remove_blocks(pruned, [1, 3])
-    cut = mmlu.mmlu_accuracy(pruned, tokenizer, tmp_path / "task", batch_size=2)
-    assert gated == cut and 0.0 <= gated["accuracy"] <= 1.0
-    p, n = gated["accuracy"], 6  # lm-eval's standard error: the sample standard deviation over sqrt(n)
-    assert gated["standard_error"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)), abs=1e-9)
+    for style in mmlu.STYLES:  # lettered answers (lm-eval's mmlu) and each answer's own text (cloze)
+        task = tmp_path / style
+        info = mmlu.write_mmlu_task(task, source, per_topic=2, seed=0, style=style)
+        assert info == {"num_questions": 6, "num_topics": 3, "per_topic": 2, "seed": 0, "style": style}
+        docs = [json.loads(line) for line in (task / "mmlu_offline.jsonl").read_text().splitlines()]
+        assert [d["topic"] for d in docs] == ["topic 0"] * 2 + ["topic 1"] * 2 + ["topic 2"] * 2
+        gated = mmlu.mmlu_accuracy(llama, tokenizer, task, removed=(1, 3), batch_size=2)
+        cut = mmlu.mmlu_accuracy(pruned, tokenizer, task, batch_size=2)
+        assert gated == cut and 0.0 <= gated["accuracy"] <= 1.0
+        p, n = gated["accuracy"], 6  # lm-eval's standard error: the sample standard deviation over sqrt(n)
+        assert gated["standard_error"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)), abs=1e-9)
+    with pytest.raises(ValueError, match="style='essay' is not one of"):
+        mmlu.write_mmlu_task(tmp_path / "bad", source, style="essay")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -130,7 +132,13 @@ def test_guided_search_finds_the_brute_force_optimum(tokenizer, structured):
     stats = pruner.ranking.stats
     assert pruner.ranking[0].removed_blocks == oracle.state.removed_blocks
     assert stats["guided"]["rounds"] >= 1 and stats["guided"]["states_screened"] > 0
-    assert stats["guided"]["samples_per_stage"] == {"screen": 2, "half": 8, "full": 16, "final": 16}
+    assert stats["guided"]["samples_per_stage"] == {
+        "screen": 2,
+        "half": 8,
+        "full": 16,
+        "final": 16,
+        "choice": 16,
+    }
     assert stats["guided"]["tokens_per_stage"]["full"] == stats["calibration"]["num_tokens"]
     # every ranked state was measured on every sample (stitched from its stages' samples): its energy is the KL
     # the brute force measures on all samples at once
@@ -145,26 +153,50 @@ def test_guided_search_finds_the_brute_force_optimum(tokenizer, structured):
 
 def test_guided_search_spends_its_tokens_on_the_finalists(tokenizer, monkeypatch):
     """With more samples than the search uses, it searches on a subset and measures on every sample only the states
-    the subset cannot tell from its best: the ranking holds those, each with the KL the brute force measures on all
-    samples."""
-    from optimum_blockprune.methods.guided import GuidedSearch
+    the subset cannot tell from its best: the ranking holds those, ordered by the KL the brute force measures on the
+    samples the search never saw (and records their KL on all samples)."""
+    from optimum_blockprune.methods.guided import GuidedSearch, search_subset
+    from optimum_blockprune.selection import prepare_scoring_data
 
     monkeypatch.setattr(GuidedSearch, "search_samples", 8)
     monkeypatch.setattr(GuidedSearch, "finalists", 3)
-    oracle = Pruner(_structured_model(), tokenizer).select(
-        BlockRemovalConfig(num_blocks_to_remove=3, method="brute_force", selection_metric="kl", **FAST), DATA
-    )
+    config = BlockRemovalConfig(num_blocks_to_remove=3, method="guided", **FAST)
     pruner = Pruner(_structured_model(), tokenizer)
-    pruner.select(BlockRemovalConfig(num_blocks_to_remove=3, method="guided", **FAST), DATA)
+    data = prepare_scoring_data(DATA, tokenizer, config, model=pruner.model)
+    pruner.select(config, data)
     stats = pruner.ranking.stats
     run = stats["guided"]
-    assert run["samples_per_stage"] == {"screen": 2, "half": 4, "full": 8, "final": 16}
+    assert run["samples_per_stage"] == {"screen": 2, "half": 4, "full": 8, "final": 16, "choice": 8}
     assert run["tokens_per_stage"]["final"] == stats["calibration"]["num_tokens"]
-    assert 1 <= run["finalists"] == len(pruner.ranking) <= 3 < run["states_measured"]
-    assert pruner.ranking[0].removed_blocks == oracle.state.removed_blocks == WEAK
-    oracle_energy = {s.removed_blocks: s.energy for s in oracle.ranking}
-    for state in pruner.ranking:  # stitched from the search's samples and the rest: the same as all at once
-        assert state.energy == pytest.approx(oracle_energy[state.removed_blocks], rel=1e-5, abs=1e-7)
+    assert (
+        1 <= run["finalists"] == len(pruner.ranking) == len(run["finalist_kl"]) <= 3 < run["states_measured"]
+    )
+    # the subset benchmarks/calibration_kl.py recomputes
+    assert run["search_samples"] == list(search_subset(16, 8, config.seed))
+    left_out = sorted(set(range(16)) - set(run["search_samples"]))
+    assert len(run["search_samples"]) == len(left_out) == run["finalists_ranked_on"] == 8
+
+    def oracle(samples):
+        chosen = Pruner(_structured_model(), tokenizer).select(
+            replace(
+                config, method="brute_force", selection_metric="kl", num_calibration_samples=len(samples)
+            ),
+            data.subset(samples),
+        )
+        return chosen, {s.removed_blocks: s.energy for s in chosen.ranking}
+
+    best_left_out, on_left_out = oracle(left_out)
+    _, on_all = oracle(list(range(16)))
+    assert pruner.ranking[0].removed_blocks == best_left_out.state.removed_blocks == WEAK
+    by_state = {tuple(f["removed_blocks"]): f for f in run["finalist_kl"]}
+    for (
+        state
+    ) in pruner.ranking:  # stitched from the search's samples and the rest: the same as measured at once
+        assert state.energy == pytest.approx(on_left_out[state.removed_blocks], rel=1e-5, abs=1e-7)
+        assert by_state[state.removed_blocks]["left_out"] == pytest.approx(state.energy, rel=1e-6)
+        assert by_state[state.removed_blocks]["all"] == pytest.approx(
+            on_all[state.removed_blocks], rel=1e-5, abs=1e-7
+        )
     # the default budget: SLEB's cost on the search's share of the samples, plus the finalists' reserve (and the
     # unpruned pass they compare with)
     assert run["budget_forward_equivalents"] == pytest.approx(
@@ -172,7 +204,10 @@ def test_guided_search_spends_its_tokens_on_the_finalists(tokenizer, monkeypatch
     )
     summary = GuidedSearch().run_summary(pruner.config, stats)  # the card's "this run"
     finalists = f"{run['finalists']} finalist{'s' if run['finalists'] != 1 else ''}"
-    assert f"measured on all 8 search samples, {finalists} on all 16 calibration samples" in summary
+    assert (
+        f"measured on all 8 search samples, {finalists} on all 16 calibration samples and ranked on the 8 the search "
+        "left out" in summary
+    )
 
 
 def test_a_paired_gap_counts_standard_errors_of_the_per_sample_differences():

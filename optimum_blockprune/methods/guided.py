@@ -12,8 +12,9 @@ divergence from the unpruned model's next-token distribution (as EvoPress's): it
 a few samples rank states more reliably than the loss does. It stops when `search_budget` is spent or `patience`
 rounds in a row bring nothing better. With more calibration samples than the search used, its best states that
 the search samples cannot tell from the best (a paired gap under two standard errors; at most `finalists`) are then
-measured on every sample: tokens are spent where the decision is close, and the ranking (best first, every state
-measured on every sample) lets `selection='auto'` choose among them on samples the search never saw.
+measured on every sample: tokens are spent where the decision is close. They are ranked on the samples the search
+left out (at least `min_choice_samples` of them; else on all): on its own samples the search's best is the least of
+many noisy means, an optimistic estimate, and the finalists are within noise of it there by construction.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class GuidedSearch(RankingMethod):
         "a measured local search guided by a corrected QUBO (single-removal KL as its prior): the incumbent's "
         "best-predicted and some random swaps and the QUBO's lowest states, selected in stages on 1/8, 1/2 and all "
         "of the search samples (at most 16) against the incumbent, each full measurement correcting the QUBO; the states "
-        "those samples cannot tell from the best measured on every sample"
+        "those samples cannot tell from the best measured on every sample and ranked on the samples the search left out"
     )
-    objective = "calibration KL (all samples)"
+    objective = "calibration KL (finalists: on the samples the search left out)"
     needs = ("removals", "next_token")
     cost = (
         "one resumed pass per candidate block on the search samples, then rounds of 16 states on 1/8 of them, 4 on "
@@ -84,6 +85,8 @@ class GuidedSearch(RankingMethod):
     search_samples: ClassVar[int] = 16
     #: ... and, with more samples, measures at most this many of its best states on all of them before ranking.
     finalists: ClassVar[int] = 8
+    #: The finalists are ranked on the samples the search left out when there are at least this many (else on all).
+    min_choice_samples: ClassVar[int] = 8
 
     def run_summary(self, config, stats):
         run = stats.get("guided")
@@ -98,6 +101,8 @@ class GuidedSearch(RankingMethod):
         if samples.get("final", samples["full"]) > samples["full"]:
             finalists = f"{run['finalists']} finalist" + ("s" if run["finalists"] != 1 else "")
             summary += f", {finalists} on all {samples['final']} calibration samples"
+            if samples.get("choice", samples["final"]) < samples["final"]:
+                summary += f" and ranked on the {samples['choice']} the search left out"
         return summary + " (KL to the unpruned model)"
 
     def _plan(self, problem, context: RankingContext) -> tuple[np.ndarray, float, float]:
@@ -105,14 +110,7 @@ class GuidedSearch(RankingMethod):
         forward-equivalents)."""
         config = context.config
         num_samples = context.data.num_samples
-        # an own generator keeps the search's draws the same for any sample count
-        if num_samples <= self.search_samples:
-            search = np.arange(num_samples)
-        else:
-            picked = np.random.default_rng([config.seed, 1]).choice(
-                num_samples, self.search_samples, replace=False
-            )
-            search = np.sort(picked)
+        search = search_subset(num_samples, self.search_samples, config.seed)
         # the finalists' measurement on the samples the search left out: at most one full pass each, and the
         # unpruned pass their KL compares with
         reserve = (self.finalists + 1) * (num_samples - len(search)) / num_samples
@@ -229,12 +227,29 @@ class GuidedSearch(RankingMethod):
                 display.set_total(min(budget, spent() + remaining))
             everything = np.arange(num_samples)
             phase = f"finalists on all {num_samples} samples ({len(finals)} of {len(full)} states)"
-            scores = measure_in_batches(finals, everything, phase)
-            final = dict(zip(finals, (float(x) for x in scores)))
+            on_all = measure_in_batches(finals, everything, phase)
+            # The choice among them is made on the samples the search never saw: on its own samples the incumbent
+            # is the least of many noisy means (optimistic), and the finalists are within noise of it there.
+            left_out = np.setdiff1d(everything, search)
+            choice = left_out if len(left_out) >= self.min_choice_samples else everything
+            chosen = rows.mean(finals, choice)
+            final = dict(zip(finals, (float(x) for x in chosen)))
+            finalist_kl = [
+                {"removed_blocks": list(state), "search": float(s), "left_out": float(o), "all": float(a)}
+                for state, s, o, a in zip(
+                    finals, rows.mean(finals, search), rows.mean(finals, left_out), on_all
+                )
+            ]
         else:
-            final = full
+            final, choice, finalist_kl = full, search, []
         ranked_states = sorted(final, key=lambda s: (final[s], s))[: config.num_states]
-        sizes = {"screen": stage_sizes[0], "half": stage_sizes[1], "full": num_search, "final": num_samples}
+        sizes = {
+            "screen": stage_sizes[0],
+            "half": stage_sizes[1],
+            "full": num_search,
+            "final": num_samples,
+            "choice": len(choice),
+        }
         return scored_ranking(
             problem,
             [(state, final[state]) for state in ranked_states],
@@ -247,6 +262,9 @@ class GuidedSearch(RankingMethod):
                     "states_measured": len(full),
                     "states_screened": screened,
                     "finalists": len(final) if num_search < num_samples else 0,
+                    "search_samples": [int(i) for i in search],
+                    "finalists_ranked_on": len(choice),
+                    "finalist_kl": finalist_kl,
                     "best_per_round": best_history,
                     "budget_forward_equivalents": budget,
                     "samples_per_stage": sizes,
@@ -302,6 +320,14 @@ class _SampleRows:
             / tokens.sum()
         )
         return float(mean / spread) if spread > 0 else (math.inf if mean > 0 else 0.0)
+
+
+def search_subset(num_samples: int, limit: int, seed: int) -> np.ndarray:
+    """The calibration samples (indices, sorted) the guided search measures on: all of them up to `limit`, else a
+    seeded random `limit` of them (drawn from a generator of its own, so the search's later draws do not move)."""
+    if num_samples <= limit:
+        return np.arange(num_samples)
+    return np.sort(np.random.default_rng([seed, 1]).choice(num_samples, limit, replace=False))
 
 
 def _lowest(problem, matrix: np.ndarray, count: int, solver: str) -> list[tuple[int, ...]]:

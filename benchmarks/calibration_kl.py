@@ -1,0 +1,130 @@
+"""Is a pick's held-out quality its calibration KL? Every pick at `--num-removed` in selection results, measured by KL
+to the unpruned model on the benchmark's own calibration passages: on all of them, on the guided search's subset and
+on the rest, beside its held-out perplexity.
+
+    python benchmarks/calibration_kl.py benchmarks/results/search_m12_shakespeare.json \
+        benchmarks/results/guided3_m12_shakespeare_32.json --num-removed 12 --samples 32
+
+The passages are prepared as `selection_smollm2.py` prepares them (same corpus, count, length and config), so the
+KL of the pick a method made is the objective it was chosen by; when a lower calibration KL does not give a lower
+held-out perplexity, the calibration set, not the search, decided (arXiv:2604.24938). Picks of files that ran on
+fewer passages are measured on these `--samples` too, so all rows compare on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from _report import relative, write_json
+
+HERE = os.path.dirname(__file__)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="+", help="JSON files written by selection_smollm2.py (one corpus)")
+    parser.add_argument("--num-removed", type=int, required=True)
+    parser.add_argument("--samples", type=int, default=32, help="calibration passages to measure on")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--output", default=None, help="default: results/calibration_kl_<corpus>_m<M>.json")
+    args = parser.parse_args()
+
+    picks, corpora = {}, set()
+    for path in args.results:
+        with open(path, encoding="utf-8") as handle:
+            source = json.load(handle)
+        corpora.add(source["args"]["corpus"])
+        for row in source["rows"]:
+            if row["num_removed"] == args.num_removed:
+                state = tuple(row["removed_blocks"])
+                pick = picks.setdefault(
+                    state, {"held_out_perplexity": row["held_out_perplexity"], "picked_by": []}
+                )
+                pick["picked_by"].append(f"{row['method']} ({source['args']['samples']} passages)")
+    if len(corpora) != 1:
+        raise SystemExit(f"The results must share one corpus; got {sorted(corpora)}.")
+    (corpus,) = corpora
+    if not picks:
+        raise SystemExit(f"No rows at --num-removed {args.num_removed} in {args.results}.")
+    args.output = args.output or os.path.join(
+        HERE, "results", f"calibration_kl_{corpus}_m{args.num_removed}.json"
+    )
+
+    import torch
+
+    from optimum_blockprune import BlockRemovalConfig, demo
+    from optimum_blockprune.evaluation import removal_losses
+    from optimum_blockprune.methods.guided import GuidedSearch, search_subset
+    from optimum_blockprune.selection import prepare_scoring_data
+
+    torch.set_num_threads(args.threads)
+    pruner = demo.load_smollm2_pruner()
+    min_chars = 4 * args.max_length
+    if corpus == "shakespeare":
+        texts = demo.shakespeare_passages(demo.CALIBRATION_PLAYS, min_chars=min_chars)
+    else:
+        texts = demo.python_docs_passages("calibration", min_chars=min_chars)
+    config = BlockRemovalConfig(
+        num_blocks_to_remove=args.num_removed,
+        num_calibration_samples=args.samples,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+    )
+    data = prepare_scoring_data(texts[: args.samples], pruner.tokenizer, config, model=pruner.model)
+    states = list(picks)
+    measured = removal_losses(
+        pruner.model,
+        data,
+        states,
+        metric="kl",
+        adapter=pruner.adapter,
+        batch_size=args.batch_size,
+        pad_token_id=pruner.pad_token_id,
+        reuse_prefix=True,
+    )
+    search = search_subset(data.num_samples, GuidedSearch.search_samples, config.seed)
+    rest = [i for i in range(data.num_samples) if i not in set(search)]
+
+    def kl(row, samples):
+        return float(row[samples].sum() / measured.tokens[samples].sum())
+
+    rows = [
+        {
+            "removed_blocks": list(state),
+            **picks[state],
+            "kl_all": kl(row, list(range(data.num_samples))),
+            "kl_search_samples": kl(row, list(search)),
+            "kl_rest": kl(row, rest),
+        }
+        for state, row in zip(states, measured.sums)
+    ]
+    rows.sort(key=lambda r: r["kl_all"])
+    payload = {
+        "args": {
+            **vars(args),
+            "results": [relative(p) for p in args.results],
+            "output": relative(args.output),
+        },
+        "corpus": corpus,
+        "calibration_tokens": data.num_tokens,
+        "search_samples": [int(i) for i in search],
+        "rows": rows,
+    }
+    write_json(args.output, payload)
+    print(
+        f"| pick | picked by | calibration KL, all {data.num_samples} | search {len(search)} | rest {len(rest)} | held-out ppl |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['removed_blocks']} | {', '.join(r['picked_by'])} | {r['kl_all']:.4f} | {r['kl_search_samples']:.4f} "
+            f"| {r['kl_rest']:.4f} | {r['held_out_perplexity']:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
