@@ -174,7 +174,7 @@ def test_guided_search_spends_its_tokens_on_the_finalists(tokenizer, monkeypatch
     # the subset benchmarks/calibration_kl.py recomputes
     assert run["search_samples"] == list(search_subset(16, 8, config.seed))
     left_out = sorted(set(range(16)) - set(run["search_samples"]))
-    assert len(run["search_samples"]) == len(left_out) == run["finalists_ranked_on"] == 8
+    assert len(run["search_samples"]) == len(left_out) == run["samples_per_stage"]["choice"] == 8
 
     def oracle(samples):
         chosen = Pruner(_structured_model(), tokenizer).select(

@@ -263,7 +263,6 @@ class GuidedSearch(RankingMethod):
                     "states_screened": screened,
                     "finalists": len(final) if num_search < num_samples else 0,
                     "search_samples": [int(i) for i in search],
-                    "finalists_ranked_on": len(choice),
                     "finalist_kl": finalist_kl,
                     "best_per_round": best_history,
                     "budget_forward_equivalents": budget,
