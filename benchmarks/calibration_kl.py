@@ -14,9 +14,9 @@ fewer passages are measured on these `--samples` too, so all rows compare on the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from _corpora import passages, recorded_picks
 from _report import relative, write_json
 
 HERE = os.path.dirname(__file__)
@@ -34,17 +34,12 @@ def main() -> None:
     args = parser.parse_args()
 
     picks, corpora = {}, set()
-    for path in args.results:
-        with open(path, encoding="utf-8") as handle:
-            source = json.load(handle)
-        corpora.add(source["args"]["corpus"])
-        for row in source["rows"]:
-            if row["num_removed"] == args.num_removed:
-                state = tuple(row["removed_blocks"])
-                pick = picks.setdefault(
-                    state, {"held_out_perplexity": row["held_out_perplexity"], "picked_by": []}
-                )
-                pick["picked_by"].append(f"{row['method']} ({source['args']['samples']} passages)")
+    for _, results, row in recorded_picks(args.results, [args.num_removed]):
+        corpora.add(results["args"]["corpus"])
+        pick = picks.setdefault(
+            tuple(row["removed_blocks"]), {"held_out_perplexity": row["held_out_perplexity"], "picked_by": []}
+        )
+        pick["picked_by"].append(f"{row['method']} ({results['args']['samples']} passages)")
     if len(corpora) != 1:
         raise SystemExit(f"The results must share one corpus; got {sorted(corpora)}.")
     (corpus,) = corpora
@@ -54,6 +49,7 @@ def main() -> None:
         HERE, "results", f"calibration_kl_{corpus}_m{args.num_removed}.json"
     )
 
+    import numpy as np
     import torch
 
     from optimum_blockprune import BlockRemovalConfig, demo
@@ -63,11 +59,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     pruner = demo.load_smollm2_pruner()
-    min_chars = 4 * args.max_length
-    if corpus == "shakespeare":
-        texts = demo.shakespeare_passages(demo.CALIBRATION_PLAYS, min_chars=min_chars)
-    else:
-        texts = demo.python_docs_passages("calibration", min_chars=min_chars)
+    texts = passages(corpus, "calibration", max_length=args.max_length)
     config = BlockRemovalConfig(
         num_blocks_to_remove=args.num_removed,
         num_calibration_samples=args.samples,
@@ -86,8 +78,9 @@ def main() -> None:
         pad_token_id=pruner.pad_token_id,
         reuse_prefix=True,
     )
+    everything = np.arange(data.num_samples)
     search = search_subset(data.num_samples, GuidedSearch.search_samples, config.seed)
-    rest = [i for i in range(data.num_samples) if i not in set(search)]
+    rest = np.setdiff1d(everything, search)
 
     def kl(row, samples):
         return float(row[samples].sum() / measured.tokens[samples].sum())
@@ -96,8 +89,8 @@ def main() -> None:
         {
             "removed_blocks": list(state),
             **picks[state],
-            "kl_all": kl(row, list(range(data.num_samples))),
-            "kl_search_samples": kl(row, list(search)),
+            "kl_all": kl(row, everything),
+            "kl_search_samples": kl(row, search),
             "kl_rest": kl(row, rest),
         }
         for state, row in zip(states, measured.sums)

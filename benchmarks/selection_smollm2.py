@@ -30,6 +30,7 @@ import platform
 import random
 import time
 
+from _corpora import CORPORA, passages
 from _report import grid, relative, write_json
 
 HERE = os.path.dirname(__file__)
@@ -81,7 +82,7 @@ def _energy_spec(spec: str) -> tuple[str, int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default="shakespeare", choices=["shakespeare", "python_docs"])
+    parser.add_argument("--corpus", default="shakespeare", choices=CORPORA)
     parser.add_argument("--remove", type=int, nargs="+", default=[3, 6, 9, 12])
     parser.add_argument(
         "--samples",
@@ -151,14 +152,9 @@ def main() -> None:
     pruner.model.to(args.device)
     print(f"Loaded SmolLM2-135M-Instruct in {time.perf_counter() - start:.0f} s; device {args.device}")
     n = pruner.num_blocks
-    min_chars = 4 * args.max_length
-    if args.corpus == "shakespeare":
-        calibration = demo.shakespeare_passages(demo.CALIBRATION_PLAYS, min_chars=min_chars)
-        evaluation = demo.shakespeare_passages(demo.HELD_OUT_PLAYS, min_chars=min_chars)
-    else:
-        calibration = demo.python_docs_passages("calibration", min_chars=min_chars)
-        evaluation = demo.python_docs_passages("held_out", min_chars=min_chars)
-    calibration = calibration[: args.samples]  # every method sees exactly these passages
+    # every method sees exactly these passages
+    calibration = passages(args.corpus, "calibration", max_length=args.max_length)[: args.samples]
+    evaluation = passages(args.corpus, "held_out", max_length=args.max_length)
     held_out = prepare_calibration_data(
         evaluation, pruner.tokenizer, num_samples=args.eval_samples, max_length=args.max_length
     )

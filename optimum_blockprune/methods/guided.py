@@ -231,14 +231,14 @@ class GuidedSearch(RankingMethod):
             # The choice among them is made on the samples the search never saw: on its own samples the incumbent
             # is the least of many noisy means (optimistic), and the finalists are within noise of it there.
             left_out = np.setdiff1d(everything, search)
-            choice = left_out if len(left_out) >= self.min_choice_samples else everything
-            chosen = rows.mean(finals, choice)
+            on_left_out = rows.mean(finals, left_out)
+            choice, chosen = (
+                (left_out, on_left_out) if len(left_out) >= self.min_choice_samples else (everything, on_all)
+            )
             final = dict(zip(finals, (float(x) for x in chosen)))
             finalist_kl = [
                 {"removed_blocks": list(state), "search": float(s), "left_out": float(o), "all": float(a)}
-                for state, s, o, a in zip(
-                    finals, rows.mean(finals, search), rows.mean(finals, left_out), on_all
-                )
+                for state, s, o, a in zip(finals, rows.mean(finals, search), on_left_out, on_all)
             ]
         else:
             final, choice, finalist_kl = full, search, []

@@ -1,0 +1,30 @@
+"""The benchmarks' two corpora and the picks their selection runs recorded, read one way by every script."""
+
+from __future__ import annotations
+
+import json
+
+CORPORA = ("shakespeare", "python_docs")
+
+
+def passages(corpus: str, part: str, *, max_length: int) -> list[str]:
+    """`part` ('calibration' or 'held_out') of `corpus`, in passages long enough for `max_length` tokens: ten plays
+    and six others for Shakespeare, half the Python reference's topics and the other half."""
+    from optimum_blockprune import demo
+
+    min_chars = 4 * max_length
+    if corpus == "shakespeare":
+        plays = demo.CALIBRATION_PLAYS if part == "calibration" else demo.HELD_OUT_PLAYS
+        return demo.shakespeare_passages(plays, min_chars=min_chars)
+    return demo.python_docs_passages(part, min_chars=min_chars)
+
+
+def recorded_picks(paths: list[str], num_removed: list[int], methods: list[str] | None = None):
+    """Every (path, results, row) of `selection_smollm2.py`'s JSON files at an M in `num_removed` (and, given, of one
+    of `methods`)."""
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            results = json.load(handle)
+        for row in results["rows"]:
+            if row["num_removed"] in num_removed and (methods is None or row["method"] in methods):
+                yield path, results, row
