@@ -1,14 +1,14 @@
 """Is a pick's held-out quality its calibration KL? Every pick at `--num-removed` in selection results, measured by KL
-to the unpruned model on the benchmark's own calibration passages: on all of them, on the guided search's subset and
-on the rest, beside its held-out perplexity.
+to the unpruned model and by next-token loss on the benchmark's own calibration passages: on all of them, on the
+guided search's subset and on the rest, beside its held-out perplexity.
 
     python benchmarks/calibration_kl.py benchmarks/results/search_m12_shakespeare.json \
         benchmarks/results/guided3_m12_shakespeare_32.json --num-removed 12 --samples 32
 
 The passages are prepared as `selection_smollm2.py` prepares them (same corpus, count, length and config), so the
-KL of the pick a method made is the objective it was chosen by; when a lower calibration KL does not give a lower
-held-out perplexity, the calibration set, not the search, decided (arXiv:2604.24938). Picks of files that ran on
-fewer passages are measured on these `--samples` too, so all rows compare on the same data.
+KL of the pick a method made is the objective it was chosen by (the loss is SLEB's); when a lower calibration KL and
+loss do not give a lower held-out perplexity, the calibration set, not the search, decided (arXiv:2604.24938). Picks
+of files that ran on fewer passages are measured on these `--samples` too, so all rows compare on the same data.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def main() -> None:
         pick = picks.setdefault(
             tuple(row["removed_blocks"]), {"held_out_perplexity": row["held_out_perplexity"], "picked_by": []}
         )
-        pick["picked_by"].append(f"{row['method']} ({results['args']['samples']} passages)")
+        label = f"{row['method']} ({results['args']['samples']} passages)"
+        if label not in pick["picked_by"]:  # two runs of one protocol may both hold it
+            pick["picked_by"].append(label)
     if len(corpora) != 1:
         raise SystemExit(f"The results must share one corpus; got {sorted(corpora)}.")
     (corpus,) = corpora
@@ -68,32 +70,32 @@ def main() -> None:
     )
     data = prepare_scoring_data(texts[: args.samples], pruner.tokenizer, config, model=pruner.model)
     states = list(picks)
-    measured = removal_losses(
-        pruner.model,
-        data,
-        states,
-        metric="kl",
-        adapter=pruner.adapter,
-        batch_size=args.batch_size,
-        pad_token_id=pruner.pad_token_id,
-        reuse_prefix=True,
-    )
+    measured = {
+        metric: removal_losses(
+            pruner.model,
+            data,
+            states,
+            metric=metric,
+            adapter=pruner.adapter,
+            batch_size=args.batch_size,
+            pad_token_id=pruner.pad_token_id,
+            reuse_prefix=True,
+        )
+        for metric in ("kl", "loss")
+    }
     everything = np.arange(data.num_samples)
     search = search_subset(data.num_samples, GuidedSearch.search_samples, config.seed)
     rest = np.setdiff1d(everything, search)
 
-    def kl(row, samples):
-        return float(row[samples].sum() / measured.tokens[samples].sum())
-
+    parts = {"all": everything, "search_samples": search, "rest": rest}
     rows = [
-        {
-            "removed_blocks": list(state),
-            **picks[state],
-            "kl_all": kl(row, everything),
-            "kl_search_samples": kl(row, search),
-            "kl_rest": kl(row, rest),
+        {"removed_blocks": list(state), **picks[state]}
+        | {
+            f"{metric}_{part}": float(m.sums[i][samples].sum() / m.tokens[samples].sum())
+            for metric, m in measured.items()
+            for part, samples in parts.items()
         }
-        for state, row in zip(states, measured.sums)
+        for i, state in enumerate(states)
     ]
     rows.sort(key=lambda r: r["kl_all"])
     payload = {
@@ -109,13 +111,14 @@ def main() -> None:
     }
     write_json(args.output, payload)
     print(
-        f"| pick | picked by | calibration KL, all {data.num_samples} | search {len(search)} | rest {len(rest)} | held-out ppl |"
+        f"| pick | picked by | calibration KL, all {data.num_samples} | search {len(search)} | rest {len(rest)} "
+        f"| calibration loss, all | search | rest | held-out ppl |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        values = " | ".join(f"{r[f'{m}_{p}']:.4f}" for m in ("kl", "loss") for p in parts)
         print(
-            f"| {r['removed_blocks']} | {', '.join(r['picked_by'])} | {r['kl_all']:.4f} | {r['kl_search_samples']:.4f} "
-            f"| {r['kl_rest']:.4f} | {r['held_out_perplexity']:.1f} |"
+            f"| {r['removed_blocks']} | {', '.join(r['picked_by'])} | {values} | {r['held_out_perplexity']:.1f} |"
         )
 
 

@@ -2,12 +2,16 @@
 
     python benchmarks/selection_smollm2.py            # first: the picks (results/selection_smollm2.json)
     python benchmarks/healing_smollm2.py              # 10-15 minutes per pick (40 steps) on one shared core
+    python benchmarks/healing_smollm2.py --picks benchmarks/results/guided4_shakespeare_32.json \
+        benchmarks/results/evopress_m12_shakespeare_32.json --remove 12 --methods guided sleb evopress --max-steps 40
 
 For each M in --remove and each method in --methods, the blocks that method picked in the selection benchmark
+(`--picks`: one or more of its JSON files, one corpus; where two files hold a method's pick at M, the first wins)
 are removed from a fresh copy of SmolLM2-135M-Instruct, which is then distilled from the unpruned model with the
-same budget for every pick (same steps, batch, learning rate, seed and training passages, all from the calibration
-plays), and measured on the same held-out passages as the selection benchmark. Picks that coincide are trained
-once. Writes JSON as it goes and prints a table.
+same budget for every pick (same steps, batch, learning rate, seed and training passages, all from the corpus's
+calibration part), and measured on the same held-out passages as the selection benchmark. Picks that coincide are
+trained once, and so are picks already healed in `--output` by an earlier run with the same budget (add a method's
+pick later without retraining the others). Writes JSON as it goes and prints a table.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import platform
 import time
 
+from _corpora import passages, recorded_picks
 from _report import grid, relative, write_json
 
 HERE = os.path.dirname(__file__)
@@ -27,7 +32,7 @@ RESULTS = os.path.join(HERE, "results")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--picks", default=os.path.join(RESULTS, "selection_smollm2.json"))
+    parser.add_argument("--picks", nargs="+", default=[os.path.join(RESULTS, "selection_smollm2.json")])
     parser.add_argument("--remove", type=int, nargs="+", default=[6, 9])
     parser.add_argument(
         "--methods",
@@ -49,33 +54,42 @@ def main() -> None:
     from optimum_blockprune.evaluation import evaluate_perplexity
 
     torch.set_num_threads(args.threads)
-    with open(args.picks, encoding="utf-8") as handle:
-        picks = json.load(handle)
-    settings = picks["args"]
-    rows = {(r["method"], r["num_removed"]): r for r in picks["rows"]}
+    rows, evaluations = {}, set()
+    for _, results, row in recorded_picks(args.picks, args.remove, args.methods):
+        settings = results["args"]
+        evaluations.add((settings["corpus"], settings["eval_samples"], settings["max_length"]))
+        rows.setdefault((row["method"], row["num_removed"]), row)
     missing = [(m, k) for k in args.remove for m in args.methods if (m, k) not in rows]
     if missing:
-        raise SystemExit(f"{args.picks} has no pick for {missing}; run selection_smollm2.py with them first.")
+        raise SystemExit(
+            f"{args.picks} have no pick for {missing}; run selection_smollm2.py with them first."
+        )
+    if len(evaluations) != 1:
+        raise SystemExit(
+            f"The picks must share one corpus and held-out set (corpus, eval samples, max length); got "
+            f"{sorted(evaluations)}."
+        )
+    ((corpus, eval_samples, max_length),) = evaluations
 
     base = demo.load_smollm2_pruner()
     tokenizer, pad = base.tokenizer, base.pad_token_id
-    min_chars = 4 * settings["max_length"]
     held_out = prepare_calibration_data(
-        demo.shakespeare_passages(demo.HELD_OUT_PLAYS, min_chars=min_chars),
+        passages(corpus, "held_out", max_length=max_length),
         tokenizer,
-        num_samples=settings["eval_samples"],
-        max_length=settings["max_length"],
+        num_samples=eval_samples,
+        max_length=max_length,
     )
-    training_texts = demo.shakespeare_passages(demo.CALIBRATION_PLAYS, min_chars=min_chars)
+    training_texts = passages(corpus, "calibration", max_length=max_length)
     teacher = base.model
     payload = {
-        "args": {**vars(args), "picks": relative(args.picks), "output": relative(args.output)},
+        "args": {**vars(args), "picks": [relative(p) for p in args.picks], "output": relative(args.output)},
+        "corpus": corpus,
         "machine": platform.platform(),
         "unpruned_perplexity": evaluate_perplexity(teacher, held_out, pad_token_id=pad),
         "rows": [],
     }
     print(f"Unpruned held-out perplexity {payload['unpruned_perplexity']:.1f}")
-    healed: dict[tuple[int, ...], dict] = {}
+    healed = _earlier_healing(args.output, payload)
     for m in args.remove:
         for method in args.methods:
             blocks = tuple(rows[method, m]["removed_blocks"])
@@ -121,6 +135,27 @@ def main() -> None:
             )
             write_json(args.output, payload)
     print("\n" + markdown_table(payload))
+
+
+def _earlier_healing(path: str, payload: dict) -> dict[tuple[int, ...], dict]:
+    """The picks an earlier run to `path` already healed with the same budget on the same corpus, by blocks: a
+    second run (another method's pick, added later) trains only what is new."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        earlier = json.load(handle)
+    budget = ("max_steps", "train_batch_size", "learning_rate")
+    if earlier.get("corpus", "shakespeare") != payload["corpus"] or any(
+        earlier["args"][key] != payload["args"][key] for key in budget
+    ):
+        raise SystemExit(f"{path} holds healing with other settings; pass another --output.")
+    reused = {}
+    for row in earlier["rows"]:
+        reused[tuple(row["removed_blocks"])] = {
+            key: row[key] for key in ("perplexity_before", "perplexity_after", "train_seconds")
+        }
+    print(f"Reusing {len(reused)} healed picks from {relative(path)}")
+    return reused
 
 
 def markdown_table(payload: dict) -> str:
