@@ -83,7 +83,8 @@ def main() -> None:
     teacher = base.model
     payload = {
         "args": {**vars(args), "picks": [relative(p) for p in args.picks], "output": relative(args.output)},
-        "corpus": corpus,
+        # what a later run must share to reuse these rows (`_earlier_healing`)
+        "held_out": {"corpus": corpus, "eval_samples": eval_samples, "max_length": max_length},
         "machine": platform.platform(),
         "unpruned_perplexity": evaluate_perplexity(teacher, held_out, pad_token_id=pad),
         "rows": [],
@@ -138,17 +139,22 @@ def main() -> None:
 
 
 def _earlier_healing(path: str, payload: dict) -> dict[tuple[int, ...], dict]:
-    """The picks an earlier run to `path` already healed with the same budget on the same corpus, by blocks: a
-    second run (another method's pick, added later) trains only what is new."""
+    """The picks an earlier run to `path` already healed with the same budget, measured on the same held-out
+    passages, by blocks: a second run (another method's pick, added later) trains only what is new. A file that does
+    not record its held-out passages (written before this reuse) is not reused; it is rewritten, as it was then."""
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as handle:
         earlier = json.load(handle)
+    if "held_out" not in earlier:
+        return {}
     budget = ("max_steps", "train_batch_size", "learning_rate")
-    if earlier.get("corpus", "shakespeare") != payload["corpus"] or any(
+    if earlier["held_out"] != payload["held_out"] or any(
         earlier["args"][key] != payload["args"][key] for key in budget
     ):
-        raise SystemExit(f"{path} holds healing with other settings; pass another --output.")
+        raise SystemExit(
+            f"{path} holds healing with other settings (held-out passages or training budget); pass another --output."
+        )
     reused = {}
     for row in earlier["rows"]:
         reused[tuple(row["removed_blocks"])] = {
