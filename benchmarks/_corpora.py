@@ -25,6 +25,19 @@ def recorded_picks(paths: list[str], num_removed: list[int], methods: list[str] 
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             results = json.load(handle)
+        if not {"corpus", "samples"} <= set(results.get("args", {})) or "rows" not in results:
+            # e.g. a healing or MMLU result, whose rows also name methods and M but hold no pick's run settings
+            raise SystemExit(f"{path} was not written by selection_smollm2.py; pass the JSON files it wrote.")
         for row in results["rows"]:
             if row["num_removed"] in num_removed and (methods is None or row["method"] in methods):
                 yield path, results, row
+
+
+def one_setting(picks: list[tuple], keys: tuple[str, ...]) -> tuple:
+    """The values of `keys` (settings of `selection_smollm2.py`) that the runs behind `picks` all share; refused,
+    naming every combination found, when they differ (picks measured on different data cannot be compared)."""
+    found = {tuple(results["args"][key] for key in keys) for _, results, _ in picks}
+    if len(found) != 1:
+        raise SystemExit(f"The picks must share one ({', '.join(keys)}); got {sorted(found)}.")
+    (values,) = found
+    return values

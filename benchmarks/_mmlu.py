@@ -90,7 +90,8 @@ def write_mmlu_task(
 
 
 def mmlu_accuracy(model, tokenizer, task_dir: Path, removed=(), batch_size: int = 8) -> dict:
-    """Accuracy and its standard error on the task in `task_dir`, with the blocks in `removed` gated to 0."""
+    """Accuracy and its standard error on the task in `task_dir`, with the blocks in `removed` gated to 0, and
+    `correct`: 1 or 0 per question in the task's order (what a paired comparison of two picks needs)."""
     import torch
 
     from optimum_blockprune import CouplingGates
@@ -101,10 +102,33 @@ def mmlu_accuracy(model, tokenizer, task_dir: Path, removed=(), batch_size: int 
             alpha = torch.ones(gates.num_gates)
             alpha[list(removed)] = 0.0
             gates.alpha = alpha
-        output = evaluate_lm_eval(model, tokenizer, [TASK], include_path=str(task_dir), batch_size=batch_size)
+        output = evaluate_lm_eval(
+            model, tokenizer, [TASK], include_path=str(task_dir), batch_size=batch_size, log_samples=True
+        )
     result = output["results"][TASK]
     metric = "acc_norm" if "acc_norm,none" in result else "acc"  # the one metric the task's style asks for
+    samples = sorted(output["samples"][TASK], key=lambda sample: sample["doc_id"])
     return {
         "accuracy": float(result[f"{metric},none"]),
         "standard_error": float(result[f"{metric}_stderr,none"]),
+        "correct": [int(sample[metric]) for sample in samples],
+    }
+
+
+def paired_difference(correct_a: list[int], correct_b: list[int]) -> dict:
+    """Accuracy of a minus accuracy of b on the same questions, with the paired standard error (the sample
+    standard deviation of the per-question differences over sqrt(n)): two picks that agree on most questions
+    differ with a much smaller error than two independent scores' errors combined."""
+    if len(correct_a) != len(correct_b) or len(correct_a) < 2:
+        raise ValueError(
+            f"A paired difference needs the same questions, at least 2; got {len(correct_a)} and {len(correct_b)}."
+        )
+    differences = [a - b for a, b in zip(correct_a, correct_b)]
+    n = len(differences)
+    mean = sum(differences) / n
+    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
+    return {
+        "difference": mean,
+        "standard_error": (variance / n) ** 0.5,
+        "disagreements": sum(map(abs, differences)),
     }

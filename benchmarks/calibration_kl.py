@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from _corpora import passages, recorded_picks
+from _corpora import one_setting, passages, recorded_picks
 from _report import relative, write_json
 
 HERE = os.path.dirname(__file__)
@@ -33,20 +33,18 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="default: results/calibration_kl_<corpus>_m<M>.json")
     args = parser.parse_args()
 
-    picks, corpora = {}, set()
-    for _, results, row in recorded_picks(args.results, [args.num_removed]):
-        corpora.add(results["args"]["corpus"])
+    recorded = list(recorded_picks(args.results, [args.num_removed]))
+    if not recorded:
+        raise SystemExit(f"No rows at --num-removed {args.num_removed} in {args.results}.")
+    (corpus,) = one_setting(recorded, ("corpus",))
+    picks = {}
+    for _, results, row in recorded:
         pick = picks.setdefault(
             tuple(row["removed_blocks"]), {"held_out_perplexity": row["held_out_perplexity"], "picked_by": []}
         )
         label = f"{row['method']} ({results['args']['samples']} passages)"
         if label not in pick["picked_by"]:  # two runs of one protocol may both hold it
             pick["picked_by"].append(label)
-    if len(corpora) != 1:
-        raise SystemExit(f"The results must share one corpus; got {sorted(corpora)}.")
-    (corpus,) = corpora
-    if not picks:
-        raise SystemExit(f"No rows at --num-removed {args.num_removed} in {args.results}.")
     args.output = args.output or os.path.join(
         HERE, "results", f"calibration_kl_{corpus}_m{args.num_removed}.json"
     )

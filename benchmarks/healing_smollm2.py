@@ -23,7 +23,7 @@ import os
 import platform
 import time
 
-from _corpora import passages, recorded_picks
+from _corpora import one_setting, passages, recorded_picks
 from _report import grid, relative, write_json
 
 HERE = os.path.dirname(__file__)
@@ -54,22 +54,17 @@ def main() -> None:
     from optimum_blockprune.evaluation import evaluate_perplexity
 
     torch.set_num_threads(args.threads)
-    rows, evaluations = {}, set()
-    for _, results, row in recorded_picks(args.picks, args.remove, args.methods):
-        settings = results["args"]
-        evaluations.add((settings["corpus"], settings["eval_samples"], settings["max_length"]))
+    recorded = list(recorded_picks(args.picks, args.remove, args.methods))
+    rows = {}
+    for _, _, row in recorded:
         rows.setdefault((row["method"], row["num_removed"]), row)
     missing = [(m, k) for k in args.remove for m in args.methods if (m, k) not in rows]
     if missing:
         raise SystemExit(
             f"{args.picks} have no pick for {missing}; run selection_smollm2.py with them first."
         )
-    if len(evaluations) != 1:
-        raise SystemExit(
-            f"The picks must share one corpus and held-out set (corpus, eval samples, max length); got "
-            f"{sorted(evaluations)}."
-        )
-    ((corpus, eval_samples, max_length),) = evaluations
+    # one held-out set: the perplexities before healing are compared with those after
+    corpus, eval_samples, max_length = one_setting(recorded, ("corpus", "eval_samples", "max_length"))
 
     base = demo.load_smollm2_pruner()
     tokenizer, pad = base.tokenizer, base.pad_token_id

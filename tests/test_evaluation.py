@@ -351,5 +351,64 @@ def test_offline_mmlu_task_is_stratified_and_scores_gated_removals_like_surgery(
         assert gated == cut and 0.0 <= gated["accuracy"] <= 1.0
         p, n = gated["accuracy"], 6  # lm-eval's standard error: the sample standard deviation over sqrt(n)
         assert gated["standard_error"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)), abs=1e-9)
+        assert len(gated["correct"]) == n and set(gated["correct"]) <= {0, 1}
+        assert sum(gated["correct"]) / n == pytest.approx(p)  # one entry per question, in the task's order
+        unpruned = mmlu.mmlu_accuracy(llama, tokenizer, task, batch_size=2)
+        paired = mmlu.paired_difference(gated["correct"], unpruned["correct"])
+        assert paired["difference"] == pytest.approx(p - unpruned["accuracy"])
+        assert paired["disagreements"] == sum(a != b for a, b in zip(gated["correct"], unpruned["correct"]))
+    # the paired error by hand: differences (1, 0, 0, -1) have mean 0 and sample variance 2/3, so SE sqrt(2/3 / 4)
+    paired = mmlu.paired_difference([1, 1, 0, 0], [0, 1, 0, 1])
+    assert paired == {
+        "difference": 0.0,
+        "standard_error": pytest.approx(math.sqrt(2 / 12)),
+        "disagreements": 2,
+    }
+    assert mmlu.paired_difference([1, 0], [1, 0])["standard_error"] == 0.0  # identical picks: no noise at all
+    with pytest.raises(ValueError, match="the same questions"):
+        mmlu.paired_difference([1, 0, 1], [1, 0])
     with pytest.raises(ValueError, match="style='essay' is not one of"):
         mmlu.write_mmlu_task(tmp_path / "bad", source, style="essay")
+
+
+def test_mmlu_picks_pairs_every_pick_with_the_default_of_its_own_corpus_and_m(monkeypatch):
+    """benchmarks/mmlu_picks.py compares each pick with the default's pick on the same questions, only within one
+    corpus, calibration and M; a group without a default pick gets no comparison."""
+    import importlib.util
+    from pathlib import Path
+
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    spec = importlib.util.spec_from_file_location("mmlu_picks", benchmarks / "mmlu_picks.py")
+    picks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(picks)
+
+    def row(corpus, m, method, correct):
+        return {"corpus": corpus, "calibration_samples": 32, "num_removed": m, "method": method,
+                "held_out_perplexity": 100.0, "accuracy": sum(correct) / len(correct), "standard_error": 0.1,
+                "correct": correct}  # fmt: skip
+
+    rows = [
+        row("shakespeare", 12, "guided", [1, 1, 0, 0]),
+        row("shakespeare", 12, "sleb", [0, 1, 0, 1]),
+        row("shakespeare", 12, "block_influence", [0, 0, 0, 0]),
+        row("python_docs", 12, "sleb", [1, 1, 1, 1]),  # no default pick of this corpus: nothing to pair with
+        row("shakespeare", 6, "guided", [0, 0, 0, 0]),
+    ]
+    paired = picks.paired_with_default(rows)
+    assert [(p["corpus"], p["num_removed"], p["method"]) for p in paired] == [
+        ("shakespeare", 12, "sleb"),
+        ("shakespeare", 12, "block_influence"),
+    ]
+    assert paired[0]["difference"] == 0.0 and paired[0]["disagreements"] == 2
+    assert paired[1]["difference"] == 0.5 and paired[1]["disagreements"] == 2
+    table = picks.markdown_table(
+        {
+            "subset": {"style": "cloze", "num_questions": 4, "per_topic": 1, "num_topics": 4},
+            "unpruned": {"accuracy": 0.5, "standard_error": 0.1},
+            "rows": rows,
+            "paired": paired,
+        }
+    )
+    assert "| +50.0 ± 28.9 points (2 questions differ) |" in table  # sqrt(1/3 / 4) = 0.289
+    assert table.count("| – |") == 3  # the two default rows and the unpaired Python row
