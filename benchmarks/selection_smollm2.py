@@ -24,6 +24,7 @@ lowest states, and among those lowest alone. Writes JSON as it goes, a markdown 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import platform
@@ -131,8 +132,17 @@ def main() -> None:
     parser.add_argument("--fisher", default="empirical", choices=["empirical", "model"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each choice's progress and time left, as log lines on stderr (every 5 %% or 30 s)",
+    )
     parser.add_argument("--output", default=None, help="JSON path (default: results/selection_<corpus>.json)")
     args = parser.parse_args()
+    if args.progress:  # an hour-long search in a log file says how far it is
+        logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("optimum_blockprune.progress").setLevel(logging.INFO)
     args.output = args.output or os.path.join(
         RESULTS, "selection_smollm2.json" if args.corpus == "shakespeare" else f"selection_{args.corpus}.json"
     )
@@ -159,7 +169,10 @@ def main() -> None:
         evaluation, pruner.tokenizer, num_samples=args.eval_samples, max_length=args.max_length
     )
     common = dict(
-        max_length=args.max_length, batch_size=args.batch_size, fisher=args.fisher, show_progress=False
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        fisher=args.fisher,
+        show_progress=args.progress,
     )
     full = dict(num_calibration_samples=args.samples, num_states=max(args.num_states, args.spearman_lowest))
     split = dict(
