@@ -9,7 +9,9 @@ For each M in --remove and each method in --methods, the blocks that method pick
 (`--picks`: one or more of its JSON files, one corpus; where two files hold a method's pick at M, the first wins)
 are removed from a fresh copy of SmolLM2-135M-Instruct, which is then distilled from the unpruned model with the
 same budget for every pick (same steps, batch, learning rate, seed and training passages, all from the corpus's
-calibration part), and measured on the same held-out passages as the selection benchmark. Picks that coincide are
+calibration part), and measured on the same held-out passages as the selection benchmark. `--seed` changes the
+training seed for every pick alike (run it again with another seed and output to see how far training noise moves
+the comparison). Picks that coincide are
 trained once, and so are picks already healed in `--output` by an earlier run with the same budget (add a method's
 pick later without retraining the others). Writes JSON as it goes and prints a table.
 """
@@ -42,6 +44,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=30)
     parser.add_argument("--train-batch-size", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the training seed (sample order), the same for every pick"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--output", default=os.path.join(RESULTS, "healing_smollm2.json"))
     args = parser.parse_args()
@@ -107,7 +112,7 @@ def main() -> None:
                     save_strategy="no",
                     report_to="none",
                     use_cpu=True,
-                    seed=0,
+                    seed=args.seed,
                 )
                 start = time.perf_counter()
                 pruner.distill(
@@ -143,12 +148,13 @@ def _earlier_healing(path: str, payload: dict) -> dict[tuple[int, ...], dict]:
         earlier = json.load(handle)
     if "held_out" not in earlier:
         return {}
-    budget = ("max_steps", "train_batch_size", "learning_rate")
+    budget = {"max_steps": None, "train_batch_size": None, "learning_rate": None, "seed": 0}  # seed: 0 before
     if earlier["held_out"] != payload["held_out"] or any(
-        earlier["args"][key] != payload["args"][key] for key in budget
+        earlier["args"].get(key, default) != payload["args"][key] for key, default in budget.items()
     ):
         raise SystemExit(
-            f"{path} holds healing with other settings (held-out passages or training budget); pass another --output."
+            f"{path} holds healing with other settings (held-out passages, training budget or seed); pass another "
+            "--output."
         )
     reused = {}
     for row in earlier["rows"]:
@@ -165,7 +171,7 @@ def markdown_table(payload: dict) -> str:
     return "\n".join(
         [
             f"Held-out perplexity before -> after {args['max_steps']} distillation steps (batch "
-            f"{args['train_batch_size']}, lr {args['learning_rate']}); unpruned "
+            f"{args['train_batch_size']}, lr {args['learning_rate']}, seed {args.get('seed', 0)}); unpruned "
             f"{payload['unpruned_perplexity']:.1f}.",
             "",
             *grid(
