@@ -13,7 +13,9 @@ are at chance on letters: SmolLM2-135M-Instruct scores 21 % there).
 from __future__ import annotations
 
 import json
+import math
 import random
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -124,11 +126,8 @@ def paired_difference(correct_a: list[int], correct_b: list[int]) -> dict:
             f"A paired difference needs the same questions, at least 2; got {len(correct_a)} and {len(correct_b)}."
         )
     differences = [a - b for a, b in zip(correct_a, correct_b)]
-    n = len(differences)
-    mean = sum(differences) / n
-    variance = sum((d - mean) ** 2 for d in differences) / (n - 1)
     return {
-        "difference": mean,
-        "standard_error": (variance / n) ** 0.5,
+        "difference": statistics.fmean(differences),
+        "standard_error": statistics.stdev(differences) / math.sqrt(len(differences)),
         "disagreements": sum(map(abs, differences)),
     }

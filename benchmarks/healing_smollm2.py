@@ -11,9 +11,8 @@ are removed from a fresh copy of SmolLM2-135M-Instruct, which is then distilled 
 same budget for every pick (same steps, batch, learning rate, seed and training passages, all from the corpus's
 calibration part), and measured on the same held-out passages as the selection benchmark. `--seed` changes the
 training seed for every pick alike (run it again with another seed and output to see how far training noise moves
-the comparison). Picks that coincide are
-trained once, and so are picks already healed in `--output` by an earlier run with the same budget (add a method's
-pick later without retraining the others). Writes JSON as it goes and prints a table.
+the comparison). Picks that coincide are trained once, and so are picks already healed in `--output` by an earlier
+run with the same budget (add a method's pick later without retraining the others). Writes JSON as it goes and prints a table.
 """
 
 from __future__ import annotations

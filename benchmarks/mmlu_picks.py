@@ -124,18 +124,16 @@ def paired_with_default(rows: list[dict]) -> list[dict]:
         default = defaults.get(_group(row))
         if row["method"] != DEFAULT and default is not None:
             difference = paired_difference(default["correct"], row["correct"])
-            paired.append(
-                {
-                    **dict(zip(("corpus", "calibration_samples", "num_removed"), _group(row))),
-                    "method": row["method"],
-                    **difference,
-                }
-            )
+            paired.append({key: row[key] for key in (*GROUP, "method")} | difference)
     return paired
 
 
+#: What makes two picks comparable: the same corpus, calibration and M.
+GROUP = ("corpus", "calibration_samples", "num_removed")
+
+
 def _group(row: dict) -> tuple:
-    return row["corpus"], row["calibration_samples"], row["num_removed"]
+    return tuple(row[key] for key in GROUP)
 
 
 def _text(result: dict) -> str:
