@@ -61,6 +61,21 @@ class RemovalLosses:
         return self.sums / self.tokens
 
 
+def paired_difference(sums_a, sums_b, tokens) -> tuple[float, float]:
+    """The per-token mean of `a - b` over samples both were measured on, and its standard error: the paired
+    difference of two removals' per-sample sums (`RemovalLosses.sums` rows), a ratio estimator with each sample's
+    `tokens` as its weight (samples of different lengths count by their tokens, as the means do). Pairing removes
+    what the samples share (how hard each text is), so it is far tighter than two separate errors."""
+    difference = np.asarray(sums_a, dtype=float) - np.asarray(sums_b, dtype=float)
+    tokens = np.asarray(tokens, dtype=float)
+    n = len(difference)
+    mean = difference.sum() / tokens.sum()
+    if n < 2:
+        return float(mean), math.inf
+    spread = np.sqrt(n / (n - 1) * ((difference - mean * tokens) ** 2).sum()) / tokens.sum()
+    return float(mean), float(spread)
+
+
 def removal_losses(
     model: nn.Module,
     data: CalibrationData,

@@ -412,3 +412,67 @@ def test_mmlu_picks_pairs_every_pick_with_the_default_of_its_own_corpus_and_m(mo
     )
     assert "| +50.0 ± 28.9 points (2 questions differ) |" in table  # sqrt(1/3 / 4) = 0.289
     assert table.count("| – |") == 3  # the two default rows and the unpaired Python row
+
+
+def test_the_paired_loss_difference_weights_samples_by_tokens_and_removes_what_they_share():
+    """`paired_difference` (the guided search's finalist gap and benchmarks/held_out_paired.py): a ratio estimator
+    over samples of different token counts, by hand; a constant per-token shift has no error at all, however
+    different the samples are; one sample gives no error estimate (infinite, not zero)."""
+    from optimum_blockprune.evaluation import paired_difference
+
+    tokens = np.array([10.0, 10.0, 20.0])
+    a, b = np.array([2.0, 2.0, 5.0]), np.array([1.0, 2.0, 3.0])  # differences 1, 0, 2 over 40 tokens
+    mean, error = paired_difference(a, b, tokens)
+    residuals = np.array([1.0, 0.0, 2.0]) - 0.075 * tokens
+    assert mean == pytest.approx(0.075)
+    assert error == pytest.approx(np.sqrt(3 / 2 * (residuals**2).sum()) / 40)
+    hard_and_easy = np.array([50.0, 5.0, 300.0])  # very different samples, the same 0.1 per token worse
+    assert paired_difference(hard_and_easy + 0.1 * tokens, hard_and_easy, tokens) == pytest.approx((0.1, 0.0))
+    assert paired_difference([3.0], [1.0], [10.0]) == (pytest.approx(0.2), math.inf)
+
+
+def test_held_out_paired_compares_every_pick_with_the_one_default_of_its_m(monkeypatch):
+    """benchmarks/held_out_paired.py: picks are grouped per M with every method (and protocol) that made them, the
+    default's pick is the reference (refused when a protocol gives two), and the first passages are reported apart
+    from all of them."""
+    import importlib.util
+    from pathlib import Path
+
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    spec = importlib.util.spec_from_file_location("held_out_paired", benchmarks / "held_out_paired.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def recorded(samples, method, m, blocks):
+        return "x.json", {"args": {"samples": samples}}, {
+            "method": method, "num_removed": m, "removed_blocks": blocks, "held_out_perplexity": 10.0 + m
+        }  # fmt: skip
+
+    picks = script.pick_rows(
+        [
+            recorded(32, "guided", 3, [1, 2, 3]),
+            recorded(32, "sleb", 3, [1, 2, 3]),
+            recorded(32, "evopress", 3, [1, 2, 4]),
+            recorded(32, "guided", 6, [1, 2, 3, 4, 5, 6]),
+            recorded(16, "guided", 6, [1, 2, 3, 4, 5, 7]),
+        ]
+    )
+    assert picks[3][(1, 2, 3)]["picked_by"] == ["guided (32 passages)", "sleb (32 passages)"]
+    assert script.default_pick(picks[3], 3) == (1, 2, 3)
+    with pytest.raises(SystemExit, match="M = 6: 2 picks of 'guided'"):
+        script.default_pick(picks[6], 6)
+    with pytest.raises(SystemExit, match="M = 9: 0 picks of 'guided'"):
+        script.default_pick({}, 9)
+
+    tokens = np.array([10.0, 10.0, 20.0, 20.0])
+    sums = np.array(
+        [[10.0, 10.0, 20.0, 20.0], [12.0, 11.0, 24.0, 22.0]]
+    )  # the second: worse on every passage
+    rows = script.compare(sums, tokens, reference=0, first=2)
+    assert rows[0]["ratio_to_default"] == 1.0 and rows[0]["ratio_interval"] == [1.0, 1.0]
+    assert rows[1]["perplexity_first"] == pytest.approx(math.exp(23 / 20))
+    assert rows[1]["perplexity_all"] == pytest.approx(math.exp(69 / 60))
+    assert rows[1]["ratio_to_default"] == pytest.approx(math.exp(9 / 60))
+    low, high = rows[1]["ratio_interval"]
+    assert 1.0 < low < math.exp(9 / 60) < high and rows[1]["standard_errors"] > 1.96

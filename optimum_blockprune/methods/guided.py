@@ -29,6 +29,7 @@ import numpy as np
 
 from ..estimation.batching import batch_plan
 from ..estimation.parallel import current_processes
+from ..evaluation import paired_difference
 from ..qubo import QUBO
 from ..result import Ranking
 from ..solvers import solve_ranking
@@ -311,12 +312,8 @@ class _SampleRows:
         """How many standard errors `state`'s mean lies above `reference`'s on `samples` (both measured there): the
         paired difference, whose sampling noise the per-sample rows give (a ratio estimator, tokens as weights)."""
         samples = np.asarray(list(samples), dtype=int)
-        difference = self._sums[state][samples] - self._sums[reference][samples]
-        tokens = self._tokens[samples]
-        mean = difference.sum() / tokens.sum()
-        spread = (
-            np.sqrt(len(samples) / (len(samples) - 1) * ((difference - mean * tokens) ** 2).sum())
-            / tokens.sum()
+        mean, spread = paired_difference(
+            self._sums[state][samples], self._sums[reference][samples], self._tokens[samples]
         )
         return float(mean / spread) if spread > 0 else (math.inf if mean > 0 else 0.0)
 
