@@ -92,7 +92,8 @@ def main() -> None:
             f"--eval-samples {args.eval_samples}: at least the {REPORTED} the selection table reports"
         )
 
-    methods = None if args.methods is None else [DEFAULT, *args.methods]  # the default is what all compare with
+    # the default's pick is what all are compared with
+    methods = None if args.methods is None else [DEFAULT, *args.methods]
     recorded = list(recorded_picks(args.results, args.num_removed, methods))
     corpus, max_length, eval_samples = one_setting(recorded, ("corpus", "max_length", "eval_samples"))
     if eval_samples != REPORTED:
@@ -145,6 +146,8 @@ def main() -> None:
             batch_size=args.batch_size,
             pad_token_id=pruner.pad_token_id,
             reuse_prefix=True,
+            show_progress=True,  # a bar on a terminal, log lines with the time left in a log file
+            desc=f"M = {m}: {len(states)} picks and the unpruned model on {held_out.num_samples} passages",
         )
         reference = 1 + states.index(defaults[m])
         compared = compare(measured.sums, np.asarray(measured.tokens, dtype=float), reference, REPORTED)
