@@ -8,8 +8,9 @@ of the same M on the same passages, with the paired standard error.
 The held-out passages are prepared as `selection_smollm2.py` prepares them (same corpus part, seed, length), so the
 first 16 are the ones its table reports (this script re-measures them and records both). The difference is the
 per-token loss of a pick minus the default's on the same passages (a ratio estimator, tokens as weights), given as
-a perplexity ratio with its 95 % interval: consecutive passages of one play or topic are not independent, so the
-interval is somewhat too narrow. Nothing is chosen on these passages; they only judge picks already made.
+a perplexity ratio with its 95 % interval. The passages are a seeded random draw from all the held-out part's
+passages (as the table's 16 are), so the interval speaks for that text (the held-out plays, the reference's other
+topics), not for other corpora. Nothing is chosen on these passages; they only judge picks already made.
 """
 
 from __future__ import annotations
