@@ -157,6 +157,8 @@ def main() -> None:
             if not state and payload["rows"]:
                 continue  # the unpruned model once (each M measures it again: the passes resume from it)
             info = picks[m].get(state, {"picked_by": ["unpruned"], "recorded_perplexity": None})
+            if not state:  # beside one M's default it would read as every M's
+                row = {key: row[key] for key in ("perplexity_first", "perplexity_all")}
             recorded_ppl = info["recorded_perplexity"]
             # the first passages are the reported ones: a pick measured differently would not reproduce its number
             reproduced = recorded_ppl is None or abs(math.log(row["perplexity_first"] / recorded_ppl)) < 1e-3
@@ -170,12 +172,15 @@ def main() -> None:
                     "seconds": seconds,
                 }
             )
-            low, high = row["ratio_interval"]
+            versus = "–"
+            if state:
+                low, high = row["ratio_interval"]
+                versus = f"{row['ratio_to_default']:.3f} ({low:.3f}-{high:.3f})"
             recorded_text = f" ({recorded_ppl:.1f}{'' if reproduced else ' DIFFERS'})" if recorded_ppl else ""
             print(
                 f"| {m if state else 0} | {list(state)} | {', '.join(info['picked_by'])} | "
                 f"{row['perplexity_first']:.1f}{recorded_text} | {row['perplexity_all']:.1f} | "
-                f"{row['ratio_to_default']:.3f} ({low:.3f}-{high:.3f}) |",
+                f"{versus} |",
                 flush=True,
             )
         write_json(args.output, payload)
