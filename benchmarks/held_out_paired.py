@@ -32,7 +32,7 @@ REPORTED = 16
 
 def pick_rows(recorded) -> dict[int, dict[tuple[int, ...], dict]]:
     """The distinct picks per M (`{M: {blocks: {"picked_by": [...], "recorded_perplexity": ...}}}`), each set of
-    blocks once, naming every method and file that picked it."""
+    blocks once, naming every method (with its calibration size) that picked it."""
     picks: dict[int, dict[tuple[int, ...], dict]] = {}
     for _, results, row in recorded:
         pick = picks.setdefault(row["num_removed"], {}).setdefault(
