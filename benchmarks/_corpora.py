@@ -33,6 +33,20 @@ def recorded_picks(paths: list[str], num_removed: list[int], methods: list[str] 
                 yield path, results, row
 
 
+def picks_by_blocks(recorded) -> dict[int, dict[tuple[int, ...], dict]]:
+    """The distinct picks of `recorded_picks` per M (`{M: {blocks: {"held_out_perplexity": ..., "picked_by": [...]}}}`),
+    each set of blocks once, naming every method (with its calibration size) that picked it."""
+    picks: dict[int, dict[tuple[int, ...], dict]] = {}
+    for _, results, row in recorded:
+        pick = picks.setdefault(row["num_removed"], {}).setdefault(
+            tuple(row["removed_blocks"]), {"held_out_perplexity": row["held_out_perplexity"], "picked_by": []}
+        )
+        label = f"{row['method']} ({results['args']['samples']} passages)"
+        if label not in pick["picked_by"]:  # two runs of one protocol may both hold it
+            pick["picked_by"].append(label)
+    return picks
+
+
 def one_setting(picks: list[tuple], keys: tuple[str, ...]) -> tuple:
     """The values of `keys` (settings of `selection_smollm2.py`) that the runs behind `picks` all share; refused,
     naming every combination found, when they differ (picks measured on different data cannot be compared)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from _corpora import one_setting, passages, recorded_picks
+from _corpora import one_setting, passages, picks_by_blocks, recorded_picks
 from _report import relative, write_json
 
 HERE = os.path.dirname(__file__)
@@ -37,14 +37,7 @@ def main() -> None:
     if not recorded:
         raise SystemExit(f"No rows at --num-removed {args.num_removed} in {args.results}.")
     (corpus,) = one_setting(recorded, ("corpus",))
-    picks = {}
-    for _, results, row in recorded:
-        pick = picks.setdefault(
-            tuple(row["removed_blocks"]), {"held_out_perplexity": row["held_out_perplexity"], "picked_by": []}
-        )
-        label = f"{row['method']} ({results['args']['samples']} passages)"
-        if label not in pick["picked_by"]:  # two runs of one protocol may both hold it
-            pick["picked_by"].append(label)
+    picks = picks_by_blocks(recorded)[args.num_removed]
     args.output = args.output or os.path.join(
         HERE, "results", f"calibration_kl_{corpus}_m{args.num_removed}.json"
     )

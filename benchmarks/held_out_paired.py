@@ -20,7 +20,7 @@ import math
 import os
 import time
 
-from _corpora import one_setting, passages, recorded_picks
+from _corpora import one_setting, passages, picks_by_blocks, recorded_picks
 from _report import relative, write_json
 
 HERE = os.path.dirname(__file__)
@@ -28,21 +28,6 @@ HERE = os.path.dirname(__file__)
 DEFAULT = "guided"
 #: the number of passages `selection_smollm2.py` evaluates on (its `--eval-samples` default)
 REPORTED = 16
-
-
-def pick_rows(recorded) -> dict[int, dict[tuple[int, ...], dict]]:
-    """The distinct picks per M (`{M: {blocks: {"picked_by": [...], "recorded_perplexity": ...}}}`), each set of
-    blocks once, naming every method (with its calibration size) that picked it."""
-    picks: dict[int, dict[tuple[int, ...], dict]] = {}
-    for _, results, row in recorded:
-        pick = picks.setdefault(row["num_removed"], {}).setdefault(
-            tuple(row["removed_blocks"]),
-            {"picked_by": [], "recorded_perplexity": row["held_out_perplexity"]},
-        )
-        label = f"{row['method']} ({results['args']['samples']} passages)"
-        if label not in pick["picked_by"]:  # two runs of one protocol may both hold it
-            pick["picked_by"].append(label)
-    return picks
 
 
 def default_pick(picks: dict[tuple[int, ...], dict], m: int) -> tuple[int, ...]:
@@ -101,7 +86,7 @@ def main() -> None:
         raise SystemExit(
             f"The picks were evaluated on {eval_samples} passages; this script re-measures {REPORTED}."
         )
-    picks = pick_rows(recorded)
+    picks = picks_by_blocks(recorded)
     defaults = {m: default_pick(picks.get(m, {}), m) for m in args.num_removed}
     args.output = args.output or os.path.join(HERE, "results", f"held_out_paired_{corpus}.json")
 
@@ -156,7 +141,8 @@ def main() -> None:
         for state, row in zip([(), *states], compared):
             if not state and payload["rows"]:
                 continue  # the unpruned model once (each M measures it again: the passes resume from it)
-            info = picks[m].get(state, {"picked_by": ["unpruned"], "recorded_perplexity": None})
+            pick = picks[m].get(state, {"picked_by": ["unpruned"], "held_out_perplexity": None})
+            info = {"picked_by": pick["picked_by"], "recorded_perplexity": pick["held_out_perplexity"]}
             if not state:  # beside one M's default it would read as every M's
                 row = {key: row[key] for key in ("perplexity_first", "perplexity_all")}
             recorded_ppl = info["recorded_perplexity"]

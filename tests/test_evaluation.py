@@ -309,18 +309,26 @@ def test_resumption_plan_is_valid(removals):
         assert step.capture == any(later.parent == index for later in plan)
 
 
-def test_offline_mmlu_task_is_stratified_and_scores_gated_removals_like_surgery(llama, tokenizer, tmp_path):
-    """benchmarks/_mmlu.py: an MMLU-format file becomes a local lm-eval task; a removal gated to 0 scores exactly
-    as the same blocks cut out of a copy."""
+def load_benchmark(name: str, monkeypatch):
+    """A module of `benchmarks/` (not a package: its scripts import their siblings by name, hence the path)."""
     import importlib.util
     from pathlib import Path
 
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    spec = importlib.util.spec_from_file_location(name, benchmarks / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_offline_mmlu_task_is_stratified_and_scores_gated_removals_like_surgery(
+    llama, tokenizer, tmp_path, monkeypatch
+):
+    """benchmarks/_mmlu.py: an MMLU-format file becomes a local lm-eval task; a removal gated to 0 scores exactly
+    as the same blocks cut out of a copy."""
     pytest.importorskip("lm_eval")
-    spec = importlib.util.spec_from_file_location(
-        "_mmlu", Path(__file__).parents[1] / "benchmarks" / "_mmlu.py"
-    )
-    mmlu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mmlu)
+    mmlu = load_benchmark("_mmlu", monkeypatch)
     source = tmp_path / "mmlu.jsonl"
     letters = "ABCD"
     source.write_text(
@@ -374,14 +382,7 @@ def test_offline_mmlu_task_is_stratified_and_scores_gated_removals_like_surgery(
 def test_mmlu_picks_pairs_every_pick_with_the_default_of_its_own_corpus_and_m(monkeypatch):
     """benchmarks/mmlu_picks.py compares each pick with the default's pick on the same questions, only within one
     corpus, calibration and M; a group without a default pick gets no comparison."""
-    import importlib.util
-    from pathlib import Path
-
-    benchmarks = Path(__file__).parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))
-    spec = importlib.util.spec_from_file_location("mmlu_picks", benchmarks / "mmlu_picks.py")
-    picks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(picks)
+    picks = load_benchmark("mmlu_picks", monkeypatch)
 
     def row(corpus, m, method, correct):
         return {"corpus": corpus, "calibration_samples": 32, "num_removed": m, "method": method,
@@ -432,24 +433,18 @@ def test_the_paired_loss_difference_weights_samples_by_tokens_and_removes_what_t
 
 
 def test_held_out_paired_compares_every_pick_with_the_one_default_of_its_m(monkeypatch):
-    """benchmarks/held_out_paired.py: picks are grouped per M with every method (and protocol) that made them, the
-    default's pick is the reference (refused when a protocol gives two), and the first passages are reported apart
-    from all of them."""
-    import importlib.util
-    from pathlib import Path
-
-    benchmarks = Path(__file__).parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))
-    spec = importlib.util.spec_from_file_location("held_out_paired", benchmarks / "held_out_paired.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    """benchmarks/held_out_paired.py: picks are grouped per M with every method (and protocol) that made them
+    (`_corpora.picks_by_blocks`, as calibration_kl.py groups them), the default's pick is the reference (refused
+    when a protocol gives two), and the first passages are reported apart from all of them."""
+    script = load_benchmark("held_out_paired", monkeypatch)
+    corpora = load_benchmark("_corpora", monkeypatch)
 
     def recorded(samples, method, m, blocks):
         return "x.json", {"args": {"samples": samples}}, {
             "method": method, "num_removed": m, "removed_blocks": blocks, "held_out_perplexity": 10.0 + m
         }  # fmt: skip
 
-    picks = script.pick_rows(
+    picks = corpora.picks_by_blocks(
         [
             recorded(32, "guided", 3, [1, 2, 3]),
             recorded(32, "sleb", 3, [1, 2, 3]),
