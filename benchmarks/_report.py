@@ -1,7 +1,9 @@
-"""What every benchmark writes: JSON atomically (paths relative to the repository), and method-by-M markdown grids."""
+"""What every benchmark writes: JSON and markdown atomically (paths relative to the repository), the arguments it
+ran with, and method-by-M markdown grids."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Callable
@@ -14,12 +16,30 @@ def relative(path: str) -> str:
     return os.path.relpath(os.path.abspath(path), REPOSITORY)
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a result."""
+def recorded_args(args: argparse.Namespace, *paths: str) -> dict:
+    """`args` as the JSON records them: `output` and every argument named in `paths` (a path or a list of paths)
+    relative to the repository."""
+    recorded = dict(vars(args))
+    for name in ("output", *paths):
+        value = recorded[name]
+        recorded[name] = [relative(p) for p in value] if isinstance(value, list) else relative(value)
+    return recorded
+
+
+def write_text(path: str, text: str) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a result and an interrupted run leaves
+    the previous file whole."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2)
+        handle.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str, payload: dict, *, default: Callable | None = None) -> None:
+    """`payload` as indented JSON, written like `write_text`; `default` converts what JSON cannot (e.g. numpy
+    scalars)."""
+    write_text(path, json.dumps(payload, indent=2, default=default))
 
 
 def grid(

@@ -17,7 +17,7 @@ import argparse
 import os
 
 from _corpora import one_setting, passages, picks_by_blocks, recorded_picks
-from _report import relative, write_json
+from _report import recorded_args, write_json
 
 HERE = os.path.dirname(__file__)
 
@@ -90,11 +90,7 @@ def main() -> None:
     ]
     rows.sort(key=lambda r: r["kl_all"])
     payload = {
-        "args": {
-            **vars(args),
-            "results": [relative(p) for p in args.results],
-            "output": relative(args.output),
-        },
+        "args": recorded_args(args, "results"),
         "corpus": corpus,
         "calibration_tokens": data.num_tokens,
         "search_samples": [int(i) for i in search],

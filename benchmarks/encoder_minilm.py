@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import os
 import time
+
+from _report import recorded_args, write_json
 
 HERE = os.path.dirname(__file__)
 
@@ -62,7 +63,7 @@ def main() -> None:
         distance[state] = float((1 - (embed(model) * reference).sum(-1)).mean())
     best = min(states, key=distance.get)
     payload = {
-        "args": {**vars(args), "output": os.path.relpath(args.output, os.path.dirname(HERE))},
+        "args": recorded_args(args),
         "energies": {},
     }
     for name in args.energies:
@@ -104,9 +105,7 @@ def main() -> None:
             "stats": {k: v for k, v in ranking.stats.items() if isinstance(v, (int, float))},
             "states": rows,
         }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(payload, handle, indent=2)
+    write_json(args.output, payload)
     print("\n| energy | Spearman | ground state's place | seconds |\n|---|---|---|---|")
     for name, entry in payload["energies"].items():
         print(

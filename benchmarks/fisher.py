@@ -18,14 +18,13 @@ and the model's size. Writes results/fisher_scale.json.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
 import statistics
 import time
 
-from _report import relative, write_json
+from _report import recorded_args, relative, write_json
 
 
 def _rss_kib(field: str) -> int:
@@ -258,7 +257,7 @@ def run_scale(args) -> None:
                 write_json(
                     output,
                     {
-                        "args": {**vars(args), "output": relative(output)},
+                        "args": {**recorded_args(args), "output": relative(output)},
                         "machine": platform.platform(),
                         "rows": rows,
                     },
@@ -324,7 +323,7 @@ def main(argv=None):
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     payload = {
-        "args": {**vars(args), "output": relative(args.output)},
+        "args": recorded_args(args),
         "machine": platform.platform(),
         "results": results,
         "ratios": {
@@ -333,8 +332,7 @@ def main(argv=None):
             "bs1_loop_over_fisher": speedup,
         },
     }
-    with open(args.output, "w") as handle:
-        json.dump(payload, handle, indent=2)
+    write_json(args.output, payload)
     print(f"Wrote {args.output}")
 
 

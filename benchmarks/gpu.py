@@ -23,7 +23,7 @@ import platform
 import tempfile
 import time
 
-from _report import relative, write_json
+from _report import recorded_args, relative, write_json
 
 # Shapes from the models' published config.json files (no weights).
 SHAPES = {
@@ -280,7 +280,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cuda = args.device.startswith("cuda")
     payload = {
-        "args": {**vars(args), "output": relative(args.output)},
+        "args": recorded_args(args),
         "machine": platform.platform(),
         "rows": [],
     }

@@ -25,7 +25,7 @@ import platform
 import time
 
 from _corpora import one_setting, passages, recorded_picks
-from _report import grid, relative, write_json
+from _report import grid, recorded_args, relative, write_json
 
 HERE = os.path.dirname(__file__)
 RESULTS = os.path.join(HERE, "results")
@@ -81,7 +81,7 @@ def main() -> None:
     training_texts = passages(corpus, "calibration", max_length=max_length)
     teacher = base.model
     payload = {
-        "args": {**vars(args), "picks": [relative(p) for p in args.picks], "output": relative(args.output)},
+        "args": recorded_args(args, "picks"),
         # what a later run must share to reuse these rows (`_earlier_healing`)
         "held_out": {"corpus": corpus, "eval_samples": eval_samples, "max_length": max_length},
         "machine": platform.platform(),

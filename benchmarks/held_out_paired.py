@@ -21,7 +21,7 @@ import os
 import time
 
 from _corpora import one_setting, passages, picks_by_blocks, recorded_picks
-from _report import relative, write_json
+from _report import recorded_args, write_json
 
 HERE = os.path.dirname(__file__)
 #: the method whose pick every other is compared with (the library's default resolves to it for these models)
@@ -106,11 +106,7 @@ def main() -> None:
         max_length=max_length,
     )
     payload = {
-        "args": {
-            **vars(args),
-            "results": [relative(p) for p in args.results],
-            "output": relative(args.output),
-        },
+        "args": recorded_args(args, "results"),
         "corpus": corpus,
         "held_out_samples": held_out.num_samples,
         "held_out_tokens": held_out.num_tokens,

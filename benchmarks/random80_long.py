@@ -8,10 +8,10 @@ benchmarks/results/random80_m20_long.json.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
+from _report import write_json
 from solvers import random_psd
 
 from optimum_blockprune.qubo import CardinalityProblem
@@ -32,8 +32,7 @@ def main():
         }
         print(name, results[name], flush=True)
     path = os.path.join(os.path.dirname(__file__), "results", "random80_m20_long.json")
-    with open(path, "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_json(path, results)
 
 
 if __name__ == "__main__":

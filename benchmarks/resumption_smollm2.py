@@ -20,7 +20,7 @@ import os
 import platform
 import time
 
-from _report import relative, write_json
+from _report import recorded_args, relative, write_json
 
 HERE = os.path.dirname(__file__)
 
@@ -85,7 +85,7 @@ def main() -> None:
         ],
     }
     payload = {
-        "args": {**vars(args), "output": relative(args.output)},
+        "args": recorded_args(args),
         "machine": platform.platform(),
         "num_blocks": n,
         "rows": [],

@@ -32,7 +32,7 @@ import random
 import time
 
 from _corpora import CORPORA, passages
-from _report import grid, relative, write_json
+from _report import grid, recorded_args, relative, write_json, write_text
 
 HERE = os.path.dirname(__file__)
 RESULTS = os.path.join(HERE, "results")
@@ -199,7 +199,7 @@ def main() -> None:
         return [measured[tuple(s)] for s in states]
 
     payload = {
-        "args": {**vars(args), "output": relative(args.output)},
+        "args": recorded_args(args),
         "machine": platform.platform(),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "held_out_tokens": held_out.num_tokens,
@@ -426,8 +426,7 @@ def main() -> None:
             write_json(args.output, payload)
     write_json(args.output, payload)
     table = markdown_table(payload)
-    with open(os.path.splitext(args.output)[0] + ".md", "w", encoding="utf-8") as handle:
-        handle.write(table + "\n")
+    write_text(os.path.splitext(args.output)[0] + ".md", table + "\n")
     print("\n" + table)
     if payload["spearman"]:
         plot(payload, os.path.splitext(args.output)[0] + ".png")

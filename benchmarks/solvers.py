@@ -16,14 +16,13 @@ up to N = 200 (pip licence). Prints markdown tables, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import time
 
 import numpy as np
-from _report import relative
+from _report import recorded_args, write_json
 
 from optimum_blockprune.qubo import CardinalityProblem
 from optimum_blockprune.solvers import available_solvers, get_solver
@@ -184,14 +183,7 @@ def main(argv=None):
         ]
         label = " (best known)" if row.get("reference") == "best known" else ""
         print(f"| {row['kind']} | {row['N']} | {row['M']}{label} | " + " | ".join(cells) + " |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(
-            {"args": {**vars(args), "output": relative(args.output)}, "results": results},
-            handle,
-            indent=2,
-            default=float,
-        )
+    write_json(args.output, {"args": recorded_args(args), "results": results}, default=float)
     print(f"\nWrote {args.output}")
 
 

@@ -19,7 +19,7 @@ import os
 import platform
 import time
 
-from _report import relative, write_json
+from _report import recorded_args, write_json, write_text
 
 HERE = os.path.dirname(__file__)
 RESULTS = os.path.join(HERE, "results")
@@ -57,7 +57,7 @@ def main() -> None:
     data = calibration + held_out  # unshuffled: the sweep scores on the first, measures quality on the rest
     settings = SpeedSettings(1, args.prompt_length, args.new_tokens, args.repeats)
     payload = {
-        "args": {**vars(args), "output": relative(args.output)},
+        "args": recorded_args(args),
         "machine": platform.platform(),
         "threads": args.threads,
         "sweeps": {},
@@ -117,11 +117,15 @@ def main() -> None:
         figure.tight_layout()
         figure.savefig(args.output.replace(".json", ".png"), dpi=110)
         plt.close(figure)
-    with open(args.output.replace(".json", ".md"), "w", encoding="utf-8") as handle:
-        for method, sweep in payload["sweeps"].items():
-            from optimum_blockprune.sweep import SweepResult
+    from optimum_blockprune.sweep import SweepResult
 
-            handle.write(f"## {method}\n\n{SweepResult.from_dict(sweep).to_markdown()}\n\n")
+    write_text(
+        args.output.replace(".json", ".md"),
+        "".join(
+            f"## {method}\n\n{SweepResult.from_dict(sweep).to_markdown()}\n\n"
+            for method, sweep in payload["sweeps"].items()
+        ),
+    )
 
 
 if __name__ == "__main__":

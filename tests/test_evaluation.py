@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,7 +314,6 @@ def test_resumption_plan_is_valid(removals):
 def load_benchmark(name: str, monkeypatch):
     """A module of `benchmarks/` (not a package: its scripts import their siblings by name, hence the path)."""
     import importlib.util
-    from pathlib import Path
 
     benchmarks = Path(__file__).parents[1] / "benchmarks"
     monkeypatch.syspath_prepend(str(benchmarks))
@@ -471,3 +472,36 @@ def test_held_out_paired_compares_every_pick_with_the_one_default_of_its_m(monke
     assert rows[1]["ratio_to_default"] == pytest.approx(math.exp(9 / 60))
     low, high = rows[1]["ratio_interval"]
     assert 1.0 < low < math.exp(9 / 60) < high and rows[1]["standard_errors"] > 1.96
+
+
+def test_benchmarks_record_paths_relative_and_never_leave_half_a_file(tmp_path, monkeypatch):
+    """benchmarks/_report.py: `output` and the named path arguments are recorded relative to the repository; a
+    payload that cannot be written leaves the previous file whole and no temporary file behind."""
+    import argparse
+
+    report = load_benchmark("_report", monkeypatch)
+    repository = Path(report.REPOSITORY)
+    args = argparse.Namespace(
+        output=str(repository / "benchmarks" / "results" / "x.json"),
+        results=[str(repository / "a.json"), "b.json"],
+        threads=1,
+    )
+    monkeypatch.chdir(repository)
+    assert report.recorded_args(args, "results") == {
+        "output": os.path.join("benchmarks", "results", "x.json"),
+        "results": ["a.json", "b.json"],
+        "threads": 1,
+    }
+    assert args.output.startswith(str(repository))  # the namespace itself is left as it was
+    with pytest.raises(KeyError):
+        report.recorded_args(args, "picks")  # a path argument the script does not have is a bug, not a skip
+
+    path = tmp_path / "nested" / "result.json"
+    report.write_json(str(path), {"rows": [1]})
+    assert json.loads(path.read_text()) == {"rows": [1]}
+    with pytest.raises(TypeError):
+        report.write_json(str(path), {"rows": [object()]})
+    assert json.loads(path.read_text()) == {"rows": [1]}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
+    report.write_json(str(path), {"value": np.float32(0.5)}, default=float)
+    assert json.loads(path.read_text()) == {"value": 0.5}
