@@ -133,3 +133,32 @@ def test_real_bert_encoder_prunes_reloads_and_keeps_similarity_structure(tmp_pat
     assert torch.equal(pruned, again)
     similarity = pruned @ pruned.T
     assert similarity[0, 1] > similarity[0, 2] + 0.2, similarity
+
+
+def test_gpu_selection_comparison_runs_small_on_cpu(tmp_path):
+    """`benchmarks/gpu.sh --selection` (issue 23's comparison, prepared for a lent GPU) on CPU with tiny settings:
+    both corpora, every method on the same passages, the unpruned model and each pick measured."""
+    import os
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+    small = ["--remove", "2", "--samples", "8", "--selection-samples", "2", "--eval-samples", "2"]
+    small += ["--max-length", "32", "--threads", "1", "--methods", "block_influence", "--searches", "guided"]
+    result = subprocess.run(
+        ["bash", str(script), "--selection", "--device", "cpu", "--output-dir", str(tmp_path), *small],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for corpus in ("shakespeare", "python_docs"):
+        payload = json.loads((tmp_path / f"gpu_selection_{corpus}.json").read_text())
+        assert payload["args"]["corpus"] == corpus and payload["args"]["samples"] == 8
+        rows = {row["method"]: row for row in payload["rows"]}
+        assert set(rows) == {"guided", "block_influence"}
+        for row in rows.values():
+            assert len(row["removed_blocks"]) == 2
+            # two held-out passages of 32 tokens: a pick may even beat the unpruned model, but not break it
+            assert 1.0 < row["held_out_perplexity"] < 10 * payload["unpruned_perplexity"]
+        assert (tmp_path / f"gpu_selection_{corpus}.md").exists()
