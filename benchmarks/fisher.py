@@ -321,7 +321,6 @@ def main(argv=None):
         f"\nBatched Fisher vs batch-size-1 loop: {speedup:.2f}x faster. Target: Fisher <= 2.5x forward "
         f"({'met' if results['fisher']['seconds'] / forward <= 2.5 else 'NOT met'})."
     )
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     payload = {
         "args": recorded_args(args),
         "machine": platform.platform(),

